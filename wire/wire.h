@@ -74,6 +74,11 @@
 #define WIRE_AUTH_SASL          10
 #define WIRE_AUTH_SASL_CONTINUE 11
 #define WIRE_AUTH_SASL_FINAL    12
+#define WIRE_AUTH_KRB5          2 /* obsolete; empty body */
+#define WIRE_AUTH_SCM           6 /* obsolete; empty body */
+#define WIRE_AUTH_GSS           7
+#define WIRE_AUTH_GSS_CONTINUE  8 /* data in wire_auth_t.sasl_data */
+#define WIRE_AUTH_SSPI          9
 
 /* Transaction status in ReadyForQuery. */
 #define WIRE_TXN_IDLE   'I'
@@ -142,6 +147,15 @@ typedef struct wire_hdr {
 wire_rc_t wire_hdr_decode(const uint8_t *buf, size_t len, const wire_limits_t *lim,
                           wire_hdr_t *out);
 
+/*
+ * Decode one whole typed message from buf[0..len): as wire_hdr_decode, but
+ * WIRE_PARTIAL until the body is complete too. On WIRE_OK *body points into
+ * buf (borrowed) and *used = WIRE_HDR_LEN + hdr->body_len. The body is not
+ * validated: pass it to wire_validate or a wire_parse_* decoder.
+ */
+wire_rc_t wire_msg_next(const uint8_t *buf, size_t len, const wire_limits_t *lim, wire_hdr_t *hdr,
+                        const uint8_t **body, size_t *used);
+
 /* ---- startup family (frontend, before authentication) ---- */
 
 typedef enum wire_startup_kind {
@@ -193,6 +207,7 @@ typedef struct wire_bind {
     const uint8_t *params; /* n_params x (int32 len, -1 = NULL; bytes); walk with wire_bind_param */
     uint16_t n_result_formats;
     const uint8_t *result_formats;
+    size_t params_len; /* bytes at params; wire_bind_param never walks past it */
 } wire_bind_t;
 
 typedef struct wire_describe { /* also Close */
@@ -261,6 +276,8 @@ typedef struct wire_copy_response { /* CopyIn/CopyOut/CopyBoth */
 } wire_copy_response_t;
 
 wire_rc_t wire_parse_auth(const uint8_t *body, size_t len, wire_auth_t *out);
+/* True when a decoded WIRE_AUTH_SASL request offers the mechanism `name`. */
+bool wire_auth_has_mechanism(const wire_auth_t *a, const char *name);
 wire_rc_t wire_parse_backend_key(const uint8_t *body, size_t len, uint32_t *pid, uint32_t *key);
 wire_rc_t wire_parse_param_status(const uint8_t *body, size_t len, wire_param_status_t *out);
 wire_rc_t wire_parse_ready(const uint8_t *body, size_t len, uint8_t *txn_status);
@@ -312,6 +329,12 @@ void wire_put_ready(cm_buf_t *out, uint8_t txn_status);
 /* ErrorResponse (is_notice false) or NoticeResponse with S, V, C, M and optional D. */
 void wire_put_error(cm_buf_t *out, bool is_notice, const char *severity, const char *sqlstate,
                     const char *message, const char *detail /* may be NULL */);
+/*
+ * ErrorResponse or NoticeResponse carrying the fields of `e` in order
+ * (borrows e; each value must not contain a NUL byte). Re-emits a decoded
+ * message byte for byte when no field was skipped.
+ */
+void wire_put_error_fields(cm_buf_t *out, bool is_notice, const wire_error_t *e);
 void wire_put_negotiate_version(cm_buf_t *out, uint32_t newest_minor, const char *const *unknown,
                                 size_t n_unknown);
 /* RowDescription of n text columns (type oid 25 unless types != NULL). */
