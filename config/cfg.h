@@ -90,7 +90,25 @@ typedef struct cfg {
     bool mig_verify_consistency;        /* true */
     bool mig_migrate_subscriptions;     /* true */
     bool mig_auto_cutover;              /* false */
+
+    struct cfg_priv *priv; /* config/ only: key lines, derived defaults; NULL is valid */
 } cfg_t;
+
+/* Reload class of a key: a reload applies it, or it waits for a restart. */
+typedef enum cfg_reload {
+    CFG_RELOAD,  /* a RELOAD applies the new value */
+    CFG_RESTART, /* logged and ignored by RELOAD until the next start */
+} cfg_reload_t;
+
+/* Value type of a key, as the table in config/parse.c parses it. */
+typedef enum cfg_type {
+    CFG_T_STRING, /* text; some keys restrict it to a list of names */
+    CFG_T_INT,    /* decimal integer within the key's range */
+    CFG_T_SIZE,   /* bytes, optionally with a kB/MB/GB suffix (1024-based) */
+    CFG_T_BOOL,   /* true/false/on/off/yes/no/1/0 */
+    CFG_T_ENUM,   /* one name of a fixed list, stored as an enum */
+    CFG_T_MS,     /* milliseconds, optionally with a ms/s/min/h suffix */
+} cfg_type_t;
 
 /*
  * Parse ini text. `path` only names the source in errors. On success returns
@@ -126,5 +144,22 @@ void cfg_each(const cfg_t *c, cfg_each_cb cb, void *arg);
 
 /* True when `user` is listed in admin_users. */
 bool cfg_is_admin(const cfg_t *c, const char *user);
+
+/*
+ * The key table, for tests, docs checks and SHOW CONFIG. Keys are numbered
+ * 0..cfg_n_keys()-1 in table order; [stores] entries are not table keys.
+ * Returned strings are static.
+ */
+size_t cfg_n_keys(void);
+const char *cfg_key_name(size_t i, const char **section);
+const char *cfg_key_default(size_t i); /* default text, e.g. "64MB", "" */
+cfg_type_t cfg_key_type(size_t i);
+cfg_reload_t cfg_key_reload(size_t i);
+
+/*
+ * Copy of a libpq connection string (key=value or URI form) with every
+ * password value replaced by "***". Returns owned (free()).
+ */
+char *cfg_conninfo_mask(const char *conninfo);
 
 #endif
