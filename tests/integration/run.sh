@@ -66,9 +66,14 @@ cleanup() {
 trap cleanup EXIT
 
 echo "run.sh: target=$PGSHIFT_TARGET${PGSHIFT_TARGET:+}$( [ "$PGSHIFT_TARGET" = pgshift ] && echo " bin=$PGSHIFT_BIN")"
+# Default to the whole folder unless the arguments name tests themselves.
+paths=("$here")
+for a in "$@"; do
+    if [ -e "${a%%::*}" ]; then paths=(); break; fi
+done
 set +e
 timeout --signal=INT --kill-after=30 "${PGSHIFT_IT_TIMEOUT:-1200}" \
-    "$PY" -m pytest -q -rfEs --tb=short -p no:cacheprovider "$here" "$@"
+    "$PY" -m pytest -q -rfEs --tb=short -p no:cacheprovider "${paths[@]}" "$@"
 rc=$?
 set -e
 if [ $rc = 5 ]; then
