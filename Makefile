@@ -126,8 +126,8 @@ fuzz: $(FUZZ_TARGETS)
 
 build-fuzz/%: tests/fuzz/%.c $(WIRE_SRC) $(COMMON_SRC) $(ROUTING_SRC) $(CFG_SRC)
 	@mkdir -p build-fuzz
-	clang -std=c11 -g -O1 -I. -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
-	    -o $@ $< $(WIRE_SRC) $(COMMON_SRC) $(ROUTING_SRC) $(CFG_SRC) -lpg_query
+	clang -std=c11 -g -O1 -I. -I$(PG_INC) -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+	    -o $@ $< $(WIRE_SRC) $(COMMON_SRC) $(ROUTING_SRC) $(CFG_SRC) -lpg_query -lpq
 
 demo: deps all
 	@scripts/demo.sh
