@@ -112,7 +112,8 @@ typedef enum cfg_type {
 
 /*
  * Parse ini text. `path` only names the source in errors. On success returns
- * 0 and *out is a new snapshot with refcount 1 (free with cfg_unref). On
+ * 0 and *out is a new snapshot with refcount 1 (free with cfg_unref), already
+ * passed through cfg_validate (so derived defaults are filled in). On
  * failure returns -1, *out is untouched, and *err is an owned message of the
  * form "FILE:LINE: key: reason" (free()).
  */
@@ -125,16 +126,23 @@ cfg_t *cfg_new_default(void);
 /*
  * Apply a command-line override "key=value" (section optional:
  * "pgshift.listen_port=7000" or "listen_port=7000"). Returns 0 or -1 with *err.
+ * A bare key is looked up in [pgshift] first, then [tenancy], [migration];
+ * "stores.NAME" adds or replaces a store. Only on a snapshot nobody else holds
+ * yet; call cfg_validate after the last override. On error c is unchanged.
  */
 int cfg_set(cfg_t *c, const char *key, const char *value, char **err) MUST_CHECK;
-/* Cross-key validation after overrides (default store exists, ...). */
+/*
+ * Cross-key validation after overrides (default store exists, ...). Also
+ * (re)computes the derived defaults: default_store, control_store and
+ * database that were "" or derived before follow their source again.
+ */
 int cfg_validate(cfg_t *c, char **err) MUST_CHECK;
 
 cfg_t *cfg_ref(cfg_t *c);
 void cfg_unref(cfg_t *c);
 
 const cfg_store_t *cfg_store_find(const cfg_t *c, const char *name);
-/* Names a key that differs between a and b and needs a restart, or NULL. */
+/* Names a key that differs between a and b and needs a restart, or NULL. Static string. */
 const char *cfg_restart_needed(const cfg_t *a, const cfg_t *b);
 
 /* Iterate over every key as "section", "name", current value text (for SHOW CONFIG). */
