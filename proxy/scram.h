@@ -162,7 +162,8 @@ px_scram_client_t *px_scram_client_new(const char *password);
 px_scram_client_t *px_scram_client_new_keys(const uint8_t client_key[PX_SCRAM_KEY_LEN],
                                             const px_scram_secret_t *secret);
 
-/* client-first-message "n,,n=,r=<nonce>". Returns owned (free()). Call once. */
+/* client-first-message "n,,n=,r=<nonce>". Returns owned (free()), or NULL
+ * if the random generator fails (the exchange is then over). Call once. */
 char *px_scram_client_first(px_scram_client_t *c);
 
 /* server-first-message (AuthenticationSASLContinue data) -> client-final-
