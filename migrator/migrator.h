@@ -1,0 +1,167 @@
+/*
+ * migrator/migrator.h - the migrator's public face: the control store
+ * (schema pgshift: routes, migrations, audit log), its LISTEN/NOTIFY feed of
+ * route changes, and the admin commands that need blocking libpq.
+ *
+ * Threads: every blocking call runs on threads owned by mig_ctl_t. Those
+ * threads never touch the loop; they hand heap-allocated mig_event_t values
+ * to the loop thread through an outbox and a uv_async_t that mig_ctl_t owns.
+ * Every function of this header is called on the loop thread, and every
+ * callback runs on the loop thread.
+ */
+#ifndef PGSHIFT_MIGRATOR_H
+#define PGSHIFT_MIGRATOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "common/cm.h"
+
+/*
+ * A result set for the admin console. The loop turns it into RowDescription
+ * (only when n_cols > 0), DataRow * n_rows and CommandComplete(tag); or, when
+ * err_sqlstate is set, into one ErrorResponse (then n_cols == n_rows == 0).
+ * All cells are text.
+ */
+typedef struct mig_result {
+    size_t n_cols;
+    char **cols; /* owned: n_cols column names */
+    size_t n_rows;
+    char **cells;       /* owned: n_rows * n_cols, row-major; NULL = SQL NULL */
+    char *tag;          /* owned: CommandComplete tag, e.g. "SHOW" or "ROUTE"; NULL on error */
+    char *err_sqlstate; /* owned: five characters, set on failure */
+    char *err_message;  /* owned: primary message, set on failure */
+} mig_result_t;
+
+/* Frees r and everything it owns; NULL is fine. */
+void mig_result_free(mig_result_t *r);
+
+/* One route as the control store holds it. Every string is owned by the route. */
+typedef struct mig_route {
+    char *tenant;
+    char *store;          /* the store that serves the tenant now */
+    char *state;          /* "normal" | "migrating" */
+    char *phase;          /* NULL, or the migration's phase: PENDING, BULK_COPY, ... */
+    char *target_store;   /* NULL, or the migration's target */
+    int64_t migration_id; /* 0 = none */
+    int64_t version;      /* bumped on every change of the route */
+} mig_route_t;
+
+typedef enum mig_event_kind {
+    MIG_EV_ROUTES,       /* n_routes/routes: the whole current route table */
+    MIG_EV_REPLY,        /* cookie/result: the answer to one mig_ctl_request */
+    MIG_EV_CONTROL_DOWN, /* lost the control store; the last routes stay valid */
+    MIG_EV_CONTROL_UP,   /* reconnected; a fresh MIG_EV_ROUTES follows */
+} mig_event_kind_t;
+
+typedef struct mig_event {
+    struct mig_event *next; /* outbox link; NULL once delivered */
+    mig_event_kind_t kind;
+    /* MIG_EV_ROUTES: sorted by tenant, owned */
+    size_t n_routes;
+    mig_route_t *routes;
+    /* MIG_EV_REPLY */
+    void *cookie;         /* as passed to mig_ctl_request */
+    mig_result_t *result; /* owned, never NULL for a reply */
+    uint64_t request_id;  /* internal: matches the reply to its request */
+} mig_event_t;
+
+/* Frees ev and everything it owns (routes, result); NULL is fine. */
+void mig_event_free(mig_event_t *ev);
+
+/* Runs on the loop thread; takes ownership of ev (free with mig_event_free). */
+typedef void (*mig_event_cb)(void *arg, mig_event_t *ev);
+
+/*
+ * Which tables hold tenant data, and where tenants without a route live.
+ * From cfg_t: tables = split(tenant_tables, ','), tenant_column,
+ * default_store = the resolved default store name. Everything is borrowed
+ * by mig_ctl_start, which copies it.
+ */
+typedef struct mig_tenancy {
+    size_t n_tables;
+    const char *const *tables; /* "events", or "schema.table" */
+    const char *tenant_column; /* "tenant_id" */
+    const char *default_store; /* must be one of the store names */
+} mig_tenancy_t;
+
+/* Admin commands the migrator executes. */
+typedef enum mig_cmd_kind {
+    MIG_CMD_SHOW_ROUTES,  /* SHOW ROUTES */
+    MIG_CMD_SHOW_TENANTS, /* SHOW TENANTS */
+    MIG_CMD_ROUTE_TENANT, /* ROUTE TENANT 'tenant' TO 'store' */
+    /* TODO(#4): MIGRATE TENANT, SHOW MIGRATIONS, SHOW MIGRATION, PAUSE/RESUME/ABORT, SHOW AUDIT */
+} mig_cmd_kind_t;
+
+/*
+ * A parsed admin command. Strings are borrowed: mig_ctl_request copies what
+ * it keeps. Fields a kind does not use are NULL / 0.
+ */
+typedef struct mig_cmd {
+    mig_cmd_kind_t kind;
+    const char *tenant;   /* ROUTE TENANT */
+    const char *store;    /* ROUTE TENANT */
+    int64_t migration_id; /* reserved for the migration commands */
+    const char *reason;   /* reserved: ABORT MIGRATION id 'reason' */
+    const char *user;     /* the admin user, for the audit log; may be NULL */
+} mig_cmd_t;
+
+/*
+ * Parse one admin console statement (keywords case-insensitive, tenant and
+ * store as 'quoted' literals or bare identifiers, an optional trailing ';').
+ * Returns 0 and fills *out, whose strings point into *storage (owned by the
+ * caller, free() it, even on error); 1 when the statement is not a migrator
+ * command (nothing allocated); -EINVAL for a migrator command with bad
+ * syntax, with *err an owned message (free()).
+ */
+int mig_cmd_parse(const char *sql, mig_cmd_t *out, char **storage, char **err) MUST_CHECK;
+
+typedef struct mig_ctl mig_ctl_t;
+
+/*
+ * Start the control store client. On the calling thread, and before it
+ * returns: connect to control_conninfo (10 s at most), create or upgrade
+ * schema pgshift under an advisory lock (safe when several pgshift processes
+ * start at once), load the routes and LISTEN on channel pgshift_routes. Then
+ * start the threads: a listener that delivers MIG_EV_ROUTES after every
+ * change and reconnects with backoff (MIG_EV_CONTROL_DOWN / _UP), and a
+ * worker that runs mig_ctl_request commands one at a time.
+ *
+ * The first MIG_EV_ROUTES is delivered on a later loop turn, never during
+ * this call. Stores: store_names[i] is reached through store_conninfos[i];
+ * everything is borrowed and copied. Returns 0 and *out (stop it with
+ * mig_ctl_stop), or a negative errno: -EINVAL for bad arguments,
+ * -ECONNREFUSED when the control store is unreachable, -EPROTO when the
+ * schema could not be created or read (the reason is logged). On error cb
+ * never runs and *out is untouched.
+ */
+int mig_ctl_start(uv_loop_t *loop, const char *control_conninfo, const char *const *store_names,
+                  const char *const *store_conninfos, size_t n_stores, const mig_tenancy_t *tenancy,
+                  mig_event_cb cb, void *arg, mig_ctl_t **out) MUST_CHECK;
+
+/*
+ * Queue cmd (borrowed, copied) for the worker; never blocks on I/O. Exactly
+ * one MIG_EV_REPLY with this cookie follows on a later loop turn, unless the
+ * cookie is cancelled with mig_ctl_cancel or the client is stopped first.
+ */
+void mig_ctl_request(mig_ctl_t *m, const mig_cmd_t *cmd, void *cookie);
+
+/*
+ * The proxy drops a cookie (the admin client left): every reply still due for
+ * it is freed instead of delivered. Exact even if the cookie's address is
+ * reused for a later request, since replies are matched by request, not by
+ * address. The proxy never sees a stale cookie after calling this.
+ */
+void mig_ctl_cancel(mig_ctl_t *m, void *cookie);
+
+/*
+ * Stop: set the stop flag, wake and join the threads (a blocking call in
+ * flight is abandoned, not waited for), then uv_close the async handle; m is
+ * freed in its close callback on a later loop turn. Events not yet delivered
+ * are freed, and cb is never called again, even if mig_ctl_stop runs inside
+ * cb. Call once.
+ */
+void mig_ctl_stop(mig_ctl_t *m);
+
+#endif

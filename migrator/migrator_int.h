@@ -1,0 +1,159 @@
+/*
+ * migrator/migrator_int.h - shared inside migrator/ only: the outbox (threads
+ * -> loop), libpq helpers that a stop latch can interrupt, the control schema
+ * and the result builders. Never included from outside migrator/ (tests
+ * excepted).
+ */
+#ifndef PGSHIFT_MIGRATOR_INT_H
+#define PGSHIFT_MIGRATOR_INT_H
+
+#include <libpq-fe.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <uv.h>
+
+#include "common/cm.h"
+#include "migrator/migrator.h"
+
+/* ---- outbox: any thread -> loop thread ---------------------------------- */
+
+/* Runs on the loop thread once per delivered event; takes ownership of ev. */
+typedef void (*mig_outbox_deliver_cb)(void *arg, mig_event_t *ev);
+typedef void (*mig_outbox_closed_cb)(void *arg);
+
+/*
+ * A mutex-protected list of events plus the uv_async_t that wakes the loop.
+ * Senders signal only on the empty -> non-empty transition; the async
+ * callback steals and delivers the whole list, because signals coalesce.
+ * Embedded in its owner; it never moves while open.
+ */
+typedef struct mig_outbox {
+    uv_async_t async; /* loop-owned; data = the outbox */
+    uv_mutex_t lock;  /* guards head/tail */
+    mig_event_t *head;
+    mig_event_t *tail;
+    mig_outbox_deliver_cb deliver;
+    mig_outbox_closed_cb closed;
+    void *arg;
+    bool is_closing;    /* loop thread only: deliver nothing more */
+    uint64_t n_wakeups; /* loop thread only: async callbacks run (tests) */
+} mig_outbox_t;
+
+/* Loop thread. Returns 0 or a negative uv error (then nothing to close). */
+int mig_outbox_init(mig_outbox_t *box, uv_loop_t *loop, mig_outbox_deliver_cb deliver, void *arg)
+    MUST_CHECK;
+/* Any thread. Takes ev. Must not be called once mig_outbox_close has run. */
+void mig_outbox_push(mig_outbox_t *box, mig_event_t *ev);
+/*
+ * Loop thread. Delivers nothing more (also when called from inside deliver),
+ * closes the async handle; in its close callback frees what is still queued,
+ * destroys the mutex and then calls closed(arg), which may free the owner.
+ */
+void mig_outbox_close(mig_outbox_t *box, mig_outbox_closed_cb closed);
+
+/* ---- libpq with a stop latch --------------------------------------------- */
+
+/*
+ * A stop latch is an eventfd that becomes readable, for good, when the owner
+ * stops. Every wait of the helpers below polls it next to the libpq socket,
+ * so a stop never waits for a slow server.
+ */
+int mig_latch_new(void) MUST_CHECK; /* returns the fd or a negative errno */
+void mig_latch_set(int fd);
+bool mig_latch_is_set(int fd);
+/* Sleep up to ms; returns true when the latch was set. */
+bool mig_latch_wait(int fd, int ms);
+
+/*
+ * Connect with libpq's non-blocking API within timeout_ms. Returns 0 and an
+ * owned *out (PQfinish), or -ECONNREFUSED with an owned *err (free()), or
+ * -ECANCELED when the latch was set (no *err).
+ */
+int mig_pq_connect(const char *conninfo, const char *app_name, int latch, int timeout_ms,
+                   PGconn **out, char **err) MUST_CHECK;
+
+/*
+ * Run sql (one statement when n_params > 0; any number otherwise). Returns
+ * the first failed result, else the last result (owned, PQclear); NULL when
+ * the connection broke, timeout_ms passed or the latch was set: the caller
+ * must then PQfinish the connection.
+ */
+PGresult *mig_pq_exec(PGconn *c, int latch, int timeout_ms, const char *sql, int n_params,
+                      const char *const *params);
+
+/* Wait until c's socket is readable (1), timeout_ms passed (0), or the latch is set or
+ * the socket failed (-1). */
+int mig_pq_wait_readable(PGconn *c, int latch, int timeout_ms);
+
+/* True when res is PGRES_COMMAND_OK or PGRES_TUPLES_OK. */
+bool mig_pq_ok(const PGresult *res);
+
+/* The SQLSTATE of a failed result, "" when absent. */
+const char *mig_pq_sqlstate(const PGresult *res);
+
+/* An owned one-line copy of res's (or else c's) error message, without the trailing newline. */
+char *mig_pq_errmsg(PGconn *c, const PGresult *res);
+
+/* ---- control schema -------------------------------------------------------- */
+
+#define MIG_SCHEMA_VERSION 1 /* the newest version this build creates */
+#define MIG_ROUTES_CHANNEL "pgshift_routes"
+
+/*
+ * Create or upgrade schema pgshift on c in one transaction, under
+ * pg_advisory_xact_lock, so concurrent pgshift processes serialise. Returns 0
+ * and the version now in place, or -EPROTO with an owned *err, or
+ * -ECANCELED/-ECONNRESET when the latch was set or the connection broke (c
+ * must then be finished).
+ */
+int mig_schema_upgrade(PGconn *c, int latch, int *version, char **err) MUST_CHECK;
+
+/* Load the route table. Returns 0 with owned routes (mig_routes_free), else as above. */
+int mig_routes_load(PGconn *c, int latch, mig_route_t **routes, size_t *n, char **err) MUST_CHECK;
+void mig_routes_free(mig_route_t *routes, size_t n);
+
+/* ---- results --------------------------------------------------------------- */
+
+/* New empty result with the given columns (copied) and tag (copied). */
+mig_result_t *mig_result_new(const char *tag, size_t n_cols, const char *const *cols);
+/* Add a column; only before the first row. */
+void mig_result_add_col(mig_result_t *r, const char *name);
+/* Append a row of n_cols cells (copied; NULL = SQL NULL). */
+void mig_result_add_row(mig_result_t *r, const char *const *cells);
+/* An error result. */
+mig_result_t *mig_result_error(const char *sqlstate, const char *fmt, ...) PRINTF_LIKE(2, 3);
+
+/* ---- the control client -------------------------------------------------- */
+
+typedef struct mig_request {
+    struct mig_request *next;
+    uint64_t id;
+    mig_cmd_kind_t kind;
+    char *tenant;
+    char *store;
+    char *user;
+    int64_t migration_id;
+    char *reason;
+} mig_request_t;
+
+/* What the worker needs to run commands; read-only once the threads run. */
+typedef struct mig_env {
+    char *control_conninfo;
+    size_t n_stores;
+    char **store_names;
+    char **store_conninfos;
+    size_t n_tables;
+    char **tables;
+    char *tenant_column;
+    char *default_store;
+    int latch; /* the owner's stop latch */
+} mig_env_t;
+
+/* Run one request on the worker thread; *control is the worker's lazily (re)connected
+ * control connection. Returns an owned result. */
+mig_result_t *mig_admin_execute(const mig_env_t *env, PGconn **control, const mig_request_t *req);
+
+/* Index of a store name, or -1. */
+int mig_env_store_index(const mig_env_t *env, const char *name);
+
+#endif

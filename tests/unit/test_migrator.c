@@ -1,0 +1,912 @@
+/*
+ * tests/unit/test_migrator.c - the migrator's foundations: the outbox
+ * (threads -> loop through uv_async: cross-thread delivery, order,
+ * coalescing, close), the admin command parser, and the control store
+ * client against a throwaway PostgreSQL 15 that this binary initdb's into a
+ * temporary folder and removes at the end (schema creation twice and under
+ * concurrency, schema constraints, ROUTE TENANT and its refusals, NOTIFY
+ * reaching a second client, SHOW ROUTES / SHOW TENANTS, cancelled cookies,
+ * control store restart). Every loop test ends with uv_loop_close() == 0.
+ */
+#include <errno.h>
+#include <libpq-fe.h>
+#include <pwd.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <uv.h>
+
+/* cmocka needs stdarg, stddef and setjmp first. */
+// clang-format off
+#include <cmocka.h>
+// clang-format on
+
+#include "common/cm.h"
+#include "common/log.h"
+#include "migrator/migrator.h"
+#include "migrator/migrator_int.h"
+
+#define PG_BIN "/usr/lib/postgresql/15/bin"
+
+/* ---- loop helpers ------------------------------------------------------------------ */
+
+/* A repeating timer keeps uv_run(UV_RUN_ONCE) returning while we wait on other threads. */
+typedef struct fixture {
+    uv_loop_t loop;
+    uv_timer_t ticker;
+} fixture_t;
+
+static void ticker_cb(uv_timer_t *t)
+{
+    (void)t;
+}
+
+static void fixture_init(fixture_t *f)
+{
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    assert_int_equal(uv_timer_init(&f->loop, &f->ticker), 0);
+    assert_int_equal(uv_timer_start(&f->ticker, ticker_cb, 5, 5), 0);
+}
+
+static void fixture_close(fixture_t *f)
+{
+    uv_close((uv_handle_t *)&f->ticker, NULL);
+    while (uv_run(&f->loop, UV_RUN_DEFAULT) != 0)
+        ;
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+}
+
+/* ---- outbox ------------------------------------------------------------------------- */
+
+#define N_THREADS    4
+#define N_PER_THREAD 5000
+
+typedef struct box_probe {
+    mig_outbox_t box;
+    uint64_t n_delivered;
+    uint64_t next_seq[N_THREADS]; /* per-sender order check */
+    bool order_ok;
+    bool close_in_deliver;
+    bool closed;
+} box_probe_t;
+
+static void box_deliver(void *arg, mig_event_t *ev)
+{
+    box_probe_t *p = arg;
+    uint64_t thread = ev->request_id >> 32, seq = ev->request_id & 0xffffffffu;
+
+    if (thread < N_THREADS) {
+        if (p->next_seq[thread] != seq)
+            p->order_ok = false;
+        p->next_seq[thread] = seq + 1;
+    }
+    p->n_delivered++;
+    mig_event_free(ev);
+    if (p->close_in_deliver && !p->box.is_closing)
+        mig_outbox_close(&p->box, NULL);
+}
+
+static void box_closed(void *arg)
+{
+    box_probe_t *p = arg;
+
+    p->closed = true;
+}
+
+typedef struct sender {
+    box_probe_t *probe;
+    uint64_t thread;
+} sender_t;
+
+static void sender_main(void *arg)
+{
+    sender_t *s = arg;
+
+    for (uint64_t i = 0; i < N_PER_THREAD; i++) {
+        mig_event_t *ev = cm_xcalloc(1, sizeof(*ev));
+
+        ev->kind = MIG_EV_REPLY;
+        ev->request_id = (s->thread << 32) | i;
+        ev->result = mig_result_new("SHOW", 0, NULL);
+        mig_outbox_push(&s->probe->box, ev);
+        if (i % 512 == 0)
+            usleep(100); /* let the loop drain mid-stream too */
+    }
+}
+
+static void test_outbox_threads(void **state)
+{
+    fixture_t f;
+    box_probe_t p = { .order_ok = true };
+    sender_t senders[N_THREADS];
+    uv_thread_t threads[N_THREADS];
+
+    (void)state;
+    fixture_init(&f);
+    assert_int_equal(mig_outbox_init(&p.box, &f.loop, box_deliver, &p), 0);
+    for (int i = 0; i < N_THREADS; i++) {
+        senders[i] = (sender_t){ .probe = &p, .thread = (uint64_t)i };
+        assert_int_equal(uv_thread_create(&threads[i], sender_main, &senders[i]), 0);
+    }
+    while (p.n_delivered < N_THREADS * N_PER_THREAD)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    for (int i = 0; i < N_THREADS; i++)
+        uv_thread_join(&threads[i]);
+    assert_true(p.order_ok);
+    for (int i = 0; i < N_THREADS; i++)
+        assert_int_equal(p.next_seq[i], N_PER_THREAD);
+    /* Signals coalesce: far fewer wakeups than events. */
+    assert_true(p.box.n_wakeups >= 1);
+    assert_true(p.box.n_wakeups < N_THREADS * N_PER_THREAD);
+    mig_outbox_close(&p.box, box_closed);
+    fixture_close(&f);
+    assert_true(p.closed);
+}
+
+static mig_event_t *seq_event(uint64_t seq)
+{
+    mig_event_t *ev = cm_xcalloc(1, sizeof(*ev));
+
+    ev->kind = MIG_EV_ROUTES;
+    ev->request_id = seq; /* thread 0 */
+    ev->n_routes = 1;
+    ev->routes = cm_xcalloc(1, sizeof(mig_route_t));
+    ev->routes[0].tenant = cm_xstrdup("t");
+    ev->routes[0].store = cm_xstrdup("s");
+    ev->routes[0].state = cm_xstrdup("normal");
+    return ev;
+}
+
+/* Ten pushes before the loop runs are one signal and one drain. */
+static void test_outbox_coalesce(void **state)
+{
+    fixture_t f;
+    box_probe_t p = { .order_ok = true };
+
+    (void)state;
+    fixture_init(&f);
+    assert_int_equal(mig_outbox_init(&p.box, &f.loop, box_deliver, &p), 0);
+    for (uint64_t i = 0; i < 10; i++)
+        mig_outbox_push(&p.box, seq_event(i));
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+    assert_int_equal(p.n_delivered, 10);
+    assert_int_equal(p.box.n_wakeups, 1);
+    assert_true(p.order_ok);
+    /* Undelivered events at close are freed, never delivered. */
+    for (uint64_t i = 10; i < 15; i++)
+        mig_outbox_push(&p.box, seq_event(i));
+    mig_outbox_close(&p.box, box_closed);
+    fixture_close(&f);
+    assert_int_equal(p.n_delivered, 10);
+    assert_true(p.closed);
+}
+
+/* Closing from inside deliver drops the rest of the batch. */
+static void test_outbox_close_in_deliver(void **state)
+{
+    fixture_t f;
+    box_probe_t p = { .order_ok = true, .close_in_deliver = true };
+
+    (void)state;
+    fixture_init(&f);
+    assert_int_equal(mig_outbox_init(&p.box, &f.loop, box_deliver, &p), 0);
+    for (uint64_t i = 0; i < 5; i++)
+        mig_outbox_push(&p.box, seq_event(i));
+    fixture_close(&f);
+    assert_int_equal(p.n_delivered, 1);
+}
+
+/* ---- parser ---------------------------------------------------------------------------- */
+
+static void test_cmd_parse(void **state)
+{
+    mig_cmd_t cmd;
+    char *storage = NULL, *err = NULL;
+
+    (void)state;
+    assert_int_equal(mig_cmd_parse("show routes", &cmd, &storage, &err), 0);
+    assert_int_equal(cmd.kind, MIG_CMD_SHOW_ROUTES);
+    free(storage);
+    assert_int_equal(mig_cmd_parse("  SHOW TENANTS ; ", &cmd, &storage, &err), 0);
+    assert_int_equal(cmd.kind, MIG_CMD_SHOW_TENANTS);
+    free(storage);
+    assert_int_equal(mig_cmd_parse("route tenant 'o''brien' TO 'store b';", &cmd, &storage, &err),
+                     0);
+    assert_int_equal(cmd.kind, MIG_CMD_ROUTE_TENANT);
+    assert_string_equal(cmd.tenant, "o'brien");
+    assert_string_equal(cmd.store, "store b");
+    free(storage);
+    assert_int_equal(mig_cmd_parse("ROUTE TENANT acme TO secondary", &cmd, &storage, &err), 0);
+    assert_string_equal(cmd.tenant, "acme");
+    assert_string_equal(cmd.store, "secondary");
+    free(storage);
+    /* Not ours: the proxy handles it. */
+    assert_int_equal(mig_cmd_parse("SHOW CLIENTS", &cmd, &storage, &err), 1);
+    free(storage);
+    assert_int_equal(mig_cmd_parse("", &cmd, &storage, &err), 1);
+    free(storage);
+    /* Ours, but malformed. */
+    static const char *const bad[] = {
+        "ROUTE TENANT 'x'",     "ROUTE TENANT 'x' TO",         "ROUTE TENANT 'x' INTO 'y'",
+        "ROUTE TENANT 'x TO y", "ROUTE TENANT 'x' TO 'y' now", "SHOW ROUTES extra",
+        "ROUTE 'x' TO 'y'",     "ROUTE TENANT ; TO 'y'",
+    };
+    for (size_t i = 0; i < CM_ARRAY_LEN(bad); i++) {
+        err = NULL;
+        assert_int_equal(mig_cmd_parse(bad[i], &cmd, &storage, &err), -EINVAL);
+        assert_non_null(err);
+        assert_non_null(strstr(err, "syntax error"));
+        free(err);
+        free(storage);
+    }
+}
+
+/* ---- a throwaway PostgreSQL ------------------------------------------------------- */
+
+static char pg_dir[64];
+static bool pg_as_postgres; /* running as root: PostgreSQL runs as user postgres */
+
+static int sh(const char *fmt, ...) PRINTF_LIKE(1, 2);
+static int sh(const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    int rc;
+
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    rc = system(cmd);
+    return rc == -1 ? -1 : WEXITSTATUS(rc);
+}
+
+static const char *pg_as(void)
+{
+    return pg_as_postgres ? "runuser -u postgres -- " : "";
+}
+
+static char *conninfo(const char *db)
+{
+    return cm_xasprintf("host=%s port=5432 dbname=%s user=postgres", pg_dir, db);
+}
+
+static int pg_start(void)
+{
+    return sh("%s" PG_BIN "/pg_ctl -D %s/data -l %s/log -w -s -o \"-p 5432 -k %s "
+              "-c listen_addresses= -c fsync=off\" start",
+              pg_as(), pg_dir, pg_dir, pg_dir);
+}
+
+static PGconn *db(const char *name)
+{
+    char *ci = conninfo(name);
+    PGconn *c = PQconnectdb(ci);
+
+    free(ci);
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("connect %s: %s", name, PQerrorMessage(c));
+    return c;
+}
+
+/* Run sql; returns "" on success, else the SQLSTATE (static storage). */
+static const char *sql_state(PGconn *c, const char *sql)
+{
+    static char st[8];
+    PGresult *res = PQexec(c, sql);
+
+    if (mig_pq_ok(res))
+        st[0] = '\0';
+    else
+        snprintf(st, sizeof(st), "%s", mig_pq_sqlstate(res));
+    PQclear(res);
+    return st;
+}
+
+static void sql_ok(PGconn *c, const char *sql)
+{
+    PGresult *res = PQexec(c, sql);
+
+    if (!mig_pq_ok(res))
+        fail_msg("%s: %s", sql, PQresultErrorMessage(res));
+    PQclear(res);
+}
+
+/* First cell of sql's result, owned. */
+static char *sql_value(PGconn *c, const char *sql)
+{
+    PGresult *res = PQexec(c, sql);
+    char *v;
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1)
+        fail_msg("%s: %s", sql, PQresultErrorMessage(res));
+    v = cm_xstrdup(PQgetisnull(res, 0, 0) ? "<null>" : PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return v;
+}
+
+static int pg_setup(void **state)
+{
+    char tmpl[] = "/tmp/pgshift-test-mig-XXXXXX";
+    PGconn *c;
+
+    (void)state;
+    if (mkdtemp(tmpl) == NULL)
+        return -1;
+    snprintf(pg_dir, sizeof(pg_dir), "%s", tmpl);
+    pg_as_postgres = getuid() == 0;
+    if (pg_as_postgres) {
+        struct passwd *pw = getpwnam("postgres");
+
+        if (pw == NULL || chown(pg_dir, pw->pw_uid, pw->pw_gid) != 0) {
+            fprintf(stderr, "test_migrator: cannot hand %s to user postgres\n", pg_dir);
+            return -1;
+        }
+    }
+    if (sh("%s" PG_BIN "/initdb -D %s/data -A trust -U postgres --no-sync -E UTF8 "
+           ">%s/initdb.log 2>&1",
+           pg_as(), pg_dir, pg_dir) != 0 ||
+        pg_start() != 0) {
+        fprintf(stderr, "test_migrator: cannot start PostgreSQL in %s\n", pg_dir);
+        sh("cat %s/initdb.log %s/log >&2", pg_dir, pg_dir);
+        return -1;
+    }
+    c = db("postgres");
+    sql_ok(c, "CREATE DATABASE control");
+    sql_ok(c, "CREATE DATABASE store_a");
+    sql_ok(c, "CREATE DATABASE store_b");
+    sql_ok(c, "CREATE DATABASE concur");
+    PQfinish(c);
+    /* The tenant tables, on both stores (projection_checkpoints lacks the tenant column). */
+    for (int i = 0; i < 2; i++) {
+        c = db(i == 0 ? "store_a" : "store_b");
+        sql_ok(c, "CREATE TABLE events (global_position bigserial PRIMARY KEY, "
+                  "event_id uuid UNIQUE, aggregate_id uuid, tenant_id uuid, payload jsonb)");
+        sql_ok(c, "CREATE TABLE snapshots (aggregate_id uuid PRIMARY KEY, tenant_id uuid)");
+        sql_ok(c, "CREATE TABLE projection_checkpoints (projection_name text PRIMARY KEY, "
+                  "global_position bigint)");
+        PQfinish(c);
+    }
+    return 0;
+}
+
+static int pg_teardown(void **state)
+{
+    (void)state;
+    if (pg_dir[0] == '\0')
+        return 0;
+    sh("%s" PG_BIN "/pg_ctl -D %s/data -m immediate -w -s stop >/dev/null 2>&1", pg_as(), pg_dir);
+    sh("rm -rf %s", pg_dir);
+    return 0;
+}
+
+/* ---- schema ----------------------------------------------------------------------------- */
+
+static void test_schema_idempotent(void **state)
+{
+    PGconn *c = db("control");
+    char *err = NULL, *v;
+    int version = 0;
+
+    (void)state;
+    assert_int_equal(mig_schema_upgrade(c, -1, &version, &err), 0);
+    assert_int_equal(version, MIG_SCHEMA_VERSION);
+    assert_int_equal(mig_schema_upgrade(c, -1, &version, &err), 0);
+    assert_int_equal(version, MIG_SCHEMA_VERSION);
+    v = sql_value(c, "SELECT count(*)::text || '/' || max(version) FROM pgshift.schema_version");
+    assert_string_equal(v, "1/1");
+    free(v);
+    v = sql_value(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'pgshift'");
+    assert_string_equal(v, "5"); /* schema_version routes migrations position_map audit_log */
+    free(v);
+    PQfinish(c);
+}
+
+typedef struct upgrader {
+    int rc;
+    int version;
+} upgrader_t;
+
+static void upgrader_main(void *arg)
+{
+    upgrader_t *u = arg;
+    char *ci = conninfo("concur"), *err = NULL;
+    PGconn *c = PQconnectdb(ci);
+
+    u->rc = PQstatus(c) == CONNECTION_OK ? mig_schema_upgrade(c, -1, &u->version, &err) : -1;
+    if (err != NULL)
+        fprintf(stderr, "upgrade: %s\n", err);
+    free(err);
+    free(ci);
+    PQfinish(c);
+}
+
+/* Several pgshift processes starting at once: the advisory lock serialises them. */
+static void test_schema_concurrent(void **state)
+{
+    upgrader_t u[6];
+    uv_thread_t t[6];
+    PGconn *c;
+    char *v;
+
+    (void)state;
+    for (int i = 0; i < 6; i++) {
+        u[i].rc = -99;
+        assert_int_equal(uv_thread_create(&t[i], upgrader_main, &u[i]), 0);
+    }
+    for (int i = 0; i < 6; i++) {
+        uv_thread_join(&t[i]);
+        assert_int_equal(u[i].rc, 0);
+        assert_int_equal(u[i].version, MIG_SCHEMA_VERSION);
+    }
+    c = db("concur");
+    v = sql_value(c, "SELECT count(*)::text || '/' || max(version) FROM pgshift.schema_version");
+    assert_string_equal(v, "1/1");
+    free(v);
+    PQfinish(c);
+}
+
+static void test_schema_constraints(void **state)
+{
+    PGconn *c = db("control");
+    char *err = NULL;
+    int version;
+
+    (void)state;
+    assert_int_equal(mig_schema_upgrade(c, -1, &version, &err), 0);
+    sql_ok(c, "INSERT INTO pgshift.migrations (tenant, source_store, target_store, operator) "
+              "VALUES ('m1', 'store_a', 'store_b', 'admin')");
+    /* At most one active migration per tenant. */
+    assert_string_equal(sql_state(c, "INSERT INTO pgshift.migrations (tenant, source_store, "
+                                     "target_store) VALUES ('m1', 'store_a', 'store_b')"),
+                        "23505");
+    assert_string_equal(sql_state(c, "INSERT INTO pgshift.migrations (tenant, source_store, "
+                                     "target_store) VALUES ('m2', 'store_a', 'store_a')"),
+                        "23514");
+    assert_string_equal(sql_state(c, "UPDATE pgshift.migrations SET phase = 'WHATEVER'"), "23514");
+    sql_ok(c, "UPDATE pgshift.migrations SET phase = 'ABORTED' WHERE tenant = 'm1'");
+    sql_ok(c, "INSERT INTO pgshift.migrations (tenant, source_store, target_store) "
+              "VALUES ('m1', 'store_a', 'store_b')");
+    /* The audit log is append-only and knows its event types. */
+    sql_ok(c, "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
+              "SELECT min(id), 'migration_started', 'admin', '{\"k\": 1}' FROM pgshift.migrations");
+    assert_string_equal(sql_state(c, "INSERT INTO pgshift.audit_log (event_type) VALUES ('oops')"),
+                        "23514");
+    assert_string_equal(sql_state(c, "UPDATE pgshift.audit_log SET operator = 'x'"), "42501");
+    assert_string_equal(sql_state(c, "DELETE FROM pgshift.audit_log"), "42501");
+    assert_string_equal(sql_state(c, "TRUNCATE pgshift.audit_log"), "42501");
+    /* Leave no active migration behind for the route tests. */
+    sql_ok(c, "UPDATE pgshift.migrations SET phase = 'ABORTED'");
+    PQfinish(c);
+}
+
+/* ---- the control client ------------------------------------------------------------ */
+
+#define MAX_EVENTS 512
+
+typedef struct probe {
+    mig_ctl_t *ctl;
+    mig_event_t *evs[MAX_EVENTS]; /* owned */
+    size_t n;
+    bool stop_in_cb;
+} probe_t;
+
+static void probe_cb(void *arg, mig_event_t *ev)
+{
+    probe_t *p = arg;
+
+    BUG_ON(p->n >= MAX_EVENTS, "too many events");
+    p->evs[p->n++] = ev;
+    if (p->stop_in_cb) {
+        p->stop_in_cb = false;
+        mig_ctl_stop(p->ctl);
+        p->ctl = NULL;
+    }
+}
+
+static void probe_free(probe_t *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        mig_event_free(p->evs[i]);
+    p->n = 0;
+}
+
+/* Index of the first event of kind at or after `from` (and with cookie, for replies). */
+static long wait_event(fixture_t *f, probe_t *p, size_t from, mig_event_kind_t kind, void *cookie,
+                       int timeout_ms)
+{
+    uint64_t deadline = cm_now_ms() + (uint64_t)timeout_ms;
+
+    for (;;) {
+        for (size_t i = from; i < p->n; i++)
+            if (p->evs[i]->kind == kind && (kind != MIG_EV_REPLY || p->evs[i]->cookie == cookie))
+                return (long)i;
+        if (cm_now_ms() > deadline)
+            return -1;
+        uv_run(&f->loop, UV_RUN_ONCE);
+    }
+}
+
+/* Wait for a ROUTES event after `from` in which tenant has store and version. */
+static long wait_route(fixture_t *f, probe_t *p, size_t from, const char *tenant, const char *store,
+                       int64_t version, int timeout_ms)
+{
+    uint64_t deadline = cm_now_ms() + (uint64_t)timeout_ms;
+
+    for (;;) {
+        long i = wait_event(f, p, from, MIG_EV_ROUTES, NULL,
+                            (int)(deadline > cm_now_ms() ? deadline - cm_now_ms() : 0));
+
+        if (i < 0)
+            return -1;
+        for (size_t r = 0; r < p->evs[i]->n_routes; r++) {
+            const mig_route_t *rt = &p->evs[i]->routes[r];
+
+            if (strcmp(rt->tenant, tenant) == 0 &&
+                (store == NULL ? false : strcmp(rt->store, store) == 0) && rt->version == version)
+                return i;
+        }
+        from = (size_t)i + 1;
+    }
+}
+
+static const char *const store_names[] = { "store_a", "store_b" };
+static const char *const tables[] = { "events", "snapshots", "projection_checkpoints",
+                                      "missing_table" };
+
+static void start_ctl(fixture_t *f, probe_t *p)
+{
+    char *ci = conninfo("control"), *a = conninfo("store_a"), *b = conninfo("store_b");
+    const char *conninfos[] = { a, b };
+    mig_tenancy_t ten = { .n_tables = CM_ARRAY_LEN(tables),
+                          .tables = tables,
+                          .tenant_column = "tenant_id",
+                          .default_store = "store_a" };
+
+    memset(p, 0, sizeof(*p));
+    assert_int_equal(
+        mig_ctl_start(&f->loop, ci, store_names, conninfos, 2, &ten, probe_cb, p, &p->ctl), 0);
+    free(ci);
+    free(a);
+    free(b);
+    /* Never during the call: the first routes come on a later turn. */
+    assert_int_equal(p->n, 0);
+    assert_true(wait_event(f, p, 0, MIG_EV_ROUTES, NULL, 2000) == 0);
+}
+
+static void stop_ctl(probe_t *p)
+{
+    if (p->ctl != NULL)
+        mig_ctl_stop(p->ctl);
+    p->ctl = NULL;
+}
+
+/* Run cmd through p; returns the reply's result (owned by the probe's event list). */
+static const mig_result_t *request(fixture_t *f, probe_t *p, const char *text)
+{
+    static int cookies[64];
+    static size_t next_cookie;
+    void *cookie = &cookies[next_cookie++ % 64];
+    mig_cmd_t cmd;
+    char *storage = NULL, *err = NULL;
+    long i;
+
+    assert_int_equal(mig_cmd_parse(text, &cmd, &storage, &err), 0);
+    mig_ctl_request(p->ctl, &cmd, cookie);
+    free(storage);
+    i = wait_event(f, p, 0, MIG_EV_REPLY, cookie, 20000);
+    assert_true(i >= 0);
+    p->evs[i]->cookie = NULL; /* so a later request with this cookie finds its own reply */
+    assert_non_null(p->evs[i]->result);
+    return p->evs[i]->result;
+}
+
+static const char *cell(const mig_result_t *r, size_t row, const char *col)
+{
+    for (size_t c = 0; c < r->n_cols; c++)
+        if (strcmp(r->cols[c], col) == 0) {
+            BUG_ON(row >= r->n_rows, "no row %zu", row);
+            return r->cells[row * r->n_cols + c];
+        }
+    fail_msg("no column %s", col);
+    return NULL;
+}
+
+static long find_row(const mig_result_t *r, const char *tenant)
+{
+    for (size_t i = 0; i < r->n_rows; i++)
+        if (strcmp(cell(r, i, "tenant"), tenant) == 0)
+            return (long)i;
+    return -1;
+}
+
+static void assert_error(const mig_result_t *r, const char *sqlstate, const char *needle)
+{
+    if (r->err_sqlstate == NULL)
+        fail_msg("expected %s, got success", sqlstate);
+    assert_string_equal(r->err_sqlstate, sqlstate);
+    if (strstr(r->err_message, needle) == NULL)
+        fail_msg("message \"%s\" lacks \"%s\"", r->err_message, needle);
+    assert_int_equal(r->n_rows, 0);
+}
+
+#define T_ROWS_A "11111111-1111-1111-1111-111111111111" /* rows on store_a (its store) */
+#define T_ROWS_B "22222222-2222-2222-2222-222222222222" /* rows on store_b only */
+#define T_EMPTY  "33333333-3333-3333-3333-333333333333" /* no rows anywhere */
+
+static void test_ctl_route_and_notify(void **state)
+{
+    fixture_t f;
+    probe_t a, b;
+    const mig_result_t *r;
+    PGconn *c;
+    uint64_t t0;
+    long i;
+
+    (void)state;
+    fixture_init(&f);
+    start_ctl(&f, &a);
+    start_ctl(&f, &b);
+
+    /* Placed through a, seen by b (NOTIFY) within a second. */
+    r = request(&f, &a, "ROUTE TENANT '" T_EMPTY "' TO 'store_b'");
+    assert_null(r->err_sqlstate);
+    assert_string_equal(r->tag, "ROUTE");
+    assert_string_equal(cell(r, 0, "store"), "store_b");
+    assert_string_equal(cell(r, 0, "version"), "1");
+    t0 = cm_now_ms();
+    assert_true(wait_route(&f, &b, 0, T_EMPTY, "store_b", 1, 1000) >= 0);
+    assert_true(wait_route(&f, &a, 0, T_EMPTY, "store_b", 1, 1000) >= 0);
+    assert_true(cm_now_ms() - t0 < 1000);
+
+    /* Again: version + 1. A non-uuid tenant cannot have rows in a uuid column. */
+    r = request(&f, &b, "ROUTE TENANT '" T_EMPTY "' TO 'store_a'");
+    assert_null(r->err_sqlstate);
+    assert_string_equal(cell(r, 0, "version"), "2");
+    assert_true(wait_route(&f, &a, 0, T_EMPTY, "store_a", 2, 1000) >= 0);
+    r = request(&f, &a, "ROUTE TENANT 'plain-name' TO 'store_b'");
+    assert_null(r->err_sqlstate);
+
+    /* A change made by anyone else in the control store is delivered too. */
+    c = db("control");
+    sql_ok(c, "UPDATE pgshift.routes SET store = 'store_b', version = version + 1 "
+              "WHERE tenant = '" T_EMPTY "'");
+    assert_true(wait_route(&f, &a, 0, T_EMPTY, "store_b", 3, 1000) >= 0);
+    assert_true(wait_route(&f, &b, 0, T_EMPTY, "store_b", 3, 1000) >= 0);
+
+    r = request(&f, &b, "SHOW ROUTES");
+    assert_null(r->err_sqlstate);
+    assert_string_equal(r->tag, "SHOW");
+    assert_int_equal(r->n_cols, 5);
+    assert_int_equal(r->n_rows, 2);
+    i = find_row(r, T_EMPTY);
+    assert_true(i >= 0);
+    assert_string_equal(cell(r, (size_t)i, "store"), "store_b");
+    assert_string_equal(cell(r, (size_t)i, "state"), "normal");
+    assert_null(cell(r, (size_t)i, "migration_id"));
+    assert_string_equal(cell(r, (size_t)i, "version"), "3");
+
+    /* A migration's phase shows in the routes; an active migration blocks ROUTE TENANT. */
+    sql_ok(c, "WITH m AS (INSERT INTO pgshift.migrations (tenant, source_store, target_store) "
+              "VALUES ('plain-name', 'store_b', 'store_a') RETURNING id) "
+              "UPDATE pgshift.routes SET state = 'migrating', migration_id = (SELECT id FROM m), "
+              "version = version + 1 WHERE tenant = 'plain-name'");
+    i = wait_route(&f, &a, 0, "plain-name", "store_b", 2, 1000);
+    assert_true(i >= 0);
+    for (size_t k = 0; k < a.evs[i]->n_routes; k++)
+        if (strcmp(a.evs[i]->routes[k].tenant, "plain-name") == 0) {
+            assert_string_equal(a.evs[i]->routes[k].state, "migrating");
+            assert_string_equal(a.evs[i]->routes[k].phase, "PENDING");
+            assert_string_equal(a.evs[i]->routes[k].target_store, "store_a");
+            assert_true(a.evs[i]->routes[k].migration_id > 0);
+        }
+    r = request(&f, &a, "ROUTE TENANT 'plain-name' TO 'store_a'");
+    assert_error(r, "55000", "being migrated");
+    sql_ok(c, "UPDATE pgshift.migrations SET phase = 'ABORTED' WHERE tenant = 'plain-name'");
+    sql_ok(c, "UPDATE pgshift.routes SET state = 'normal', migration_id = NULL, "
+              "version = version + 1 WHERE tenant = 'plain-name'");
+    PQfinish(c);
+
+    stop_ctl(&a);
+    stop_ctl(&b);
+    fixture_close(&f);
+    probe_free(&a);
+    probe_free(&b);
+}
+
+static void test_ctl_refusals_and_tenants(void **state)
+{
+    fixture_t f;
+    probe_t p;
+    const mig_result_t *r;
+    PGconn *sa = db("store_a"), *sb = db("store_b");
+    long i;
+
+    (void)state;
+    sql_ok(sa, "INSERT INTO events (event_id, tenant_id) SELECT gen_random_uuid(), '" T_ROWS_A
+               "' FROM generate_series(1, 3)");
+    sql_ok(sa, "INSERT INTO snapshots VALUES (gen_random_uuid(), '" T_ROWS_A "')");
+    sql_ok(sb, "INSERT INTO snapshots VALUES (gen_random_uuid(), '" T_ROWS_B "')");
+    fixture_init(&f);
+    start_ctl(&f, &p);
+
+    r = request(&f, &p, "ROUTE TENANT '" T_EMPTY "' TO 'nowhere'");
+    assert_error(r, "42704", "store \"nowhere\" does not exist");
+    /* Rows on its current store (the default store: no route yet). */
+    r = request(&f, &p, "ROUTE TENANT '" T_ROWS_A "' TO 'store_b'");
+    assert_error(r, "55000", "has rows in table \"events\" on store \"store_a\"");
+    assert_non_null(strstr(r->err_message, "MIGRATE"));
+    /* Rows on the target store. */
+    r = request(&f, &p, "ROUTE TENANT '" T_ROWS_B "' TO 'store_b'");
+    assert_error(r, "55000", "has rows in table \"snapshots\" on store \"store_b\"");
+    /* Routing to where the rows already are is also refused: it is no placement. */
+    r = request(&f, &p, "ROUTE TENANT '" T_ROWS_A "' TO 'store_a'");
+    assert_error(r, "55000", "store_a");
+
+    r = request(&f, &p, "SHOW TENANTS");
+    assert_null(r->err_sqlstate);
+    assert_int_equal(r->n_cols, 7);
+    assert_string_equal(r->cols[5], "rows_store_a");
+    assert_string_equal(r->cols[6], "rows_store_b");
+    i = find_row(r, T_ROWS_A);
+    assert_true(i >= 0);
+    assert_string_equal(cell(r, (size_t)i, "store"), "store_a");
+    assert_string_equal(cell(r, (size_t)i, "rows"), "4");
+    assert_string_equal(cell(r, (size_t)i, "rows_store_a"), "4");
+    assert_string_equal(cell(r, (size_t)i, "rows_store_b"), "0");
+    i = find_row(r, T_ROWS_B);
+    assert_true(i >= 0);
+    assert_string_equal(cell(r, (size_t)i, "store"), "store_a"); /* no route: default */
+    assert_string_equal(cell(r, (size_t)i, "rows"), "0");
+    assert_string_equal(cell(r, (size_t)i, "rows_store_b"), "1");
+    i = find_row(r, T_EMPTY); /* routed by the previous test, no rows */
+    assert_true(i >= 0);
+    assert_string_equal(cell(r, (size_t)i, "store"), "store_b");
+    assert_string_equal(cell(r, (size_t)i, "rows"), "0");
+    i = find_row(r, "plain-name");
+    assert_true(i >= 0);
+
+    /* Nothing of the refusals reached the control store. */
+    r = request(&f, &p, "SHOW ROUTES");
+    assert_int_equal(find_row(r, T_ROWS_A), -1);
+    assert_int_equal(find_row(r, T_ROWS_B), -1);
+
+    stop_ctl(&p);
+    fixture_close(&f);
+    probe_free(&p);
+    PQfinish(sa);
+    PQfinish(sb);
+}
+
+/* A cancelled cookie gets no reply, even when its address is reused at once. */
+static void test_ctl_cancel(void **state)
+{
+    fixture_t f;
+    probe_t p;
+    int cookie;
+    mig_cmd_t cmd = { .kind = MIG_CMD_SHOW_ROUTES };
+    size_t replies = 0;
+    long i;
+
+    (void)state;
+    fixture_init(&f);
+    start_ctl(&f, &p);
+    mig_ctl_request(p.ctl, &cmd, &cookie);
+    mig_ctl_request(p.ctl, &cmd, &cookie);
+    mig_ctl_cancel(p.ctl, &cookie);
+    mig_ctl_request(p.ctl, &cmd, &cookie); /* the same address, a new client */
+    i = wait_event(&f, &p, 0, MIG_EV_REPLY, &cookie, 10000);
+    assert_true(i >= 0);
+    /* Give the cancelled replies time to arrive, had they been delivered. */
+    for (uint64_t t = cm_now_ms(); cm_now_ms() - t < 300;)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    for (size_t k = 0; k < p.n; k++)
+        if (p.evs[k]->kind == MIG_EV_REPLY)
+            replies++;
+    assert_int_equal(replies, 1);
+
+    /* Stopping with requests queued and a stop inside the callback are both clean. */
+    mig_ctl_request(p.ctl, &cmd, &cookie);
+    mig_ctl_request(p.ctl, &cmd, &cookie);
+    p.stop_in_cb = true;
+    i = wait_event(&f, &p, (size_t)i + 1, MIG_EV_REPLY, &cookie, 10000);
+    assert_true(i >= 0);
+    assert_null(p.ctl);
+    fixture_close(&f);
+    probe_free(&p);
+}
+
+/* The control store restarts: DOWN, then UP and fresh routes; admin commands recover. */
+static void test_ctl_reconnect(void **state)
+{
+    fixture_t f;
+    probe_t p;
+    const mig_result_t *r;
+    long down, up, routes;
+
+    (void)state;
+    fixture_init(&f);
+    start_ctl(&f, &p);
+    r = request(&f, &p, "SHOW ROUTES"); /* the worker connects */
+    assert_null(r->err_sqlstate);
+    assert_int_equal(sh("%s" PG_BIN "/pg_ctl -D %s/data -m fast -w -s stop", pg_as(), pg_dir), 0);
+    down = wait_event(&f, &p, 0, MIG_EV_CONTROL_DOWN, NULL, 10000);
+    assert_true(down >= 0);
+    /* While it is down, admin commands fail cleanly. */
+    r = request(&f, &p, "SHOW ROUTES");
+    assert_error(r, "08006", "control store");
+    assert_int_equal(pg_start(), 0);
+    up = wait_event(&f, &p, (size_t)down, MIG_EV_CONTROL_UP, NULL, 15000);
+    assert_true(up > down);
+    routes = wait_event(&f, &p, (size_t)up, MIG_EV_ROUTES, NULL, 5000);
+    assert_true(routes > up);
+    assert_true(p.evs[routes]->n_routes >= 2);
+    r = request(&f, &p, "SHOW ROUTES");
+    assert_null(r->err_sqlstate);
+    assert_true(r->n_rows >= 2);
+    /* And the LISTEN was renewed: a change still arrives. */
+    r = request(&f, &p, "ROUTE TENANT 'after-restart' TO 'store_b'");
+    assert_null(r->err_sqlstate);
+    assert_true(wait_route(&f, &p, (size_t)routes, "after-restart", "store_b", 1, 1000) >= 0);
+    stop_ctl(&p);
+    fixture_close(&f);
+    probe_free(&p);
+}
+
+static void test_ctl_start_fails(void **state)
+{
+    fixture_t f;
+    probe_t p = { 0 };
+    mig_ctl_t *m = NULL;
+    char *a = conninfo("store_a");
+    const char *conninfos[] = { a, a };
+    mig_tenancy_t ten = {
+        .n_tables = 1, .tables = tables, .tenant_column = "tenant_id", .default_store = "store_a"
+    };
+    mig_tenancy_t bad = ten;
+
+    (void)state;
+    fixture_init(&f);
+    bad.default_store = "nope";
+    assert_int_equal(
+        mig_ctl_start(&f.loop, "dbname=x", store_names, conninfos, 2, &bad, probe_cb, &p, &m),
+        -EINVAL);
+    assert_int_equal(mig_ctl_start(&f.loop, "host=/nonexistent-dir port=1 connect_timeout=2",
+                                   store_names, conninfos, 2, &ten, probe_cb, &p, &m),
+                     -ECONNREFUSED);
+    assert_null(m);
+    free(a);
+    fixture_close(&f);
+    assert_int_equal(p.n, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest local[] = {
+        cmocka_unit_test(test_outbox_threads),
+        cmocka_unit_test(test_outbox_coalesce),
+        cmocka_unit_test(test_outbox_close_in_deliver),
+        cmocka_unit_test(test_cmd_parse),
+    };
+    const struct CMUnitTest pg[] = {
+        cmocka_unit_test(test_schema_idempotent),
+        cmocka_unit_test(test_schema_concurrent),
+        cmocka_unit_test(test_schema_constraints),
+        cmocka_unit_test(test_ctl_start_fails),
+        cmocka_unit_test(test_ctl_route_and_notify),
+        cmocka_unit_test(test_ctl_refusals_and_tenants),
+        cmocka_unit_test(test_ctl_cancel),
+        cmocka_unit_test(test_ctl_reconnect),
+    };
+    int failed;
+
+    cm_log_set_level(CM_LOG_ERROR);
+    failed = cmocka_run_group_tests_name("migrator", local, NULL, NULL);
+    failed += cmocka_run_group_tests_name("migrator_control_store", pg, pg_setup, pg_teardown);
+    return failed;
+}
