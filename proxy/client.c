@@ -1,0 +1,1002 @@
+/*
+ * proxy/client.c - client sessions: the startup packet and TLS, pgshift's
+ * own authentication of the client, the welcome (parameters, pgshift's
+ * BackendKeyData), then forwarding of the client's messages to its
+ * server connection, or to the admin console on the admin port.
+ *
+ * State (px_cl_state_t) changes only through cl_set_state. Input that
+ * cannot be handled yet (server still logging in, proxy paused, server
+ * output backed up) stays in the read buffer and reading stops; the
+ * blocking party calls px_client_kick when it clears.
+ */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "common/log.h"
+#include "proxy/authfile.h"
+#include "proxy/proxy.h"
+#include "proxy/scram.h"
+
+/* Startup-family packets: PostgreSQL's own limit. */
+#define CL_MAX_STARTUP_LEN 10000
+
+static const char *const cl_state_names[] = {
+    [PX_CL_STARTUP] = "startup", [PX_CL_TLS] = "tls",     [PX_CL_AUTH] = "auth",
+    [PX_CL_WELCOME] = "welcome", [PX_CL_READY] = "ready", [PX_CL_CLOSING] = "closing",
+};
+
+const char *px_cl_state_name(px_cl_state_t s)
+{
+    return (size_t)s < CM_ARRAY_LEN(cl_state_names) ? cl_state_names[s] : "?";
+}
+
+static void cl_set_state(px_client_t *c, px_cl_state_t to)
+{
+    LOG_NOISE(c->ctx, "%s -> %s", px_cl_state_name(c->state), px_cl_state_name(to));
+    c->state = to;
+}
+
+static uint64_t wall_ms(void)
+{
+    struct timeval tv;
+
+    gettimeofday(&tv, NULL);
+    return (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u;
+}
+
+/* ---- lifetime ---- */
+
+static void cl_unref(px_client_t *c)
+{
+    if (--c->n_handles > 0)
+        return;
+    cm_list_del(&c->node);
+    px_params_clear(&c->startup);
+    px_params_clear(&c->reported);
+    px_scram_server_free(c->scram);
+    free(c->user);
+    free(c->database);
+    free(c->app_name);
+    free(c);
+}
+
+static void cl_timer_closed(uv_handle_t *h)
+{
+    cl_unref(h->data);
+}
+
+static void cl_conn_closed(px_conn_t *conn)
+{
+    cl_unref(conn->owner);
+}
+
+static void cl_detach(px_client_t *c)
+{
+    px_proxy_t *p = c->conn.proxy;
+
+    if (c->state == PX_CL_CLOSING)
+        return;
+    if (c->server != NULL) {
+        px_server_t *s = c->server;
+
+        c->server = NULL;
+        if (s->n_pending > 0 || s->txn_status != WIRE_TXN_IDLE) {
+            /* The backend may still be busy for us: ask it to stop. */
+            if (s->be_pid != 0)
+                px_server_send_cancel(p, s->store, s->be_pid, s->be_key);
+        }
+        px_server_release(s);
+    }
+    if (c->is_admin)
+        p->n_admin_clients--;
+    else
+        p->n_clients--;
+    if (p->pause_waiter == c)
+        p->pause_waiter = NULL;
+    cl_set_state(c, PX_CL_CLOSING);
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->timer, cl_timer_closed);
+}
+
+void px_client_close(px_client_t *c, const char *reason)
+{
+    px_proxy_t *p = c->conn.proxy;
+
+    if (c->state == PX_CL_CLOSING)
+        return;
+    LOG_INFO(c->ctx, "closing: %s (age %llus)", reason,
+             (unsigned long long)((wall_ms() - c->connect_ms) / 1000));
+    cl_detach(c);
+    px_conn_close(&c->conn);
+    px_proxy_check_idle(p);
+}
+
+static void cl_put_error(px_client_t *c, const char *severity, const char *sqlstate,
+                         const char *msg)
+{
+    cm_buf_t b = { 0 };
+
+    wire_put_error(&b, false, severity, sqlstate, msg, NULL);
+    px_conn_send(&c->conn, b.data, b.len);
+    cm_buf_free(&b);
+}
+
+void px_client_fail(px_client_t *c, const char *sqlstate, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    px_proxy_t *p = c->conn.proxy;
+
+    if (c->state == PX_CL_CLOSING)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    LOG_INFO(c->ctx, "closing: %s (%s)", msg, sqlstate);
+    /* Only a session past startup understands a typed message. */
+    if (c->state != PX_CL_TLS)
+        cl_put_error(c, "FATAL", sqlstate, msg);
+    cl_detach(c);
+    px_conn_close_after_flush(&c->conn);
+    px_proxy_check_idle(p);
+}
+
+void px_client_error(px_client_t *c, const char *sqlstate, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    cl_put_error(c, "ERROR", sqlstate, msg);
+}
+
+void px_client_send_ready(px_client_t *c)
+{
+    cm_buf_t b = { 0 };
+
+    wire_put_ready(&b, c->txn_status ? c->txn_status : WIRE_TXN_IDLE);
+    px_conn_send(&c->conn, b.data, b.len);
+    cm_buf_free(&b);
+    px_conn_flush(&c->conn);
+}
+
+bool px_client_is_idle(const px_client_t *c)
+{
+    if (c->state != PX_CL_READY)
+        return c->state == PX_CL_CLOSING;
+    if (c->server == NULL)
+        return true;
+    return c->server->n_pending == 0 && c->server->txn_status == WIRE_TXN_IDLE &&
+           !c->server->is_copy_in && !c->server->is_copy_out && c->fwd_left == 0;
+}
+
+/* ---- timers ---- */
+
+static void cl_timer_cb(uv_timer_t *t)
+{
+    px_client_t *c = t->data;
+    px_proxy_t *p = c->conn.proxy;
+
+    if (c->state != PX_CL_READY) {
+        px_client_fail(c, "08P01", "login timeout after %d ms", p->cfg->client_login_timeout_ms);
+        return;
+    }
+    if (p->cfg->client_idle_timeout_ms > 0 && px_client_is_idle(c)) {
+        uint64_t idle = cm_now_ms() - c->last_active_ms;
+
+        if (idle >= (uint64_t)p->cfg->client_idle_timeout_ms) {
+            px_client_fail(c, "57P05", "terminating connection due to idle timeout");
+            return;
+        }
+        uv_timer_start(&c->timer, cl_timer_cb, (uint64_t)p->cfg->client_idle_timeout_ms - idle, 0);
+    } else if (p->cfg->client_idle_timeout_ms > 0) {
+        uv_timer_start(&c->timer, cl_timer_cb, (uint64_t)p->cfg->client_idle_timeout_ms, 0);
+    }
+}
+
+/* ---- welcome ---- */
+
+static void cl_send_welcome(px_client_t *c)
+{
+    px_proxy_t *p = c->conn.proxy;
+    cm_buf_t b = { 0 };
+    const px_params_t *sp = &c->store->params;
+
+    wire_put_auth_ok(&b);
+    if (c->is_admin) {
+        px_params_set(&c->reported, "server_version", 14, PGSHIFT_VERSION "/pgshift",
+                      strlen(PGSHIFT_VERSION "/pgshift"));
+        px_params_set(&c->reported, "server_encoding", 15, "UTF8", 4);
+        px_params_set(&c->reported, "client_encoding", 15, "UTF8", 4);
+        px_params_set(&c->reported, "DateStyle", 9, "ISO, MDY", 8);
+        px_params_set(&c->reported, "integer_datetimes", 17, "on", 2);
+        px_params_set(&c->reported, "standard_conforming_strings", 27, "on", 2);
+    } else {
+        /* The store's values, with the client's own startup settings on top:
+         * the store will agree once the session's server logs in. */
+        for (size_t i = 0; i < sp->n; i++)
+            px_params_set(&c->reported, sp->v[i].name, strlen(sp->v[i].name), sp->v[i].value,
+                          strlen(sp->v[i].value));
+        for (size_t i = 0; i < c->startup.n; i++) {
+            const char *n = c->startup.v[i].name;
+
+            if (px_params_get(&c->reported, n) != NULL &&
+                strcmp(n, "client_encoding") != 0) /* PostgreSQL reports its canonical name */
+                px_params_set(&c->reported, n, strlen(n), c->startup.v[i].value,
+                              strlen(c->startup.v[i].value));
+        }
+        if (c->server != NULL && c->server->state == PX_SV_ACTIVE) {
+            /* Parameters of this very server are authoritative. */
+        }
+    }
+    for (size_t i = 0; i < c->reported.n; i++)
+        wire_put_param_status(&b, c->reported.v[i].name, c->reported.v[i].value);
+    wire_put_backend_key(&b, (uint32_t)(c->id & 0x7fffffff), c->cancel_key);
+    wire_put_ready(&b, WIRE_TXN_IDLE);
+    px_conn_send(&c->conn, b.data, b.len);
+    cm_buf_free(&b);
+    px_conn_flush(&c->conn);
+    c->txn_status = WIRE_TXN_IDLE;
+    cl_set_state(c, PX_CL_READY);
+    c->last_active_ms = cm_now_ms();
+    uv_timer_stop(&c->timer);
+    if (p->cfg->client_idle_timeout_ms > 0)
+        uv_timer_start(&c->timer, cl_timer_cb, (uint64_t)p->cfg->client_idle_timeout_ms, 0);
+    LOG_DEBUG(c->ctx, "login ok");
+}
+
+static void cl_login_done(px_client_t *c)
+{
+    px_proxy_t *p = c->conn.proxy;
+
+    if (c->is_admin || c->store->has_params) {
+        cl_send_welcome(c);
+        return;
+    }
+    /* First session on this store: learn its parameters from a real login. */
+    cl_set_state(c, PX_CL_WELCOME);
+    if (px_server_connect(p, c->store, c, &c->server) < 0) {
+        c->server = NULL;
+        px_client_fail(c, "08006", "could not connect to store \"%s\"", c->store->name);
+    }
+}
+
+void px_client_server_ready(px_client_t *c, px_server_t *s)
+{
+    BUG_ON(c->server != s, "server ready for another client");
+    if (c->state == PX_CL_WELCOME) {
+        cl_send_welcome(c);
+        /* Input may have arrived while we waited. */
+    }
+    px_client_kick(c);
+}
+
+void px_client_server_lost(px_client_t *c, px_server_t *s, const char *why)
+{
+    if (c->server == s)
+        c->server = NULL;
+    if (c->state == PX_CL_CLOSING)
+        return;
+    px_client_fail(c, "08006", "%s", why);
+}
+
+/* ---- authentication ---- */
+
+static void cl_auth_fail(px_client_t *c)
+{
+    c->conn.proxy->stats.n_auth_failures++;
+    px_client_fail(c, "28P01", "password authentication failed for user \"%s\"", c->user);
+}
+
+static void cl_start_auth(px_client_t *c)
+{
+    px_proxy_t *p = c->conn.proxy;
+    cm_buf_t b = { 0 };
+    const char *secret;
+
+    if (p->cfg->auth_type == CFG_AUTH_TRUST) {
+        cl_login_done(c);
+        return;
+    }
+    secret = p->authfile ? px_authfile_find(p->authfile, c->user) : NULL;
+    cl_set_state(c, PX_CL_AUTH);
+    if (p->cfg->auth_type == CFG_AUTH_MD5 &&
+        (secret == NULL || strncmp(secret, "SCRAM-SHA-256$", 14) != 0)) {
+        if (px_random_bytes(c->md5_salt, sizeof(c->md5_salt)) < 0) {
+            px_client_fail(c, "XX000", "cannot generate a salt");
+            return;
+        }
+        c->auth_step = PX_AUTH_PASSWORD;
+        wire_put_auth_md5(&b, c->md5_salt);
+    } else {
+        c->auth_step = PX_AUTH_SASL_INIT;
+        wire_put_auth_sasl(&b, "SCRAM-SHA-256");
+    }
+    px_conn_send(&c->conn, b.data, b.len);
+    cm_buf_free(&b);
+    px_conn_flush(&c->conn);
+}
+
+static void cl_auth_input(px_client_t *c, const uint8_t *body, size_t len)
+{
+    px_proxy_t *p = c->conn.proxy;
+    const char *secret = p->authfile ? px_authfile_find(p->authfile, c->user) : NULL;
+    cm_buf_t b = { 0 };
+
+    switch (c->auth_step) {
+    case PX_AUTH_PASSWORD: {
+        wire_str_t pw;
+
+        if (wire_parse_password(body, len, &pw) != WIRE_OK) {
+            px_client_fail(c, "08P01", "invalid password packet");
+            return;
+        }
+        if (secret == NULL || !px_md5_check(secret, c->user, c->md5_salt, pw.p)) {
+            cl_auth_fail(c);
+            return;
+        }
+        cl_login_done(c);
+        return;
+    }
+    case PX_AUTH_SASL_INIT: {
+        wire_str_t mech, data;
+        px_scram_secret_t sec;
+        char *reply = NULL;
+        const char *err = NULL;
+
+        if (wire_parse_sasl_initial(body, len, &mech, &data) != WIRE_OK || data.p == NULL) {
+            px_client_fail(c, "08P01", "invalid SASL initial response");
+            return;
+        }
+        if (strcmp(mech.p, "SCRAM-SHA-256") != 0) {
+            px_client_fail(c, "28000", "SASL mechanism \"%s\" is not supported", mech.p);
+            return;
+        }
+        if (secret == NULL || strncmp(secret, "md5", 3) == 0) {
+            /* No usable secret: finish the exchange with a random one so the
+             * client cannot tell unknown users from wrong passwords. */
+            uint8_t salt[16];
+
+            if (px_random_bytes(salt, sizeof(salt)) < 0 ||
+                px_scram_secret_from_password("\x01invalid", salt, sizeof(salt), 4096, &sec) < 0) {
+                cl_auth_fail(c);
+                return;
+            }
+        } else if (strncmp(secret, "SCRAM-SHA-256$", 14) == 0) {
+            if (px_scram_secret_parse(secret, &sec) < 0) {
+                LOG_WARN(c->ctx, "invalid SCRAM secret in auth_file for user %s", c->user);
+                cl_auth_fail(c);
+                return;
+            }
+        } else {
+            uint8_t salt[16];
+
+            if (px_random_bytes(salt, sizeof(salt)) < 0 ||
+                px_scram_secret_from_password(secret, salt, sizeof(salt), 4096, &sec) < 0) {
+                cl_auth_fail(c);
+                return;
+            }
+        }
+        c->scram = px_scram_server_new(&sec);
+        if (px_scram_server_first(c->scram, data.p, data.len, &reply, &err) < 0) {
+            px_client_fail(c, "08P01", "invalid SCRAM exchange: %s", err ? err : "?");
+            return;
+        }
+        wire_put_auth_sasl_continue(&b, reply, strlen(reply));
+        free(reply);
+        c->auth_step = PX_AUTH_SASL_CONT;
+        break;
+    }
+    case PX_AUTH_SASL_CONT: {
+        wire_str_t data;
+        char *reply = NULL;
+        const char *err = NULL;
+
+        if (wire_parse_sasl_response(body, len, &data) != WIRE_OK) {
+            px_client_fail(c, "08P01", "invalid SASL response");
+            return;
+        }
+        if (px_scram_server_final(c->scram, data.p, data.len, &reply, &err) < 0 || secret == NULL ||
+            strncmp(secret, "md5", 3) == 0) {
+            free(reply);
+            cl_auth_fail(c);
+            return;
+        }
+        px_scram_server_free(c->scram);
+        c->scram = NULL;
+        wire_put_auth_sasl_final(&b, reply, strlen(reply));
+        free(reply);
+        px_conn_send(&c->conn, b.data, b.len);
+        cm_buf_free(&b);
+        cl_login_done(c);
+        return;
+    }
+    case PX_AUTH_NONE:
+    default:
+        px_client_fail(c, "08P01", "unexpected password message");
+        return;
+    }
+    px_conn_send(&c->conn, b.data, b.len);
+    cm_buf_free(&b);
+    px_conn_flush(&c->conn);
+}
+
+/* ---- startup ---- */
+
+static void cl_startup_message(px_client_t *c, const wire_startup_t *st)
+{
+    px_proxy_t *p = c->conn.proxy;
+    wire_str_t user = wire_startup_param(st, "user");
+    wire_str_t db = wire_startup_param(st, "database");
+    const char *want_db;
+    char peer[64];
+
+    if (p->cfg->client_tls_mode == CFG_TLS_REQUIRE && c->conn.tls == NULL && !c->is_unix) {
+        px_client_fail(c, "28000", "pgshift requires TLS (client_tls_mode = require)");
+        return;
+    }
+    if (user.p == NULL || user.len == 0) {
+        px_client_fail(c, "28000", "no PostgreSQL user name specified in startup packet");
+        return;
+    }
+    c->user = cm_xstrndup(user.p, user.len);
+    c->database = db.p && db.len ? cm_xstrndup(db.p, db.len) : cm_xstrdup(c->user);
+    snprintf(c->ctx, sizeof(c->ctx), "C#%llu %s/%s@%s", (unsigned long long)c->id, c->database,
+             c->user, c->is_unix ? "unix" : px_conn_peer(&c->conn, peer, sizeof(peer)));
+    for (size_t i = 0; i < st->n_params; i++) {
+        const wire_str_t *n = &st->names[i];
+
+        if ((n->len == 4 && memcmp(n->p, "user", 4) == 0) ||
+            (n->len == 8 && memcmp(n->p, "database", 8) == 0))
+            continue;
+        if (n->len == 11 && memcmp(n->p, "replication", 11) == 0) {
+            px_client_fail(c, "08P01", "replication connections are not supported by pgshift");
+            return;
+        }
+        if (n->len >= 5 && memcmp(n->p, "_pq_.", 5) == 0)
+            continue; /* protocol extensions: none supported */
+        px_params_set(&c->startup, n->p, n->len, st->values[i].p, st->values[i].len);
+        if (n->len == 16 && memcmp(n->p, "application_name", 16) == 0) {
+            free(c->app_name);
+            c->app_name = cm_xstrndup(st->values[i].p, st->values[i].len);
+        }
+    }
+    want_db = c->is_admin ? "pgshift" : p->cfg->database;
+    if (strcmp(c->database, want_db) != 0) {
+        px_client_fail(c, "3D000", "database \"%s\" does not exist", c->database);
+        return;
+    }
+    if (c->is_admin && !cfg_is_admin(p->cfg, c->user)) {
+        px_client_fail(c, "42501", "user \"%s\" is not an admin user", c->user);
+        return;
+    }
+    if (!c->is_admin && p->n_clients > p->cfg->max_client_conn) {
+        p->stats.n_refused++;
+        px_client_fail(c, "53300", "sorry, too many clients already (max_client_conn = %d)",
+                       p->cfg->max_client_conn);
+        return;
+    }
+    if (p->is_shutting_down) {
+        px_client_fail(c, "57P03", "pgshift is shutting down");
+        return;
+    }
+    c->store = p->default_store;
+    if (st->version != WIRE_PROTO_V3 || st->n_params > 0) {
+        /* Newer minor versions and _pq_ options get NegotiateProtocolVersion. */
+        const char *unknown[WIRE_MAX_STARTUP_PARAMS];
+        char *owned[WIRE_MAX_STARTUP_PARAMS];
+        size_t n_unknown = 0;
+
+        for (size_t i = 0; i < st->n_params; i++)
+            if (st->names[i].len >= 5 && memcmp(st->names[i].p, "_pq_.", 5) == 0) {
+                owned[n_unknown] = cm_xstrndup(st->names[i].p, st->names[i].len);
+                unknown[n_unknown] = owned[n_unknown];
+                n_unknown++;
+            }
+        if (st->version != WIRE_PROTO_V3 || n_unknown > 0) {
+            cm_buf_t b = { 0 };
+
+            wire_put_negotiate_version(&b, 0, unknown, n_unknown);
+            px_conn_send(&c->conn, b.data, b.len);
+            cm_buf_free(&b);
+        }
+        for (size_t i = 0; i < n_unknown; i++)
+            free(owned[i]);
+    }
+    cl_start_auth(c);
+}
+
+static void cl_startup_input(px_client_t *c)
+{
+    px_conn_t *conn = &c->conn;
+    px_proxy_t *p = conn->proxy;
+    wire_limits_t lim = { .max_msg_len = p->limits.max_msg_len,
+                          .max_startup_len = CL_MAX_STARTUP_LEN };
+    wire_startup_t st;
+    size_t used = 0;
+    wire_rc_t rc;
+
+    rc = wire_startup_decode(conn->rbuf + conn->rpos, conn->rlen - conn->rpos, &lim, &st, &used);
+    if (rc == WIRE_PARTIAL) {
+        px_conn_reserve(conn, 8);
+        return;
+    }
+    if (rc != WIRE_OK) {
+        p->stats.n_protocol_errors++;
+        px_client_fail(c, "08P01", "invalid startup packet: %s", wire_rc_str(rc));
+        return;
+    }
+    switch (st.kind) {
+    case WIRE_STARTUP_SSL_REQUEST:
+        px_conn_consume(conn, used);
+        if (conn->tls != NULL) {
+            px_client_fail(c, "08P01", "SSLRequest received twice");
+            return;
+        }
+        if (conn->rpos < conn->rlen) {
+            /* Bytes after SSLRequest before the handshake could be injected
+             * by a man in the middle: refuse them. */
+            px_client_fail(c, "08P01", "received unencrypted data after SSL request");
+            return;
+        }
+        if (p->client_tls != NULL && !c->is_unix) {
+            px_conn_send(conn, "S", 1);
+            px_conn_flush(conn);
+            cl_set_state(c, PX_CL_TLS);
+            if (px_conn_start_tls(conn, px_tls_new_server(p->client_tls)) < 0)
+                px_client_close(c, "cannot start TLS");
+            return;
+        }
+        px_conn_send(conn, "N", 1);
+        px_conn_flush(conn);
+        return;
+    case WIRE_STARTUP_GSSENC_REQUEST:
+        px_conn_consume(conn, used);
+        px_conn_send(conn, "N", 1);
+        px_conn_flush(conn);
+        return;
+    case WIRE_STARTUP_CANCEL:
+        px_conn_consume(conn, used);
+        px_client_cancel(p, st.cancel_pid, st.cancel_key);
+        px_client_close(c, "cancel request");
+        return;
+    case WIRE_STARTUP_MESSAGE:
+        cl_startup_message(c, &st); /* reads views into rbuf: consume after */
+        if (c->state != PX_CL_CLOSING)
+            px_conn_consume(conn, used);
+        return;
+    default:
+        BUG_ON(1, "bad startup kind %d", st.kind);
+    }
+}
+
+/* ---- cancel ---- */
+
+void px_client_cancel(px_proxy_t *p, uint32_t pid, uint32_t key)
+{
+    cm_list_t *it, *tmp;
+
+    cm_list_foreach_safe(it, tmp, &p->clients) {
+        px_client_t *c = cm_container_of(it, px_client_t, node);
+
+        if ((uint32_t)(c->id & 0x7fffffff) != pid)
+            continue;
+        if (c->cancel_key != key || c->state != PX_CL_READY) {
+            LOG_INFO(c->ctx, "cancel request with a wrong key ignored");
+            return;
+        }
+        if (c->server != NULL && c->server->state == PX_SV_ACTIVE && c->server->be_pid != 0) {
+            LOG_DEBUG(c->ctx, "forwarding cancel to store %s", c->server->store->name);
+            px_server_send_cancel(p, c->server->store, c->server->be_pid, c->server->be_key);
+        }
+        return;
+    }
+}
+
+/* ---- forwarding ---- */
+
+/* Types a client may send after login, and whether they end a request. */
+static bool fe_type_known(uint8_t t)
+{
+    switch (t) {
+    case WIRE_MSG_BIND:
+    case WIRE_MSG_CLOSE:
+    case WIRE_MSG_COPY_DATA:
+    case WIRE_MSG_COPY_DONE:
+    case WIRE_MSG_COPY_FAIL:
+    case WIRE_MSG_DESCRIBE:
+    case WIRE_MSG_EXECUTE:
+    case WIRE_MSG_FLUSH:
+    case WIRE_MSG_FUNCTION_CALL:
+    case WIRE_MSG_PARSE:
+    case WIRE_MSG_QUERY:
+    case WIRE_MSG_SYNC:
+    case WIRE_MSG_TERMINATE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Make sure the session has a logged-in server; false means "wait". */
+static bool cl_need_server(px_client_t *c)
+{
+    px_proxy_t *p = c->conn.proxy;
+
+    if (c->server != NULL) {
+        if (c->server->state == PX_SV_ACTIVE)
+            return true;
+        px_conn_stop_read(&c->conn); /* px_client_server_ready kicks us */
+        return false;
+    }
+    px_conn_stop_read(&c->conn);
+    if (px_server_connect(p, c->store, c, &c->server) < 0) {
+        c->server = NULL;
+        px_client_fail(c, "08006", "could not connect to store \"%s\"", c->store->name);
+    }
+    return false;
+}
+
+static void cl_admin_input(px_client_t *c)
+{
+    px_conn_t *conn = &c->conn;
+    px_proxy_t *p = conn->proxy;
+
+    while (conn->rpos < conn->rlen && c->state == PX_CL_READY && !c->is_held) {
+        wire_hdr_t h;
+        wire_rc_t rc =
+            wire_hdr_decode(conn->rbuf + conn->rpos, conn->rlen - conn->rpos, &p->limits, &h);
+        wire_str_t sql;
+
+        if (rc == WIRE_PARTIAL)
+            return;
+        if (rc != WIRE_OK) {
+            p->stats.n_protocol_errors++;
+            px_client_fail(c, "08P01", "invalid message: %s", wire_rc_str(rc));
+            return;
+        }
+        if (conn->rlen - conn->rpos < WIRE_HDR_LEN + h.body_len) {
+            px_conn_reserve(conn, WIRE_HDR_LEN + h.body_len);
+            return;
+        }
+        switch (h.type) {
+        case WIRE_MSG_QUERY:
+            if (wire_parse_query(conn->rbuf + conn->rpos + WIRE_HDR_LEN, h.body_len, &sql) !=
+                WIRE_OK) {
+                px_client_fail(c, "08P01", "invalid Query message");
+                return;
+            }
+            {
+                char *q = cm_xstrndup(sql.p, sql.len);
+
+                px_conn_consume(conn, WIRE_HDR_LEN + h.body_len);
+                px_admin_query(c, q);
+                free(q);
+            }
+            break;
+        case WIRE_MSG_TERMINATE:
+            px_client_close(c, "client terminated");
+            return;
+        case WIRE_MSG_SYNC:
+            px_conn_consume(conn, WIRE_HDR_LEN + h.body_len);
+            px_client_send_ready(c);
+            break;
+        case WIRE_MSG_FLUSH:
+            px_conn_consume(conn, WIRE_HDR_LEN + h.body_len);
+            break;
+        default:
+            if (!fe_type_known(h.type)) {
+                px_client_fail(c, "08P01", "invalid frontend message type %d", h.type);
+                return;
+            }
+            px_conn_consume(conn, WIRE_HDR_LEN + h.body_len);
+            if (h.type == WIRE_MSG_PARSE || h.type == WIRE_MSG_FUNCTION_CALL)
+                px_client_error(c, "0A000",
+                                "the admin console supports only the simple query protocol");
+            break;
+        }
+    }
+}
+
+/*
+ * Forward complete messages to the session's server. Small control
+ * messages are read whole; CopyData streams through once its header is
+ * known, so a large COPY never needs a large buffer.
+ */
+static void cl_forward(px_client_t *c)
+{
+    px_conn_t *conn = &c->conn;
+    px_proxy_t *p = conn->proxy;
+    px_server_t *s;
+    size_t run;
+
+    if (!cl_need_server(c))
+        return;
+    s = c->server;
+    run = conn->rpos;
+    while (conn->rpos < conn->rlen) {
+        const uint8_t *buf = conn->rbuf + conn->rpos;
+        size_t avail = conn->rlen - conn->rpos;
+        wire_hdr_t h;
+        wire_rc_t rc;
+
+        if (c->fwd_left > 0) {
+            size_t n = CM_MIN(c->fwd_left, avail);
+
+            c->fwd_left -= n;
+            conn->rpos += n;
+            continue;
+        }
+        if (px_conn_pending(&s->conn) > p->cfg->max_buffer_len) {
+            px_conn_stop_read(conn); /* the store is slow: backpressure */
+            break;
+        }
+        if ((p->is_paused || c->close_when_idle) && px_client_is_idle(c)) {
+            if (c->close_when_idle) {
+                px_conn_send(&s->conn, conn->rbuf + run, conn->rpos - run);
+                run = conn->rpos;
+                px_client_fail(c, "57P01", "terminating connection: pgshift is shutting down");
+                return;
+            }
+            c->is_held = 1;
+            px_conn_stop_read(conn);
+            break;
+        }
+        rc = wire_hdr_decode(buf, avail, &p->limits, &h);
+        if (rc == WIRE_PARTIAL)
+            break;
+        if (rc != WIRE_OK || !fe_type_known(h.type)) {
+            p->stats.n_protocol_errors++;
+            if (run < conn->rpos)
+                px_conn_send(&s->conn, conn->rbuf + run, conn->rpos - run);
+            px_conn_flush(&s->conn);
+            if (rc == WIRE_ETOOBIG)
+                px_client_fail(c, "08P01", "message of %u bytes exceeds max_message_len (%zu)",
+                               h.body_len, p->limits.max_msg_len);
+            else if (rc != WIRE_OK)
+                px_client_fail(c, "08P01", "invalid message length");
+            else
+                px_client_fail(c, "08P01", "invalid frontend message type %d", h.type);
+            return;
+        }
+        if (h.type == WIRE_MSG_COPY_DATA) {
+            c->fwd_left = h.body_len;
+            conn->rpos += WIRE_HDR_LEN;
+            continue;
+        }
+        if (avail < WIRE_HDR_LEN + h.body_len) {
+            if (run < conn->rpos)
+                px_conn_send(&s->conn, conn->rbuf + run, conn->rpos - run);
+            px_conn_reserve(conn, WIRE_HDR_LEN + h.body_len); /* may compact */
+            run = conn->rpos;
+            break;
+        }
+        switch (h.type) {
+        case WIRE_MSG_TERMINATE:
+            if (run < conn->rpos)
+                px_conn_send(&s->conn, conn->rbuf + run, conn->rpos - run);
+            px_conn_flush(&s->conn);
+            px_client_close(c, "client terminated");
+            return;
+        case WIRE_MSG_QUERY:
+        case WIRE_MSG_FUNCTION_CALL:
+            if (wire_validate(h.type, true, buf + WIRE_HDR_LEN, h.body_len) != WIRE_OK) {
+                p->stats.n_protocol_errors++;
+                px_client_fail(c, "08P01", "malformed '%c' message", h.type);
+                return;
+            }
+            s->n_pending++;
+            c->n_queries++;
+            s->store->n_queries++;
+            p->stats.n_queries++;
+            break;
+        case WIRE_MSG_SYNC:
+            s->n_pending++;
+            c->n_queries++;
+            s->store->n_queries++;
+            p->stats.n_queries++;
+            break;
+        case WIRE_MSG_PARSE:
+        case WIRE_MSG_BIND:
+        case WIRE_MSG_DESCRIBE:
+        case WIRE_MSG_EXECUTE:
+        case WIRE_MSG_CLOSE:
+            if (wire_validate(h.type, true, buf + WIRE_HDR_LEN, h.body_len) != WIRE_OK) {
+                p->stats.n_protocol_errors++;
+                px_client_fail(c, "08P01", "malformed '%c' message", h.type);
+                return;
+            }
+            break;
+        default:
+            break;
+        }
+        conn->rpos += WIRE_HDR_LEN + h.body_len;
+    }
+    if (run < conn->rpos) {
+        s->store->bytes_in += conn->rpos - run;
+        px_conn_send(&s->conn, conn->rbuf + run, conn->rpos - run);
+    }
+    if (conn->rpos == conn->rlen)
+        conn->rpos = conn->rlen = 0;
+    px_conn_flush(&s->conn);
+}
+
+static void cl_process(px_client_t *c)
+{
+    px_conn_t *conn = &c->conn;
+
+    switch (c->state) {
+    case PX_CL_STARTUP:
+        while (c->state == PX_CL_STARTUP && conn->rpos < conn->rlen) {
+            size_t before = conn->rpos;
+
+            cl_startup_input(c);
+            if (conn->rpos == before)
+                break;
+        }
+        if (c->state == PX_CL_READY && conn->rpos < conn->rlen)
+            cl_process(c);
+        return;
+    case PX_CL_TLS:
+        if (conn->tls != NULL && px_tls_handshake_done(conn->tls)) {
+            cl_set_state(c, PX_CL_STARTUP);
+            if (conn->rpos < conn->rlen)
+                cl_process(c);
+        }
+        return;
+    case PX_CL_AUTH:
+        while (c->state == PX_CL_AUTH && conn->rpos < conn->rlen) {
+            wire_hdr_t h;
+            wire_rc_t rc = wire_hdr_decode(conn->rbuf + conn->rpos, conn->rlen - conn->rpos,
+                                           &conn->proxy->limits, &h);
+
+            if (rc == WIRE_PARTIAL)
+                return;
+            if (rc != WIRE_OK || h.type != WIRE_MSG_PASSWORD || h.body_len > 65536) {
+                px_client_fail(c, "08P01", "expected a password message during authentication");
+                return;
+            }
+            if (conn->rlen - conn->rpos < WIRE_HDR_LEN + h.body_len) {
+                px_conn_reserve(conn, WIRE_HDR_LEN + h.body_len);
+                return;
+            }
+            cl_auth_input(c, conn->rbuf + conn->rpos + WIRE_HDR_LEN, h.body_len);
+            if (c->state != PX_CL_CLOSING)
+                px_conn_consume(conn, WIRE_HDR_LEN + h.body_len);
+        }
+        if (c->state == PX_CL_READY && conn->rpos < conn->rlen)
+            cl_process(c);
+        return;
+    case PX_CL_WELCOME:
+        return; /* input waits for the welcome */
+    case PX_CL_READY:
+        c->last_active_ms = cm_now_ms();
+        if (c->is_admin)
+            cl_admin_input(c);
+        else
+            cl_forward(c);
+        return;
+    case PX_CL_CLOSING:
+        px_conn_consume(conn, conn->rlen - conn->rpos);
+        return;
+    default:
+        BUG_ON(1, "bad client state %d", c->state);
+    }
+}
+
+void px_client_kick(px_client_t *c)
+{
+    px_proxy_t *p = c->conn.proxy;
+
+    if (c->state == PX_CL_CLOSING)
+        return;
+    if (c->is_held && !p->is_paused)
+        c->is_held = 0;
+    if (c->close_when_idle && px_client_is_idle(c) && c->conn.rpos == c->conn.rlen) {
+        px_client_fail(c, "57P01", "terminating connection: pgshift is shutting down");
+        return;
+    }
+    if (c->conn.rpos < c->conn.rlen && !c->is_held)
+        cl_process(c);
+    if (c->state == PX_CL_CLOSING)
+        return;
+    if (!c->is_held && !c->conn.is_reading &&
+        (c->server == NULL || px_conn_pending(&c->server->conn) <= p->cfg->max_buffer_len))
+        if (px_conn_start_read(&c->conn) < 0) {
+            px_client_close(c, "cannot read from client");
+            return;
+        }
+    if (px_client_is_idle(c))
+        px_proxy_check_idle(p);
+}
+
+/* ---- conn callbacks ---- */
+
+static void cl_on_read(px_conn_t *conn)
+{
+    px_client_t *c = conn->owner;
+
+    if (c->is_held) {
+        px_conn_stop_read(conn);
+        return;
+    }
+    cl_process(c);
+}
+
+static void cl_on_error(px_conn_t *conn, int err)
+{
+    px_client_t *c = conn->owner;
+
+    if (conn->tls != NULL && err == UV_EPROTO) {
+        px_client_close(c, px_tls_error(conn->tls));
+        return;
+    }
+    px_client_close(c, err == UV_EOF ? "client disconnected" : uv_strerror(err));
+}
+
+static void cl_on_drain(px_conn_t *conn)
+{
+    px_client_t *c = conn->owner;
+
+    /* The client took the store's output: let the store's bytes flow again. */
+    if (c->server != NULL)
+        px_server_kick(c->server);
+}
+
+static const px_conn_ops_t client_conn_ops = {
+    .on_read = cl_on_read,
+    .on_error = cl_on_error,
+    .on_drain = cl_on_drain,
+    .on_closed = cl_conn_closed,
+};
+
+void px_client_accept(px_proxy_t *p, uv_stream_t *listener, bool is_admin, bool is_unix)
+{
+    px_client_t *c = cm_xcalloc(1, sizeof(*c));
+    int rc;
+
+    c->id = ++p->next_id;
+    c->is_admin = is_admin;
+    c->is_unix = is_unix;
+    c->connect_ms = wall_ms();
+    px_conn_init(&c->conn, p, PX_CONN_CLIENT, &client_conn_ops, c);
+    cm_list_init(&c->node);
+    if (is_unix)
+        rc = uv_pipe_init(p->loop, &c->conn.h.pipe, 0);
+    else
+        rc = uv_tcp_init(p->loop, &c->conn.h.tcp);
+    if (rc < 0) {
+        free(c);
+        return;
+    }
+    c->conn.h.handle.data = &c->conn;
+    c->conn.is_open = 1;
+    uv_timer_init(p->loop, &c->timer);
+    c->timer.data = c;
+    c->n_handles = 2;
+    cm_list_append(&p->clients, &c->node);
+    if (is_admin)
+        p->n_admin_clients++;
+    else
+        p->n_clients++;
+    snprintf(c->ctx, sizeof(c->ctx), "C#%llu", (unsigned long long)c->id);
+    if (uv_accept(listener, &c->conn.h.stream) < 0) {
+        px_client_close(c, "accept failed");
+        return;
+    }
+    p->stats.n_accepted++;
+    if (!is_unix)
+        uv_tcp_nodelay(&c->conn.h.tcp, 1);
+    if (px_random_bytes(&c->cancel_key, sizeof(c->cancel_key)) < 0)
+        c->cancel_key = (uint32_t)cm_now_us();
+    if (px_conn_start_read(&c->conn) < 0) {
+        px_client_close(c, "cannot read");
+        return;
+    }
+    if (p->cfg->client_login_timeout_ms > 0)
+        uv_timer_start(&c->timer, cl_timer_cb, (uint64_t)p->cfg->client_login_timeout_ms, 0);
+}

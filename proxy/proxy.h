@@ -1,0 +1,425 @@
+/*
+ * proxy/proxy.h - the objects that live on the loop: the process-wide proxy
+ * state, connections (transport + buffers + TLS), client sessions, server
+ * connections and stores.
+ *
+ * Everything here is owned by the loop thread. migrator/ threads never see
+ * these structs; they talk to the loop through their outbox.
+ */
+#ifndef PGSHIFT_PROXY_H
+#define PGSHIFT_PROXY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "common/cm.h"
+#include "config/cfg.h"
+#include "wire/wire.h"
+
+typedef struct px_proxy px_proxy_t;
+typedef struct px_conn px_conn_t;
+typedef struct px_client px_client_t;
+typedef struct px_server px_server_t;
+typedef struct px_store px_store_t;
+typedef struct px_tls px_tls_t;
+
+/* ---- intrusive doubly linked list ---- */
+
+typedef struct cm_list {
+    struct cm_list *prev, *next;
+} cm_list_t;
+
+static inline void cm_list_init(cm_list_t *l)
+{
+    l->prev = l->next = l;
+}
+
+static inline bool cm_list_empty(const cm_list_t *l)
+{
+    return l->next == l;
+}
+
+static inline void cm_list_append(cm_list_t *head, cm_list_t *n)
+{
+    n->prev = head->prev;
+    n->next = head;
+    head->prev->next = n;
+    head->prev = n;
+}
+
+static inline void cm_list_del(cm_list_t *n)
+{
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->prev = n->next = n;
+}
+
+#define cm_list_foreach_safe(it, tmp, head) \
+    for ((it) = (head)->next, (tmp) = (it)->next; (it) != (head); (it) = (tmp), (tmp) = (it)->next)
+
+/* ---- connections: one socket, its buffers and optional TLS ---- */
+
+typedef enum px_conn_kind {
+    PX_CONN_CLIENT, /* an application or admin client */
+    PX_CONN_SERVER, /* pgshift's connection to a store */
+} px_conn_kind_t;
+
+/*
+ * The I/O half of a client or server. It owns the uv stream, the read
+ * buffer and the output queue. Its owner (client or server) gets every
+ * batch of decrypted input through on_read and decides what to consume.
+ *
+ *   rbuf:  [ consumed | unprocessed (rpos..rlen) | free (rlen..rcap) ]
+ *
+ * rbuf is taken from the proxy's buffer pool when a read arrives and handed
+ * back when everything is consumed, so an idle connection holds no buffer.
+ */
+struct px_conn {
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
+    px_conn_kind_t kind;
+    const struct px_conn_ops *ops; /* the owner's callbacks */
+    void *owner;                   /* px_client_t or px_server_t */
+    px_proxy_t *proxy;             /* keeps */
+
+    uint8_t *rbuf; /* pooled when rcap == pool size, else heap */
+    size_t rpos;   /* first unprocessed byte */
+    size_t rlen;   /* end of received bytes */
+    size_t rcap;   /* bytes allocated */
+
+    cm_buf_t out;       /* plaintext queued by the owner, not yet handed to the socket */
+    cm_buf_t sendbuf;   /* bytes owned by the in-flight uv_write */
+    uv_write_t wreq;    /* one write in flight at a time */
+    px_tls_t *tls;      /* NULL for plaintext */
+    uint64_t bytes_in;  /* plaintext bytes received */
+    uint64_t bytes_out; /* plaintext bytes queued */
+
+    unsigned is_open : 1;           /* the stream handle is initialized */
+    unsigned is_closing : 1;        /* uv_close called; freed in the close callback */
+    unsigned is_reading : 1;        /* uv_read_start active */
+    unsigned is_writing : 1;        /* wreq in flight */
+    unsigned want_read : 1;         /* owner wants input (cleared under backpressure) */
+    unsigned is_eof : 1;            /* peer closed its side */
+    unsigned close_after_flush : 1; /* close once out and sendbuf are written */
+    unsigned is_tls_ready : 1;      /* the TLS handshake finished (owner told once) */
+};
+
+/* Called with new input in c->rbuf[rpos..rlen); the owner advances rpos. */
+typedef void (*px_conn_read_fn)(px_conn_t *c);
+/* Called once when the connection failed or the peer closed. */
+typedef void (*px_conn_error_fn)(px_conn_t *c, int err);
+/* Called when queued output drained below the backpressure mark. */
+typedef void (*px_conn_drain_fn)(px_conn_t *c);
+/* Called from the close callback: the owner frees itself. */
+typedef void (*px_conn_closed_fn)(px_conn_t *c);
+
+typedef struct px_conn_ops {
+    px_conn_read_fn on_read;
+    px_conn_error_fn on_error;
+    px_conn_drain_fn on_drain;
+    px_conn_closed_fn on_closed;
+} px_conn_ops_t;
+
+void px_conn_init(px_conn_t *c, px_proxy_t *p, px_conn_kind_t kind, const px_conn_ops_t *ops,
+                  void *owner);
+int px_conn_start_read(px_conn_t *c) MUST_CHECK;
+void px_conn_stop_read(px_conn_t *c);
+/* Queue bytes (copied) and write them soon; px_conn_flush writes now. */
+void px_conn_send(px_conn_t *c, const void *data, size_t len);
+void px_conn_flush(px_conn_t *c);
+/* Pending output bytes (queued + in flight). */
+size_t px_conn_pending(const px_conn_t *c);
+/* Drop n processed bytes from the read buffer; releases it when empty. */
+void px_conn_consume(px_conn_t *c, size_t n);
+/* Make room for a whole message of `need` bytes from rpos. */
+void px_conn_reserve(px_conn_t *c, size_t need);
+/* Close now (output discarded) or after the queued output is written. */
+void px_conn_close(px_conn_t *c);
+void px_conn_close_after_flush(px_conn_t *c);
+/* Start TLS on an open connection; pending plaintext must be empty. */
+int px_conn_start_tls(px_conn_t *c, px_tls_t *tls) MUST_CHECK;
+const char *px_conn_peer(px_conn_t *c, char *buf, size_t len);
+
+/* ---- TLS through memory BIOs (proxy/tls.c) ---- */
+
+typedef struct px_tls_ctx px_tls_ctx_t;
+int px_tls_server_ctx_new(const char *cert, const char *key, const char *ca, px_tls_ctx_t **out,
+                          char **err) MUST_CHECK;
+/* sslmode: require, verify-ca or verify-full; rootcert may be "" */
+int px_tls_client_ctx_new(const char *sslmode, const char *rootcert, px_tls_ctx_t **out, char **err)
+    MUST_CHECK;
+void px_tls_ctx_free(px_tls_ctx_t *ctx);
+px_tls_t *px_tls_new_server(px_tls_ctx_t *ctx);
+px_tls_t *px_tls_new_client(px_tls_ctx_t *ctx, const char *hostname /* SNI, verify-full */);
+void px_tls_free(px_tls_t *t);
+/* Feed ciphertext; returns 0, or -1 with a TLS error. */
+int px_tls_feed(px_tls_t *t, const void *data, size_t len) MUST_CHECK;
+/* Decrypt into buf; returns bytes (>0), 0 for "need more", -1 for error/close. */
+int px_tls_read(px_tls_t *t, void *buf, size_t len);
+/* Encrypt plaintext; returns 0 or -1. */
+int px_tls_write(px_tls_t *t, const void *data, size_t len) MUST_CHECK;
+/* Append produced ciphertext to out. */
+void px_tls_drain(px_tls_t *t, cm_buf_t *out);
+bool px_tls_handshake_done(px_tls_t *t);
+const char *px_tls_error(px_tls_t *t);
+
+/* ---- stores ---- */
+
+#define PX_MAX_PARAMS 32
+
+typedef struct px_param {
+    char *name;
+    char *value;
+} px_param_t;
+
+typedef struct px_params {
+    size_t n;
+    px_param_t v[PX_MAX_PARAMS];
+} px_params_t;
+
+void px_params_set(px_params_t *ps, const char *name, size_t name_len, const char *value,
+                   size_t value_len);
+const char *px_params_get(const px_params_t *ps, const char *name);
+void px_params_clear(px_params_t *ps);
+
+struct px_store {
+    int index;                    /* position in proxy->stores */
+    char *name;                   /* [stores] key */
+    char *conninfo;               /* as configured */
+    char *host;                   /* host name, address or unix socket directory */
+    int port;                     /* 5432 by default */
+    char *user;                   /* login role on the store */
+    char *password;               /* may be NULL */
+    char *dbname;                 /* database on the store */
+    char *sslmode;                /* disable, allow, prefer, require, verify-ca, verify-full */
+    char *sslrootcert;            /* "" when unset */
+    char *unix_path;              /* socket path when host is a directory, else NULL */
+    struct sockaddr_storage addr; /* resolved TCP address */
+    px_tls_ctx_t *tls_ctx;        /* when sslmode asks for TLS */
+    px_params_t params;           /* ParameterStatus of the first server login */
+    bool has_params;
+    bool is_removed; /* dropped from the config by a reload */
+    /* stats */
+    uint64_t n_queries, n_xacts, bytes_in, bytes_out, n_errors, n_server_conns;
+    uint64_t query_time_us, xact_time_us;
+    int n_servers; /* open server connections */
+    int n_active;  /* linked to a client */
+};
+
+/* ---- server connections ---- */
+
+typedef enum px_sv_state {
+    PX_SV_CONNECTING, /* [transient] TCP or unix connect in progress */
+    PX_SV_SSL_REQ,    /* [transient] sent SSLRequest, waiting for S or N */
+    PX_SV_TLS,        /* [transient] TLS handshake */
+    PX_SV_LOGIN,      /* startup sent; authenticating and reading parameters */
+    PX_SV_ACTIVE,     /* logged in and linked to its client */
+    PX_SV_CLOSING,    /* [transient] handles closing; freed in the close callback */
+} px_sv_state_t;
+
+struct px_server {
+    px_conn_t conn;
+    px_sv_state_t state;
+    uint64_t id;
+    px_store_t *store;   /* keeps */
+    px_client_t *client; /* the session that owns it, NULL while closing */
+    cm_list_t node;      /* proxy->servers */
+    uint32_t be_pid;     /* BackendKeyData of the store's backend */
+    uint32_t be_key;
+    uint8_t txn_status; /* last ReadyForQuery status */
+    int n_pending;      /* requests (Query, Sync) awaiting ReadyForQuery */
+    size_t fwd_left;    /* bytes of the current message still to stream to the client */
+    void *scram;        /* px_scram_client_t during SASL */
+    uv_timer_t timer;   /* connect timeout */
+    uint64_t connect_start_ms;
+    uint64_t xact_start_us;
+    uint64_t query_start_us;
+    int n_handles;            /* open uv handles: conn + timer */
+    unsigned is_copy_in : 1;  /* the store sent CopyInResponse: client streams CopyData */
+    unsigned is_copy_out : 1; /* the store streams CopyData to the client */
+    char ctx[64];             /* log prefix */
+};
+
+/* ---- client sessions ---- */
+
+typedef enum px_cl_state {
+    PX_CL_STARTUP, /* reading SSLRequest / StartupMessage */
+    PX_CL_TLS,     /* [transient] TLS handshake after SSLRequest */
+    PX_CL_AUTH,    /* authenticating the client */
+    PX_CL_WELCOME, /* [transient] authenticated, waiting for the store's parameters */
+    PX_CL_READY,   /* logged in; forwarding or running admin commands */
+    PX_CL_CLOSING, /* [transient] handles closing; freed in the last close callback */
+} px_cl_state_t;
+
+typedef enum px_auth_step {
+    PX_AUTH_NONE,
+    PX_AUTH_PASSWORD, /* cleartext (unused), md5 */
+    PX_AUTH_SASL_INIT,
+    PX_AUTH_SASL_CONT,
+} px_auth_step_t;
+
+struct px_client {
+    px_conn_t conn;
+    px_cl_state_t state;
+    uint64_t id;
+    cm_list_t node; /* proxy->clients */
+    bool is_admin;  /* connected through the admin port */
+    char *user;
+    char *database;
+    char *app_name;
+    px_params_t startup;  /* startup parameters to pass to stores (no user/database) */
+    px_params_t reported; /* ParameterStatus values the client has seen */
+    uint32_t cancel_key;  /* pgshift's BackendKeyData key; the pid is the client id */
+    px_server_t *server;  /* the session's server connection, NULL until needed */
+    px_store_t *store;    /* store of the session */
+    px_auth_step_t auth_step;
+    uint8_t md5_salt[4];
+    void *scram;         /* px_scram_server_t during SASL */
+    uint8_t txn_status;  /* as last reported to the client */
+    size_t fwd_left;     /* bytes of the current message still to stream to the server */
+    uv_timer_t timer;    /* login and idle timeouts */
+    int n_handles;       /* open uv handles: conn + timer */
+    uint64_t connect_ms; /* wall-clock ms at accept, for SHOW CLIENTS */
+    uint64_t last_active_ms;
+    uint64_t n_queries;
+    unsigned is_held : 1;        /* input processing suspended (pause, waiting server) */
+    unsigned is_terminating : 1; /* got Terminate */
+    unsigned is_unix : 1;
+    unsigned close_when_idle : 1; /* shutdown: close at the next idle point */
+    unsigned in_copy_in : 1;      /* streaming CopyData to the server */
+    char ctx[96];                 /* log prefix: "C#12 app@127.0.0.1:5000" */
+};
+
+/* ---- the process ---- */
+
+typedef struct px_listener {
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
+    px_proxy_t *proxy;
+    bool is_admin;
+    bool is_unix;
+    bool is_open;
+    char *path; /* unix socket path, unlinked at close */
+} px_listener_t;
+
+#define PX_MAX_LISTENERS 16
+
+typedef struct px_stats {
+    uint64_t n_accepted;
+    uint64_t n_refused;
+    uint64_t n_auth_failures;
+    uint64_t n_protocol_errors;
+    uint64_t n_queries;
+    uint64_t n_xacts;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+} px_stats_t;
+
+struct px_proxy {
+    uv_loop_t *loop;
+    cfg_t *cfg;       /* current snapshot; owned reference */
+    char *cfg_path;   /* NULL when started without -c */
+    char **overrides; /* -o key=value, re-applied on reload */
+    size_t n_overrides;
+    px_store_t **stores; /* by index; stores are never freed before exit */
+    size_t n_stores;
+    px_store_t *default_store;
+    void *authfile; /* px_authfile_t */
+    px_tls_ctx_t *client_tls;
+    px_listener_t listeners[PX_MAX_LISTENERS];
+    size_t n_listeners;
+    cm_list_t clients;
+    cm_list_t servers;
+    int n_clients;
+    int n_admin_clients;
+    uint64_t next_id;
+    uint32_t pid_base;
+    wire_limits_t limits;
+    px_stats_t stats;
+    uint64_t start_ms;
+    /* pooled read buffers of cfg->pkt_buf_len bytes */
+    uint8_t **buf_pool;
+    size_t n_buf_pool;
+    size_t buf_pool_cap;
+    size_t buf_len;
+    /* pause / shutdown */
+    bool is_paused;
+    bool is_shutting_down;
+    bool is_finished; /* every handle of the proxy is closing; the loop ends */
+    uv_timer_t pause_timer;
+    px_client_t *pause_waiter; /* admin client waiting for PAUSE to complete */
+    uv_timer_t shutdown_timer;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    void *http;  /* proxy/http.c state */
+    void *admin; /* proxy/admin.c state */
+};
+
+/* proxy/proxy.c */
+int px_proxy_init(px_proxy_t *p, uv_loop_t *loop, cfg_t *cfg, char **err) MUST_CHECK;
+int px_proxy_listen(px_proxy_t *p, char **err) MUST_CHECK;
+int px_proxy_reload(px_proxy_t *p, char **err) MUST_CHECK;
+void px_proxy_shutdown(px_proxy_t *p, bool immediate);
+void px_proxy_destroy(px_proxy_t *p);
+uint8_t *px_proxy_buf_get(px_proxy_t *p);
+void px_proxy_buf_put(px_proxy_t *p, uint8_t *buf);
+px_store_t *px_proxy_store(px_proxy_t *p, const char *name);
+/* Re-evaluate pause and shutdown progress; called when a client goes idle. */
+void px_proxy_check_idle(px_proxy_t *p);
+void px_proxy_resume(px_proxy_t *p);
+
+/* proxy/listener.c */
+int px_listen_tcp(px_proxy_t *p, const char *addr, int port, bool is_admin, char **err) MUST_CHECK;
+int px_listen_unix(px_proxy_t *p, const char *dir, int port, bool is_admin, char **err) MUST_CHECK;
+void px_listen_close_all(px_proxy_t *p);
+
+/* proxy/store.c */
+int px_store_new(const cfg_store_t *cs, int index, px_store_t **out, char **err) MUST_CHECK;
+int px_store_update(px_store_t *s, const cfg_store_t *cs, char **err) MUST_CHECK;
+void px_store_free(px_store_t *s);
+
+/* proxy/client.c */
+void px_client_accept(px_proxy_t *p, uv_stream_t *listener, bool is_admin, bool is_unix);
+void px_client_close(px_client_t *c, const char *reason);
+/* Send ErrorResponse (FATAL) and close once written. */
+void px_client_fail(px_client_t *c, const char *sqlstate, const char *fmt, ...) PRINTF_LIKE(3, 4);
+/* Send a non-fatal ErrorResponse (severity ERROR). */
+void px_client_error(px_client_t *c, const char *sqlstate, const char *fmt, ...) PRINTF_LIKE(3, 4);
+void px_client_send_ready(px_client_t *c);
+/* The server finished login: welcome the client or start forwarding. */
+void px_client_server_ready(px_client_t *c, px_server_t *s);
+/* The server failed or vanished; the client gets 08006 and is closed. */
+void px_client_server_lost(px_client_t *c, px_server_t *s, const char *why);
+/* Continue processing buffered input (after a hold or backpressure). */
+void px_client_kick(px_client_t *c);
+bool px_client_is_idle(const px_client_t *c);
+void px_client_cancel(px_proxy_t *p, uint32_t pid, uint32_t key);
+const char *px_cl_state_name(px_cl_state_t s);
+
+/* proxy/server.c */
+int px_server_connect(px_proxy_t *p, px_store_t *store, px_client_t *client, px_server_t **out)
+    MUST_CHECK;
+/* Forward the store's output to the client; called from the client's drain. */
+void px_server_kick(px_server_t *s);
+/* Detach from the client and close (Terminate first when logged in). */
+void px_server_release(px_server_t *s);
+void px_server_send_cancel(px_proxy_t *p, px_store_t *store, uint32_t pid, uint32_t key);
+const char *px_sv_state_name(px_sv_state_t s);
+
+/* proxy/admin.c */
+void px_admin_query(px_client_t *c, const char *sql);
+void px_admin_pause_done(px_proxy_t *p, bool ok);
+
+/* proxy/http.c */
+int px_http_start(px_proxy_t *p, char **err) MUST_CHECK;
+void px_http_stop(px_proxy_t *p);
+
+#endif
