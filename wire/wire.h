@@ -182,6 +182,11 @@ typedef struct wire_startup {
  * other than 3, with more than WIRE_MAX_STARTUP_PARAMS pairs, without the
  * final NUL, or an odd name without value is WIRE_EPROTO. A minor version
  * above 0 is accepted (the caller may answer NegotiateProtocolVersion).
+ * The length word counts itself: < 8 is WIRE_EPROTO, > lim->max_startup_len
+ * WIRE_ETOOBIG; SSLRequest and GSSENCRequest must be exactly 8 bytes and
+ * CancelRequest 16. WIRE_PARTIAL until the whole packet is in buf; on
+ * WIRE_OK *used is the packet length (bytes after it, e.g. plaintext
+ * following an SSLRequest, are left for the caller to judge).
  */
 wire_rc_t wire_startup_decode(const uint8_t *buf, size_t len, const wire_limits_t *lim,
                               wire_startup_t *out, size_t *used);
@@ -226,7 +231,11 @@ wire_rc_t wire_parse_bind(const uint8_t *body, size_t len, wire_bind_t *out);
 /*
  * Parameter i (0-based) of a decoded Bind: *is_null, value view, and its
  * format (0 text, 1 binary) per the Bind's format-code rules (0, 1 or n codes).
- * Returns false when i is out of range.
+ * Returns false when i is out of range. The format is the int16 code as sent;
+ * codes other than 0 and 1 are left for the server to reject. wire_parse_bind
+ * already refused a format count other than 0, 1 or n_params (WIRE_EPROTO).
+ * NULL parameters give val = {NULL, 0}. Each call walks the parameters from
+ * the first one: O(i).
  */
 bool wire_bind_param(const wire_bind_t *b, uint16_t i, bool *is_null, wire_str_t *val, int *format);
 wire_rc_t wire_parse_describe(const uint8_t *body, size_t len, wire_describe_t *out);
@@ -275,6 +284,7 @@ typedef struct wire_copy_response { /* CopyIn/CopyOut/CopyBoth */
     const uint8_t *column_formats; /* n_columns big-endian int16 */
 } wire_copy_response_t;
 
+/* Unknown request codes are WIRE_EPROTO; GSS_CONTINUE data lands in sasl_data. */
 wire_rc_t wire_parse_auth(const uint8_t *body, size_t len, wire_auth_t *out);
 /* True when a decoded WIRE_AUTH_SASL request offers the mechanism `name`. */
 bool wire_auth_has_mechanism(const wire_auth_t *a, const char *name);
@@ -291,7 +301,12 @@ wire_rc_t wire_parse_command_complete(const uint8_t *body, size_t len, wire_str_
 /*
  * Validate the body of any message of the given type and direction
  * (is_frontend) without keeping the result: the fuzzers and the proxy use it
- * to reject malformed messages early. Unknown types are WIRE_EPROTO.
+ * to reject malformed messages early. Unknown types are WIRE_EPROTO. Types
+ * with a wire_parse_* decoder give exactly that decoder's result. 'p' is
+ * always WIRE_OK (its meaning depends on the authentication state); CopyData
+ * is opaque; DataRow, RowDescription, ParameterDescription, FunctionCall,
+ * FunctionCallResponse and NegotiateProtocolVersion have their counts and
+ * lengths checked against the body. Returns WIRE_OK or WIRE_EPROTO only.
  */
 wire_rc_t wire_validate(uint8_t type, bool is_frontend, const uint8_t *body, size_t len);
 
