@@ -156,7 +156,13 @@ def _shared_endpoint(basedir, pg, tls_cert):
     _Shared.pgshift = _start_pgshift(basedir, "pgshift-shared-%d" % _Shared.n, {"main": pg},
                                      tls=tls_cert)
     yield _Shared
-    _Shared.pgshift.stop()
+    p = _Shared.pgshift
+    if p.alive():
+        p.stop()
+        problems = p.problems(stopped=True)
+        if problems:
+            pytest.fail("shared pgshift at the end of the session: %s\nstderr:\n%s"
+                        % ("; ".join(problems), p.stderr()[-6000:]))
 
 
 @pytest.fixture
@@ -209,7 +215,11 @@ def pgshift_factory(basedir, pg, tls_cert):
     failures = []
     for p in started:
         problems = p.problems()
-        p.stop()
+        if not problems:
+            p.stop()
+            problems = p.problems(stopped=True)
+        else:
+            p.stop()
         if problems:
             failures.append("%s: %s\nstderr:\n%s" % (p.config_path, "; ".join(problems),
                                                       p.stderr()[-6000:]))

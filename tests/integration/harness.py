@@ -311,6 +311,8 @@ class Pgshift:
         first = next(iter(stores.values()))
         self.dbname = first.dbname
         self.proc = None
+        self.exit_code = None
+        self._stopped = False
         self._stderr_f = None
         self._stdout_f = None
         self.settings = {
@@ -324,6 +326,7 @@ class Pgshift:
             "admin_users": "admin",
             "default_store": next(iter(stores)),
             "log_level": "info",
+            "shutdown_timeout_ms": 5000,
         }
         if tls:
             self.settings.update({"client_tls_mode": "allow",
@@ -386,11 +389,16 @@ class Pgshift:
         except FileNotFoundError:
             return ""
 
-    def problems(self):
+    def problems(self, stopped=False):
         """What is wrong with this process so far: died, BUG or a sanitizer
-        report on stderr. Empty list when healthy."""
+        report on stderr. Empty list when healthy. With stopped=True (after
+        stop()), a non-zero exit status after SIGTERM is a problem instead."""
         out = []
-        if self.proc is not None and self.proc.poll() is not None:
+        if stopped:
+            if self.exit_code != 0:
+                out.append("pgshift did not exit cleanly on SIGTERM (status %s)"
+                           % self.exit_code)
+        elif self.proc is not None and self.proc.poll() is not None:
             out.append("pgshift exited with code %s" % self.proc.returncode)
         err = self.stderr()
         if "BUG" in err:
@@ -405,6 +413,9 @@ class Pgshift:
         (None if it had to be killed)."""
         if self.proc is None:
             return None
+        if self.exit_code is not None or self._stopped:
+            return self.exit_code
+        self._stopped = True
         code = self.proc.poll()
         if code is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -418,6 +429,7 @@ class Pgshift:
             if f:
                 f.close()
         self._stderr_f = self._stdout_f = None
+        self.exit_code = code
         return code
 
     def endpoint(self):
