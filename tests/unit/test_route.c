@@ -1,0 +1,1281 @@
+/*
+ * tests/unit/test_route.c - routing/: the classifier on every statement
+ * shape of the event store, the route decision rule by rule, the route
+ * table, the aggregate map and the classification cache.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+/* cmocka.h needs the headers above first. */
+#include <cmocka.h>
+
+#include "routing/routing.h"
+
+/* ---- rendering classifier output as compact strings ------------------ */
+
+static void put_val(char *buf, size_t cap, const char *label, const route_val_t *v)
+{
+    size_t n = strlen(buf);
+
+    if (v->kind == ROUTE_VAL_NONE)
+        return;
+    if (n > 0 && buf[n - 1] != '{')
+        snprintf(buf + n, cap - n, " ");
+    n = strlen(buf);
+    switch (v->kind) {
+    case ROUTE_VAL_LITERAL:
+        snprintf(buf + n, cap - n, "%s'%s'", label, v->text);
+        break;
+    case ROUTE_VAL_PARAM:
+        snprintf(buf + n, cap - n, "%s$%d", label, v->param);
+        break;
+    case ROUTE_VAL_NULL:
+        snprintf(buf + n, cap - n, "%sNULL", label);
+        break;
+    case ROUTE_VAL_EXPR:
+        snprintf(buf + n, cap - n, "%sEXPR", label);
+        break;
+    case ROUTE_VAL_NONE:
+        break;
+    }
+}
+
+static void render_vals(char *buf, size_t cap, const route_val_t *v, size_t n)
+{
+    buf[0] = '\0';
+    for (size_t i = 0; i < n; i++)
+        put_val(buf, cap, "", &v[i]);
+}
+
+static void render_rows(char *buf, size_t cap, const route_stmt_t *st)
+{
+    buf[0] = '\0';
+    for (size_t i = 0; i < st->n_rows; i++) {
+        size_t n = strlen(buf);
+        snprintf(buf + n, cap - n, "%s{", i ? " " : "");
+        put_val(buf, cap, "t=", &st->rows[i].tenant);
+        put_val(buf, cap, "k=", &st->rows[i].key);
+        put_val(buf, cap, "rk=", &st->rows[i].row_key);
+        put_val(buf, cap, "pos=", &st->rows[i].position);
+        n = strlen(buf);
+        snprintf(buf + n, cap - n, "}");
+    }
+}
+
+static void render_tables(char *buf, size_t cap, const route_stmt_t *st)
+{
+    buf[0] = '\0';
+    for (size_t i = 0; i < st->n_tables; i++) {
+        size_t n = strlen(buf);
+        snprintf(buf + n, cap - n, "%s%s", i ? " " : "", st->tables[i]);
+    }
+}
+
+/* ---- classifier cases --------------------------------------------------- */
+
+#define ANY (-1)
+
+typedef struct ccase {
+    const char *sql;
+    route_kind_t kind;
+    int is_write;       /* 0, 1 or ANY */
+    int tenant_table;   /* 0, 1 or ANY */
+    const char *tables; /* NULL = not checked */
+    const char *tenants;
+    const char *keys;
+    const char *rows;
+    int returning;         /* 0, 1 or ANY */
+    const char *position;  /* position_min rendered, NULL = not checked */
+    route_set_op_t set_op; /* checked always */
+    const char *set_value; /* NULL = not checked */
+    int set_local;         /* 0, 1 or ANY */
+} ccase_t;
+
+#define UUID_A  "11111111-2222-3333-4444-555555555555"
+#define UUID_AU "{11111111-2222-3333-4444-555555555555}"
+
+static const ccase_t ccases[] = {
+    /* The append transaction: the version probe, then the INSERT. */
+    { "SELECT COALESCE(MAX(version),0) FROM events WHERE aggregate_id=$1 AND aggregate_type=$2",
+      ROUTE_KIND_READ, 0, 1, "events", "", "$1", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT COALESCE(MAX(version),0) FROM events WHERE aggregate_id='AAAAAAAA-0000-4000-8000-"
+      "00000000000A' AND aggregate_type='Order'",
+      ROUTE_KIND_READ, 0, 1, "events", "", "'aaaaaaaa-0000-4000-8000-00000000000a'", "", 0, "",
+      ROUTE_SET_NONE, NULL, ANY },
+    { "INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, tenant_id, "
+      "actor_id, version, timestamp, payload) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) RETURNING "
+      "global_position",
+      ROUTE_KIND_WRITE, 1, 1, "events", "$5", "$2", "{t=$5 k=$2 rk=$1}", 1, "", ROUTE_SET_NONE,
+      NULL, ANY },
+    { "INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, tenant_id, "
+      "actor_id, version, timestamp, payload) VALUES ('E7A0F1C2-0000-4000-8000-000000000001', "
+      "'a1', 'Order', 'Created', '" UUID_AU "', 'u', 1, now(), '{}') RETURNING global_position",
+      ROUTE_KIND_WRITE, 1, 1, "events", "'" UUID_A "'", "'a1'",
+      "{t='" UUID_A "' k='a1' rk='e7a0f1c2-0000-4000-8000-000000000001'}", 1, "", ROUTE_SET_NONE,
+      NULL, ANY },
+    /* $n under casts */
+    { "INSERT INTO events (event_id, aggregate_id, tenant_id, version) VALUES ($1::uuid, "
+      "$2::text::uuid, $3::uuid, $4)",
+      ROUTE_KIND_WRITE, 1, 1, "events", "$3", "$2", "{t=$3 k=$2 rk=$1}", 0, "", ROUTE_SET_NONE,
+      NULL, ANY },
+    /* multi-row: every row's tenant */
+    { "INSERT INTO events (event_id, aggregate_id, tenant_id, version) VALUES ('e1','a1','ta',1),"
+      " ('e2','a2','tb',1), ('e3','a1','ta',2)",
+      ROUTE_KIND_WRITE, 1, 1, "events", "'ta' 'tb'", "'a1' 'a2'",
+      "{t='ta' k='a1' rk='e1'} {t='tb' k='a2' rk='e2'} {t='ta' k='a1' rk='e3'}", 0, "",
+      ROUTE_SET_NONE, NULL, ANY },
+    { "INSERT INTO events (event_id, aggregate_id, tenant_id) VALUES ($1,$2,$3), ($4,$5,$6)",
+      ROUTE_KIND_WRITE, 1, 1, "events", "$3 $6", "$2 $5", "{t=$3 k=$2 rk=$1} {t=$6 k=$5 rk=$4}", 0,
+      "", ROUTE_SET_NONE, NULL, ANY },
+    /* tenant NULL / DEFAULT: a row without a usable tenant */
+    { "INSERT INTO events (event_id, aggregate_id, tenant_id) VALUES ('e1', 'a1', NULL)",
+      ROUTE_KIND_WRITE, 1, 1, "events", "", "'a1'", "{t=NULL k='a1' rk='e1'}", 0, "",
+      ROUTE_SET_NONE, NULL, ANY },
+    { "INSERT INTO events (event_id, aggregate_id, tenant_id) VALUES ('e1', 'a1', DEFAULT)",
+      ROUTE_KIND_WRITE, 1, 1, "events", "", "'a1'", "{t=EXPR k='a1' rk='e1'}", 0, "",
+      ROUTE_SET_NONE, NULL, ANY },
+    /* no column list: columns unknown without the schema */
+    { "INSERT INTO events VALUES ('e1', 'a1', 'ta')", ROUTE_KIND_WRITE, 1, 1, "events", "", "", "",
+      0, "", ROUTE_SET_NONE, NULL, ANY },
+    /* stream read */
+    { "SELECT event_id, event_type, version, payload FROM events WHERE aggregate_id = $1 AND "
+      "aggregate_type = $2 AND version > $3 ORDER BY version",
+      ROUTE_KIND_READ, 0, 1, "events", "", "$1", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT * FROM events WHERE tenant_id = $1 AND aggregate_id = $2 ORDER BY version",
+      ROUTE_KIND_READ, 0, 1, "events", "$1", "$2", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    /* global feed, with and without tenant */
+    { "SELECT * FROM events WHERE global_position > $1 ORDER BY global_position LIMIT 500",
+      ROUTE_KIND_READ, 0, 1, "events", "", "", "", 0, "$1", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT * FROM events WHERE global_position > $1 AND tenant_id = $2 ORDER BY "
+      "global_position LIMIT 500",
+      ROUTE_KIND_READ, 0, 1, "events", "$2", "", "", 0, "$1", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT * FROM events WHERE 100 <= global_position AND 'ta' = tenant_id ORDER BY "
+      "global_position LIMIT 10",
+      ROUTE_KIND_READ, 0, 1, "events", "'ta'", "", "", 0, "'100'", ROUTE_SET_NONE, NULL, ANY },
+    /* outbox insert */
+    { "INSERT INTO event_outbox (id, event_id, tenant_id, aggregate_id, topic, payload) VALUES "
+      "($1, $2, $3, $4, $5, $6)",
+      ROUTE_KIND_WRITE, 1, 1, "event_outbox", "$3", "$4", "{t=$3 k=$4 rk=$2}", 0, "",
+      ROUTE_SET_NONE, NULL, ANY },
+    /* snapshot upsert and read */
+    { "INSERT INTO snapshots (aggregate_id, aggregate_type, tenant_id, version, state) VALUES "
+      "($1, $2, $3, $4, $5) ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE SET version = "
+      "EXCLUDED.version, state = EXCLUDED.state, tenant_id = EXCLUDED.tenant_id",
+      ROUTE_KIND_WRITE, 1, 1, "snapshots", "$3", "$1", "{t=$3 k=$1}", 0, "", ROUTE_SET_NONE, NULL,
+      ANY },
+    { "SELECT version, state FROM snapshots WHERE aggregate_id = $1 AND aggregate_type = $2",
+      ROUTE_KIND_READ, 0, 1, "snapshots", "", "$1", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    /* checkpoint upsert, read, update */
+    { "INSERT INTO projection_checkpoints (projection_name, tenant_id, global_position) VALUES "
+      "('orders', 'ta', 42) ON CONFLICT (projection_name, tenant_id) DO UPDATE SET "
+      "global_position = EXCLUDED.global_position",
+      ROUTE_KIND_WRITE, 1, 1, "projection_checkpoints", "'ta'", "", "{t='ta' pos='42'}", 0, "",
+      ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT global_position FROM projection_checkpoints WHERE projection_name = $1 AND "
+      "tenant_id = $2",
+      ROUTE_KIND_READ, 0, 1, "projection_checkpoints", "$2", "", "", 0, "", ROUTE_SET_NONE, NULL,
+      ANY },
+    { "UPDATE projection_checkpoints SET global_position = $1 WHERE projection_name = $2 AND "
+      "tenant_id = $3",
+      ROUTE_KIND_WRITE, 1, 1, "projection_checkpoints", "$3", "", "", 0, "", ROUTE_SET_NONE, NULL,
+      ANY },
+    /* WHERE forms: reversed, qualified, casts, IN, OR, nested AND */
+    { "SELECT * FROM events e WHERE e.tenant_id = '" UUID_AU "'::uuid AND $1::uuid = "
+      "e.aggregate_id",
+      ROUTE_KIND_READ, 0, 1, "events", "'" UUID_A "'", "$1", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT * FROM public.events WHERE public.events.tenant_id = $1::uuid", ROUTE_KIND_READ, 0, 1,
+      "public.events", "$1", "", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT * FROM events WHERE tenant_id IN ('ta', 'tb', 'ta')", ROUTE_KIND_READ, 0, 1, "events",
+      "'ta' 'tb'", "", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT * FROM events WHERE tenant_id = 'ta' OR tenant_id = 'tb'", ROUTE_KIND_READ, 0, 1,
+      "events", "", "", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT * FROM events WHERE (version > 1 AND (tenant_id = 'ta' AND aggregate_id = 'k'))",
+      ROUTE_KIND_READ, 0, 1, "events", "'ta'", "'k'", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT * FROM events WHERE tenant_id = lower('TA')", ROUTE_KIND_READ, 0, 1, "events", "", "",
+      "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT * FROM events WHERE tenant_id = -1 OR aggregate_id = 0", ROUTE_KIND_READ, 0, 1,
+      "events", "", "", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT * FROM events WHERE tenant_id = -12 AND aggregate_id = 0", ROUTE_KIND_READ, 0, 1,
+      "events", "'-12'", "'0'", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT * FROM events WHERE tenant_id = 'it''s \"q\" \\ é'", ROUTE_KIND_READ, 0, 1, "events",
+      "'it's \"q\" \\ é'", "", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT * FROM events a JOIN snapshots s ON s.aggregate_id = a.aggregate_id AND "
+      "s.tenant_id = 'ta'",
+      ROUTE_KIND_READ, 0, 1, "events snapshots", "'ta'", "", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT * FROM accounts WHERE id = 3", ROUTE_KIND_READ, 0, 0, "accounts", "", "", "", 0, "",
+      ROUTE_SET_NONE, NULL, ANY },
+    /* UPDATE / DELETE */
+    { "UPDATE event_outbox SET published_at = now() WHERE id = $1 AND tenant_id = $2 RETURNING "
+      "id",
+      ROUTE_KIND_WRITE, 1, 1, "event_outbox", "$2", "", "", 1, "", ROUTE_SET_NONE, NULL, ANY },
+    { "UPDATE snapshots SET tenant_id = 'tb' WHERE tenant_id = 'ta'", ROUTE_KIND_WRITE, 1, 1,
+      "snapshots", "'tb' 'ta'", "", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    { "DELETE FROM snapshots WHERE aggregate_id = $1", ROUTE_KIND_WRITE, 1, 1, "snapshots", "",
+      "$1", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    /* writes hidden in reads */
+    { "WITH x AS (INSERT INTO events (tenant_id, aggregate_id) VALUES ('ta', 'k') RETURNING *) "
+      "SELECT * FROM x",
+      ROUTE_KIND_WRITE, 1, 1, NULL, "'ta'", "'k'", "{t='ta' k='k'}", 1, "", ROUTE_SET_NONE, NULL,
+      ANY },
+    { "INSERT INTO event_outbox (event_id, tenant_id) SELECT event_id, tenant_id FROM events "
+      "WHERE tenant_id = $1 AND global_position > $2",
+      ROUTE_KIND_WRITE, 1, 1, "event_outbox events", "$1", "", "", 0, "$2", ROUTE_SET_NONE, NULL,
+      ANY },
+    { "SELECT 1 INTO scratch", ROUTE_KIND_DDL, 1, 0, "scratch", "", "", "", 0, "", ROUTE_SET_NONE,
+      NULL, ANY },
+    { "EXPLAIN SELECT * FROM events WHERE tenant_id = 'ta'", ROUTE_KIND_READ, 0, 1, "events",
+      "'ta'", "", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    /* the tenant setting */
+    { "SET pgshift.tenant = 'ta'", ROUTE_KIND_SESSION_SET, 0, 0, "", "", "", "", 0, "",
+      ROUTE_SET_TENANT, "'ta'", 0 },
+    { "SET SESSION pgshift.tenant TO ta", ROUTE_KIND_SESSION_SET, 0, 0, "", "", "", "", 0, "",
+      ROUTE_SET_TENANT, "'ta'", 0 },
+    { "set PGSHIFT.TENANT to '" UUID_AU "'", ROUTE_KIND_SESSION_SET, 0, 0, "", "", "", "", 0, "",
+      ROUTE_SET_TENANT, "'" UUID_A "'", 0 },
+    { "SET LOCAL pgshift.tenant = 'ta'", ROUTE_KIND_SESSION_SET, 0, 0, "", "", "", "", 0, "",
+      ROUTE_SET_TENANT, "'ta'", 1 },
+    { "SET pgshift.tenant = ''", ROUTE_KIND_SESSION_SET, 0, 0, "", "", "", "", 0, "",
+      ROUTE_SET_RESET, "", ANY },
+    { "RESET pgshift.tenant", ROUTE_KIND_SESSION_SET, 0, 0, "", "", "", "", 0, "", ROUTE_SET_RESET,
+      "", ANY },
+    { "SET pgshift.tenant TO DEFAULT", ROUTE_KIND_SESSION_SET, 0, 0, "", "", "", "", 0, "",
+      ROUTE_SET_RESET, "", ANY },
+    { "SELECT set_config('pgshift.tenant', $1, false)", ROUTE_KIND_SESSION_SET, 0, 0, "", "", "",
+      "", 0, "", ROUTE_SET_TENANT, "$1", 0 },
+    { "SELECT pg_catalog.set_config('pgshift.tenant', 'tb', true)", ROUTE_KIND_SESSION_SET, 0, 0,
+      "", "", "", "", 0, "", ROUTE_SET_TENANT, "'tb'", 1 },
+    { "SELECT set_config('search_path', 'x', false)", ROUTE_KIND_READ, 0, 0, "", "", "", "", 0, "",
+      ROUTE_SET_NONE, "", ANY },
+    /* other session statements */
+    { "SET search_path = app, public", ROUTE_KIND_SESSION_OTHER, 0, 0, "", "", "", "", 0, "",
+      ROUTE_SET_NONE, "", ANY },
+    { "SET application_name TO 'x'", ROUTE_KIND_SESSION_OTHER, 0, 0, "", "", "", "", 0, "",
+      ROUTE_SET_NONE, "", ANY },
+    { "RESET ALL", ROUTE_KIND_SESSION_OTHER, 0, 0, "", "", "", "", 0, "", ROUTE_SET_RESET, "",
+      ANY },
+    { "DISCARD ALL", ROUTE_KIND_SESSION_OTHER, 0, 0, "", "", "", "", 0, "", ROUTE_SET_RESET, "",
+      ANY },
+    { "DISCARD PLANS", ROUTE_KIND_SESSION_OTHER, 0, 0, "", "", "", "", 0, "", ROUTE_SET_NONE, "",
+      ANY },
+    { "SHOW pgshift.tenant", ROUTE_KIND_SESSION_OTHER, 0, 0, "", "", "", "", 0, "", ROUTE_SET_NONE,
+      "", ANY },
+    { "LISTEN events_channel", ROUTE_KIND_SESSION_OTHER, 0, 0, "", "", "", "", 0, "",
+      ROUTE_SET_NONE, "", ANY },
+    { "UNLISTEN *", ROUTE_KIND_SESSION_OTHER, 0, 0, "", "", "", "", 0, "", ROUTE_SET_NONE, "",
+      ANY },
+    { "NOTIFY events_channel, 'x'", ROUTE_KIND_SESSION_OTHER, 0, 0, "", "", "", "", 0, "",
+      ROUTE_SET_NONE, "", ANY },
+    /* transaction control */
+    { "BEGIN", ROUTE_KIND_TXN_BEGIN, 0, 0, "", "", "", "", 0, "", ROUTE_SET_NONE, "", ANY },
+    { "START TRANSACTION ISOLATION LEVEL SERIALIZABLE", ROUTE_KIND_TXN_BEGIN, 0, 0, "", "", "", "",
+      0, "", ROUTE_SET_NONE, "", ANY },
+    { "COMMIT", ROUTE_KIND_TXN_COMMIT, 0, 0, "", "", "", "", 0, "", ROUTE_SET_NONE, "", ANY },
+    { "END", ROUTE_KIND_TXN_COMMIT, 0, 0, "", "", "", "", 0, "", ROUTE_SET_NONE, "", ANY },
+    { "PREPARE TRANSACTION 'x'", ROUTE_KIND_TXN_COMMIT, 0, 0, "", "", "", "", 0, "", ROUTE_SET_NONE,
+      "", ANY },
+    { "ROLLBACK", ROUTE_KIND_TXN_ROLLBACK, 0, 0, "", "", "", "", 0, "", ROUTE_SET_NONE, "", ANY },
+    { "ABORT", ROUTE_KIND_TXN_ROLLBACK, 0, 0, "", "", "", "", 0, "", ROUTE_SET_NONE, "", ANY },
+    { "SAVEPOINT s1", ROUTE_KIND_TXN_OTHER, 0, 0, "", "", "", "", 0, "", ROUTE_SET_NONE, "", ANY },
+    { "RELEASE SAVEPOINT s1", ROUTE_KIND_TXN_OTHER, 0, 0, "", "", "", "", 0, "", ROUTE_SET_NONE, "",
+      ANY },
+    { "ROLLBACK TO SAVEPOINT s1", ROUTE_KIND_TXN_OTHER, 0, 0, "", "", "", "", 0, "", ROUTE_SET_NONE,
+      "", ANY },
+    { "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", ROUTE_KIND_TXN_OTHER, 0, 0, "", "", "", "",
+      0, "", ROUTE_SET_NONE, "", ANY },
+    { "SET CONSTRAINTS ALL DEFERRED", ROUTE_KIND_TXN_OTHER, 0, 0, "", "", "", "", 0, "",
+      ROUTE_SET_NONE, "", ANY },
+    /* DDL and utility */
+    { "CREATE TABLE IF NOT EXISTS events (global_position BIGSERIAL PRIMARY KEY, event_id UUID "
+      "UNIQUE, tenant_id UUID NULL)",
+      ROUTE_KIND_DDL, 1, 1, "events", "", "", "", 0, "", ROUTE_SET_NONE, "", ANY },
+    { "ALTER TABLE events ADD COLUMN x int", ROUTE_KIND_DDL, 1, 1, "events", "", "", "", 0, "",
+      ROUTE_SET_NONE, "", ANY },
+    { "CREATE INDEX ON events (tenant_id, global_position)", ROUTE_KIND_DDL, 1, 1, "events", "", "",
+      "", 0, "", ROUTE_SET_NONE, "", ANY },
+    { "DROP TABLE scratch", ROUTE_KIND_DDL, 1, 0, "", "", "", "", 0, "", ROUTE_SET_NONE, "", ANY },
+    { "GRANT SELECT ON events TO reader", ROUTE_KIND_DDL, 1, 1, "events", "", "", "", 0, "",
+      ROUTE_SET_NONE, "", ANY },
+    { "COMMENT ON TABLE events IS 'x'", ROUTE_KIND_DDL, 1, ANY, NULL, "", "", "", 0, "",
+      ROUTE_SET_NONE, "", ANY },
+    { "CREATE EXTENSION IF NOT EXISTS pgcrypto", ROUTE_KIND_DDL, 1, 0, "", "", "", "", 0, "",
+      ROUTE_SET_NONE, "", ANY },
+    { "TRUNCATE events", ROUTE_KIND_WRITE, 1, 1, "events", "", "", "", 0, "", ROUTE_SET_NONE, "",
+      ANY },
+    { "VACUUM ANALYZE events", ROUTE_KIND_UTILITY, 0, 1, "events", "", "", "", 0, "",
+      ROUTE_SET_NONE, "", ANY },
+    { "LOCK TABLE events IN SHARE MODE", ROUTE_KIND_UTILITY, 0, 1, "events", "", "", "", 0, "",
+      ROUTE_SET_NONE, "", ANY },
+    { "DO $$ BEGIN PERFORM 1; END $$", ROUTE_KIND_UTILITY, 1, 0, "", "", "", "", 0, "",
+      ROUTE_SET_NONE, "", ANY },
+    { "COPY events FROM STDIN WITH (FORMAT binary)", ROUTE_KIND_COPY_IN, 1, 1, "events", "", "", "",
+      0, "", ROUTE_SET_NONE, "", ANY },
+    { "COPY events (event_id, tenant_id) TO STDOUT", ROUTE_KIND_COPY_OUT, 0, 1, "events", "", "",
+      "", 0, "", ROUTE_SET_NONE, "", ANY },
+    { "COPY (SELECT * FROM events WHERE tenant_id = $1) TO STDOUT", ROUTE_KIND_COPY_OUT, 0, 1,
+      "events", "$1", "", "", 0, "", ROUTE_SET_NONE, "", ANY },
+    /* garbage */
+    { "SELEKT * FROM events", ROUTE_KIND_UNKNOWN, 0, 0, "", "", "", "", 0, "", ROUTE_SET_NONE, "",
+      ANY },
+    { "INSERT INTO events (tenant_id VALUES", ROUTE_KIND_UNKNOWN, 0, 0, "", "", "", "", 0, "",
+      ROUTE_SET_NONE, "", ANY },
+    { "'unterminated", ROUTE_KIND_UNKNOWN, 0, 0, "", "", "", "", 0, "", ROUTE_SET_NONE, "", ANY },
+};
+
+static route_tenancy_t g_ten;
+
+static int setup_ten(void **state)
+{
+    (void)state;
+    route_tenancy_init(&g_ten, NULL, NULL, NULL, NULL, NULL);
+    return 0;
+}
+
+static int teardown_ten(void **state)
+{
+    (void)state;
+    route_tenancy_destroy(&g_ten);
+    return 0;
+}
+
+static void check_ccase(const ccase_t *c)
+{
+    char buf[1024];
+    route_class_t *cl = route_classify(c->sql, strlen(c->sql), &g_ten);
+    const route_stmt_t *st;
+
+    print_message("case: %s\n", c->sql);
+    assert_int_equal(cl->n_stmts, 1);
+    st = &cl->stmts[0];
+    assert_string_equal(route_kind_str(st->kind), route_kind_str(c->kind));
+    assert_int_equal(cl->is_error, c->kind == ROUTE_KIND_UNKNOWN);
+    if (cl->is_error)
+        assert_non_null(cl->error);
+    if (c->is_write != ANY)
+        assert_int_equal(st->is_write, c->is_write);
+    if (c->tenant_table != ANY)
+        assert_int_equal(st->touches_tenant_table, c->tenant_table);
+    if (c->tables != NULL) {
+        render_tables(buf, sizeof(buf), st);
+        assert_string_equal(buf, c->tables);
+    }
+    render_vals(buf, sizeof(buf), st->tenants, st->n_tenants);
+    assert_string_equal(buf, c->tenants);
+    render_vals(buf, sizeof(buf), st->keys, st->n_keys);
+    assert_string_equal(buf, c->keys);
+    render_rows(buf, sizeof(buf), st);
+    assert_string_equal(buf, c->rows);
+    assert_int_equal(st->has_tenant_info, st->n_tenants > 0 || st->n_keys > 0);
+    if (c->returning != ANY)
+        assert_int_equal(st->has_returning, c->returning);
+    if (c->position != NULL) {
+        render_vals(buf, sizeof(buf), &st->position_min, 1);
+        assert_string_equal(buf, c->position);
+    }
+    assert_int_equal(st->set_op, c->set_op);
+    if (c->set_value != NULL) {
+        render_vals(buf, sizeof(buf), &st->set_value, 1);
+        assert_string_equal(buf, c->set_value);
+    }
+    if (c->set_local != ANY)
+        assert_int_equal(st->set_is_local, c->set_local);
+    route_class_unref(cl);
+}
+
+static void test_classify_table(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(ccases) / sizeof(ccases[0]); i++)
+        check_ccase(&ccases[i]);
+}
+
+static void test_classify_multi(void **state)
+{
+    const char *sql = "BEGIN; SELECT COALESCE(MAX(version),0) FROM events WHERE aggregate_id = "
+                      "'k1'; INSERT INTO events (event_id, aggregate_id, tenant_id) VALUES ('e', "
+                      "'k1', 'ta'); COMMIT";
+    route_class_t *cl = route_classify(sql, strlen(sql), &g_ten);
+
+    (void)state;
+    assert_false(cl->is_error);
+    assert_int_equal(cl->n_stmts, 4);
+    assert_int_equal(cl->stmts[0].kind, ROUTE_KIND_TXN_BEGIN);
+    assert_int_equal(cl->stmts[1].kind, ROUTE_KIND_READ);
+    assert_int_equal(cl->stmts[2].kind, ROUTE_KIND_WRITE);
+    assert_int_equal(cl->stmts[3].kind, ROUTE_KIND_TXN_COMMIT);
+    assert_int_equal(cl->stmts[0].loc, 0);
+    assert_int_equal(cl->stmts[0].len, 5);
+    assert_memory_equal(sql + cl->stmts[1].loc, " SELECT", 7);
+    assert_memory_equal(sql + cl->stmts[2].loc, " INSERT", 7);
+    assert_memory_equal(sql + cl->stmts[3].loc, " COMMIT", 7);
+    assert_int_equal(cl->stmts[3].len, 0); /* the last runs to the end */
+    assert_int_equal(cl->stmts[2].n_rows, 1);
+    assert_string_equal(cl->stmts[2].tenants[0].text, "ta");
+    assert_string_equal(cl->stmts[1].keys[0].text, "k1");
+    route_class_unref(cl);
+
+    /* one bad statement makes the whole text unparseable, as for PostgreSQL */
+    cl = route_classify("SELECT 1; SELEKT 2", 18, &g_ten);
+    assert_true(cl->is_error);
+    assert_int_equal(cl->n_stmts, 1);
+    assert_int_equal(cl->stmts[0].kind, ROUTE_KIND_UNKNOWN);
+    route_class_unref(cl);
+}
+
+static void test_classify_edges(void **state)
+{
+    route_class_t *cl;
+    const char with_nul[] = "SELECT 1\0garbage garbage";
+
+    (void)state;
+    /* empty text: no statements */
+    cl = route_classify("", 0, &g_ten);
+    assert_false(cl->is_error);
+    assert_int_equal(cl->n_stmts, 0);
+    route_class_unref(cl);
+    cl = route_classify(" ; -- nothing\n;", 15, &g_ten);
+    assert_false(cl->is_error);
+    assert_int_equal(cl->n_stmts, 0);
+    route_class_unref(cl);
+    /* not NUL-terminated: only len bytes count */
+    cl = route_classify("SELECT 1garbage", 8, &g_ten);
+    assert_false(cl->is_error);
+    assert_int_equal(cl->n_stmts, 1);
+    route_class_unref(cl);
+    /* an embedded NUL ends the text */
+    cl = route_classify(with_nul, sizeof(with_nul) - 1, &g_ten);
+    assert_false(cl->is_error);
+    route_class_unref(cl);
+    /* max_param */
+    cl = route_classify("SELECT $3, $12 FROM events WHERE tenant_id = $7", 47, &g_ten);
+    assert_int_equal(cl->max_param, 12);
+    route_class_unref(cl);
+    /* deep nesting never crashes */
+    {
+        size_t n = 20000, k = 0;
+        char *deep = malloc(2 * n + 16);
+        k += (size_t)sprintf(deep, "SELECT ");
+        for (size_t i = 0; i < n; i++)
+            deep[k++] = '(';
+        deep[k++] = '1';
+        for (size_t i = 0; i < n; i++)
+            deep[k++] = ')';
+        cl = route_classify(deep, k, &g_ten);
+        assert_int_equal(cl->n_stmts, 1);
+        assert_int_equal(cl->stmts[0].kind, ROUTE_KIND_UNKNOWN);
+        route_class_unref(cl);
+        free(deep);
+    }
+}
+
+static void test_classify_custom_tenancy(void **state)
+{
+    route_tenancy_t t;
+    route_class_t *cl;
+    const char *sql = "INSERT INTO app.Orders (order_id, org_id, customer_id) VALUES (1, 'o1', "
+                      "'c9')";
+
+    (void)state;
+    route_tenancy_init(&t, " app.orders , invoices", "ORG_ID", "order_id, customer_id", "seq",
+                       "order_id");
+    assert_int_equal(t.n_tables, 2);
+    assert_string_equal(t.tables[0], "app.orders");
+    assert_string_equal(t.tenant_column, "org_id");
+    cl = route_classify(sql, strlen(sql), &t);
+    assert_int_equal(cl->stmts[0].kind, ROUTE_KIND_WRITE);
+    assert_true(cl->stmts[0].touches_tenant_table);
+    assert_int_equal(cl->stmts[0].n_tenants, 1);
+    assert_string_equal(cl->stmts[0].tenants[0].text, "o1");
+    assert_int_equal(cl->stmts[0].n_keys, 2);
+    assert_string_equal(cl->stmts[0].keys[0].text, "1");
+    assert_int_equal(cl->stmts[0].keys[0].column, 0);
+    assert_string_equal(cl->stmts[0].keys[1].text, "c9");
+    assert_int_equal(cl->stmts[0].keys[1].column, 1);
+    assert_int_equal(cl->stmts[0].n_rows, 1);
+    assert_string_equal(cl->stmts[0].rows[0].key.text, "1"); /* the first key column */
+    route_class_unref(cl);
+    /* a different schema is not the tenant table app.orders */
+    cl = route_classify("SELECT * FROM other.orders", 26, &t);
+    assert_false(cl->stmts[0].touches_tenant_table);
+    route_class_unref(cl);
+    /* default tenancy does not know org_id */
+    cl = route_classify(sql, strlen(sql), &g_ten);
+    assert_int_equal(cl->stmts[0].n_tenants, 0);
+    assert_false(cl->stmts[0].touches_tenant_table);
+    route_class_unref(cl);
+    route_tenancy_destroy(&t);
+}
+
+static void test_uuid_canon(void **state)
+{
+    char out[37];
+
+    (void)state;
+    assert_true(route_uuid_canon("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", 36, out));
+    assert_string_equal(out, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+    assert_true(route_uuid_canon("{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}", 38, out));
+    assert_string_equal(out, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+    assert_true(route_uuid_canon("a0eebc999c0b4ef8bb6d6bb9bd380a11", 32, out));
+    assert_string_equal(out, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+    assert_true(route_uuid_canon("a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11", 39, out));
+    assert_string_equal(out, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+    assert_false(route_uuid_canon("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1", 35, out));
+    assert_false(route_uuid_canon("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a111", 37, out));
+    assert_false(route_uuid_canon("g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", 36, out));
+    assert_false(route_uuid_canon("{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", 37, out));
+    assert_false(route_uuid_canon("a0eeb-c99-9c0b-4ef8-bb6d-6bb9bd380a11", 37, out));
+    assert_false(route_uuid_canon("tenant-a", 8, out));
+    assert_false(route_uuid_canon("", 0, out));
+}
+
+/* ---- route table ---------------------------------------------------------- */
+
+#define S_MAIN 0
+#define S_EAST 1
+#define S_WEST 2
+
+static route_table_t *make_table(void)
+{
+    static const char *const names[] = { "main", "east", "west" };
+    route_table_t *t = route_table_new(3, names);
+    route_entry_t e = {
+        .state = ROUTE_STATE_NORMAL, .phase = ROUTE_PHASE_NONE, .target_store = -1, .version = 1
+    };
+
+    e.tenant = "ta", e.store = S_EAST;
+    route_table_put(t, &e);
+    e.tenant = "tb", e.store = S_WEST;
+    route_table_put(t, &e);
+    e.tenant = "tc", e.store = S_MAIN;
+    route_table_put(t, &e);
+    e.tenant = "TA-UPPER", e.store = S_WEST;
+    route_table_put(t, &e);
+    e.tenant = UUID_AU, e.store = S_WEST; /* stored canonical */
+    route_table_put(t, &e);
+    e.state = ROUTE_STATE_MIGRATING;
+    e.target_store = S_WEST;
+    e.tenant = "tm", e.store = S_EAST, e.phase = ROUTE_PHASE_DUAL_WRITE;
+    route_table_put(t, &e);
+    e.tenant = "tcut", e.store = S_EAST, e.phase = ROUTE_PHASE_CUTOVER;
+    route_table_put(t, &e);
+    e.tenant = "tdone", e.store = S_EAST, e.phase = ROUTE_PHASE_COMPLETED;
+    route_table_put(t, &e);
+    e.tenant = "tfail", e.store = S_EAST, e.phase = ROUTE_PHASE_FAILED;
+    route_table_put(t, &e);
+    route_table_freeze(t);
+    return t;
+}
+
+static void test_route_table(void **state)
+{
+    route_table_t *t = make_table(), *t2, *held;
+    const route_entry_t *e;
+    route_entry_t ne = { .tenant = "tnew", .store = S_WEST, .target_store = -1, .version = 7 };
+
+    (void)state;
+    assert_int_equal(route_table_len(t), 9);
+    assert_int_equal(route_table_n_stores(t), 3);
+    assert_string_equal(route_table_store_name(t, S_WEST), "west");
+    assert_string_equal(route_table_store_name(t, 9), "?");
+    e = route_table_get(t, "ta", 2);
+    assert_non_null(e);
+    assert_int_equal(e->store, S_EAST);
+    assert_null(route_table_get(t, "tx", 2));
+    assert_null(route_table_get(t, "t", 1));
+    /* UUID forms all find the canonical entry */
+    e = route_table_get(t, "11111111222233334444555555555555", 32);
+    assert_non_null(e);
+    assert_string_equal(e->tenant, UUID_A);
+    /* non-UUID tenants are case-sensitive */
+    assert_null(route_table_get(t, "ta-upper", 8));
+    assert_non_null(route_table_get(t, "TA-UPPER", 8));
+    /* phase -> store */
+    assert_int_equal(route_entry_store(route_table_get(t, "tm", 2)), S_EAST);
+    assert_int_equal(route_entry_store(route_table_get(t, "tcut", 4)), S_EAST);
+    assert_int_equal(route_entry_store(route_table_get(t, "tdone", 5)), S_WEST);
+    assert_int_equal(route_entry_store(route_table_get(t, "tfail", 5)), S_EAST);
+
+    /* copy-on-write: a clone changes, the published snapshot does not */
+    held = route_table_ref(t); /* a session still deciding with the old one */
+    t2 = route_table_clone(t);
+    route_table_put(t2, &ne);
+    ne.tenant = "ta", ne.store = S_WEST, ne.version = 8;
+    route_table_put(t2, &ne);
+    assert_true(route_table_del(t2, "tc"));
+    assert_false(route_table_del(t2, "tc"));
+    route_table_freeze(t2);
+    route_table_unref(t); /* the loop swaps: drops its reference */
+    assert_int_equal(route_table_len(held), 9);
+    assert_int_equal(route_table_get(held, "ta", 2)->store, S_EAST);
+    assert_null(route_table_get(held, "tnew", 4));
+    assert_non_null(route_table_get(held, "tc", 2));
+    assert_int_equal(route_table_len(t2), 9);
+    assert_int_equal(route_table_get(t2, "ta", 2)->store, S_WEST);
+    assert_int_equal(route_table_get(t2, "ta", 2)->version, 8);
+    assert_int_equal(route_table_get(t2, "tnew", 4)->version, 7);
+    assert_null(route_table_get(t2, "tc", 2));
+    /* every entry is reachable through route_table_at */
+    for (size_t i = 0; i < route_table_len(t2); i++) {
+        const route_entry_t *x = route_table_at(t2, i);
+        assert_ptr_equal(route_table_get(t2, x->tenant, strlen(x->tenant)), x);
+    }
+    route_table_unref(held);
+    route_table_unref(t2);
+    route_table_unref(NULL);
+
+    /* growth past the initial index */
+    t = route_table_new(1, (const char *const[]){ "only" });
+    for (int i = 0; i < 1000; i++) {
+        char name[32];
+        route_entry_t x = { .tenant = name, .store = 0, .target_store = -1, .version = i };
+        snprintf(name, sizeof(name), "tenant-%d", i);
+        route_table_put(t, &x);
+    }
+    assert_int_equal(route_table_len(t), 1000);
+    for (int i = 0; i < 1000; i += 37) {
+        char name[32];
+        snprintf(name, sizeof(name), "tenant-%d", i);
+        assert_int_equal(route_table_get(t, name, strlen(name))->version, i);
+    }
+    route_table_unref(t);
+    assert_string_equal(route_phase_str(ROUTE_PHASE_CUTOVER), "cutover");
+    assert_string_equal(route_state_str(ROUTE_STATE_MIGRATING), "migrating");
+}
+
+/* ---- aggregate map ----------------------------------------------------------- */
+
+static void test_aggmap(void **state)
+{
+    route_aggmap_t *m = route_aggmap_new(4);
+    const char *t;
+    char k[16];
+
+    (void)state;
+    route_aggmap_learn(m, "k1", 2, "ta", 2);
+    route_aggmap_learn(m, "K2", 2, NULL, 0);
+    route_aggmap_learn(m, UUID_AU, strlen(UUID_AU), "AAAAAAAA-0000-4000-8000-00000000000A", 36);
+    assert_int_equal(route_aggmap_len(m), 3);
+    assert_true(route_aggmap_get(m, "k1", 2, &t));
+    assert_string_equal(t, "ta");
+    assert_true(route_aggmap_get(m, "K2", 2, &t));
+    assert_null(t); /* negative entry */
+    assert_false(route_aggmap_get(m, "k2", 2, &t));
+    assert_true(route_aggmap_get(m, UUID_A, 36, &t));
+    assert_string_equal(t, "aaaaaaaa-0000-4000-8000-00000000000a");
+    /* key views need not be NUL-terminated */
+    assert_true(route_aggmap_get(m, "k1xyz", 2, &t));
+    /* relearn replaces */
+    route_aggmap_learn(m, "K2", 2, "tb", 2);
+    assert_true(route_aggmap_get(m, "K2", 2, &t));
+    assert_string_equal(t, "tb");
+    assert_int_equal(route_aggmap_len(m), 3);
+    route_aggmap_forget(m, "K2", 2);
+    assert_false(route_aggmap_get(m, "K2", 2, &t));
+    assert_int_equal(route_aggmap_len(m), 2);
+
+    /* bounded: k1 is learned again (referenced), so the clock spares it */
+    route_aggmap_learn(m, "k3", 2, "ta", 2);
+    route_aggmap_learn(m, "k4", 2, "ta", 2);
+    assert_int_equal(route_aggmap_len(m), 4);
+    route_aggmap_learn(m, "k1", 2, "ta", 2);
+    for (int i = 0; i < 3; i++) {
+        snprintf(k, sizeof(k), "new%d", i);
+        route_aggmap_learn(m, k, strlen(k), "tb", 2);
+        assert_int_equal(route_aggmap_len(m), 4);
+    }
+    assert_true(route_aggmap_get(m, "k1", 2, &t));
+    assert_true(route_aggmap_get(m, "new2", 4, &t));
+    for (int i = 0; i < 1000; i++) {
+        snprintf(k, sizeof(k), "x%d", i);
+        route_aggmap_learn(m, k, strlen(k), "tb", 2);
+    }
+    assert_int_equal(route_aggmap_len(m), 4);
+    assert_true(route_aggmap_get(m, "x999", 4, &t));
+    route_aggmap_free(m);
+    route_aggmap_free(NULL);
+}
+
+/* ---- decision cases ------------------------------------------------------------ */
+
+typedef struct dcase {
+    const char *name;
+    const char *sql;
+    const char *sess_tenant; /* NULL = none */
+    int in_txn;
+    int bound;         /* -1 = none */
+    int tentative;     /* bound_tentative */
+    const char *binds; /* '|'-separated text params, "~" = NULL; NULL = no Bind */
+    route_action_t act;
+    int store;
+    route_reason_t reason;
+    const char *sqlstate; /* REFUSE */
+    const char *msg;      /* REFUSE: substring of the message */
+    int want_binds;       /* 0, 1 or ANY */
+    int want_tentative;   /* 0, 1 or ANY */
+    int want_rebind;      /* 0, 1 or ANY */
+    const char *tenant;   /* decided tenant, NULL = not checked */
+} dcase_t;
+
+#define PROBE \
+    "SELECT COALESCE(MAX(version),0) FROM events WHERE aggregate_id=$1 AND aggregate_type=$2"
+#define APPEND                                                                              \
+    "INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, tenant_id, "   \
+    "actor_id, version, timestamp, payload) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) RETURNING " \
+    "global_position"
+#define APPEND2 \
+    "INSERT INTO events (event_id, aggregate_id, tenant_id) VALUES ($1,$2,$3), ($4,$5,$6)"
+#define FEED "SELECT * FROM events WHERE global_position > $1 ORDER BY global_position LIMIT 100"
+#define FEED_T                                                                     \
+    "SELECT * FROM events WHERE global_position > $1 AND tenant_id = $2 ORDER BY " \
+    "global_position LIMIT 100"
+#define A_P "e1|agg-a|Order|Created|ta|u|1|2024-01-01|{}"
+#define B_P "e1|agg-b|Order|Created|tb|u|1|2024-01-01|{}"
+
+static const dcase_t dcases[] = {
+    /* rule 1: the statement's own tenant */
+    { "literal tenant", "SELECT * FROM events WHERE tenant_id = 'ta'", NULL, 0, -1, 0, NULL,
+      ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "ta" },
+    { "bound $n tenant", FEED_T, NULL, 0, -1, 0, "0|tb", ROUTE_ACT_SEND, S_WEST,
+      ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "tb" },
+    { "append, tenant in VALUES", APPEND, NULL, 0, -1, 0, B_P, ROUTE_ACT_SEND, S_WEST,
+      ROUTE_R_STMT_TENANT, NULL, NULL, ANY, ANY, 0, "tb" },
+    { "tenant without a route: default store", "SELECT * FROM events WHERE tenant_id = 'tz'", NULL,
+      0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "tz" },
+    { "uuid tenant in another spelling", "SELECT * FROM events WHERE tenant_id = '" UUID_AU "'",
+      NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_WEST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0,
+      UUID_A },
+    { "uuid tenant as a text parameter", FEED_T, NULL, 0, -1, 0,
+      "0|11111111222233334444555555555555", ROUTE_ACT_SEND, S_WEST, ROUTE_R_STMT_TENANT, NULL, NULL,
+      0, 0, 0, UUID_A },
+    { "$n tenant before Bind: unknown", FEED_T, NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN,
+      ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, "" },
+    { "NULL $n tenant: no tenant", FEED_T, NULL, 0, -1, 0, "0|~", ROUTE_ACT_SEND, S_MAIN,
+      ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, "" },
+    { "multi-row insert, tenants on one store", APPEND2, NULL, 0, -1, 0, "e1|k1|ta|e2|k2|tm",
+      ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "ta" },
+    { "multi-row insert, tenants on two stores", APPEND2, NULL, 0, -1, 0, "e1|k1|ta|e2|k2|tb",
+      ROUTE_ACT_REFUSE, -1, ROUTE_R_ROWS_MULTI_STORE, "0A000",
+      "INSERT has rows for tenants on different stores", 0, 0, 0, NULL },
+    { "multi-row insert of literals on two stores",
+      "INSERT INTO events (event_id, tenant_id) VALUES ('e1', 'tc'), ('e2', 'tb')", NULL, 0, -1, 0,
+      NULL, ROUTE_ACT_REFUSE, -1, ROUTE_R_ROWS_MULTI_STORE, "0A000", "\"west\"", 0, 0, 0, NULL },
+    { "IN list across stores", "SELECT * FROM events WHERE tenant_id IN ('ta', 'tb')", NULL, 0, -1,
+      0, NULL, ROUTE_ACT_REFUSE, -1, ROUTE_R_MULTI_STORE, "0A000", "tenants on different stores", 0,
+      0, 0, NULL },
+    { "IN list on one store", "SELECT * FROM events WHERE tenant_id IN ('ta', 'tm')", NULL, 0, -1,
+      0, NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, NULL },
+    { "tenant too long", FEED_T, NULL, 0, -1, 0,
+      "0|xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+      "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+      "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+      ROUTE_ACT_REFUSE, -1, ROUTE_R_VALUE_TOO_LONG, "22023", "longer than", 0, 0, 0, NULL },
+    /* rule 2: the session tenant, and the isolation check */
+    { "probe with session tenant", PROBE, "ta", 0, -1, 0, "agg-zzz|Order", ROUTE_ACT_SEND, S_EAST,
+      ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, "ta" },
+    { "feed with session tenant", FEED, "tb", 0, -1, 0, "0", ROUTE_ACT_SEND, S_WEST,
+      ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, "tb" },
+    { "session tenant without a route", "SELECT 1", "tz", 0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN,
+      ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, "tz" },
+    { "statement tenant equals session tenant", APPEND, "ta", 0, -1, 0, A_P, ROUTE_ACT_SEND, S_EAST,
+      ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "ta" },
+    { "uuid session tenant in another spelling",
+      "SELECT * FROM events WHERE tenant_id = '" UUID_A "'", UUID_AU, 0, -1, 0, NULL,
+      ROUTE_ACT_SEND, S_WEST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, NULL },
+    { "statement tenant contradicts session tenant", APPEND, "ta", 0, -1, 0, B_P, ROUTE_ACT_REFUSE,
+      -1, ROUTE_R_TENANT_MISMATCH, "42501",
+      "statement tenant \"tb\" does not match the session tenant \"ta\"", 0, 0, 0, NULL },
+    { "contradiction on the same store is still refused",
+      "SELECT * FROM events WHERE tenant_id = 'tm'", "ta", 0, -1, 0, NULL, ROUTE_ACT_REFUSE, -1,
+      ROUTE_R_TENANT_MISMATCH, "42501", "\"tm\"", 0, 0, 0, NULL },
+    { "one row of a multi-row insert contradicts", APPEND2, "ta", 0, -1, 0, "e1|k1|ta|e2|k2|tm",
+      ROUTE_ACT_REFUSE, -1, ROUTE_R_TENANT_MISMATCH, "42501", NULL, 0, 0, 0, NULL },
+    /* rule 3: keys */
+    { "probe, aggregate known", PROBE, NULL, 0, -1, 0, "agg-b|Order", ROUTE_ACT_SEND, S_WEST,
+      ROUTE_R_KEY_TENANT, NULL, NULL, 0, 0, 0, "tb" },
+    { "stream read, aggregate known (uuid spelling)",
+      "SELECT * FROM events WHERE aggregate_id = $1 ORDER BY version", NULL, 0, -1, 0,
+      "BBBBBBBB00004000800000000000000B", ROUTE_ACT_SEND, S_EAST, ROUTE_R_KEY_TENANT, NULL, NULL, 0,
+      0, 0, "ta" },
+    { "snapshot read, aggregate known",
+      "SELECT version, state FROM snapshots WHERE aggregate_id = 'agg-a'", NULL, 0, -1, 0, NULL,
+      ROUTE_ACT_SEND, S_EAST, ROUTE_R_KEY_TENANT, NULL, NULL, 0, 0, 0, "ta" },
+    { "probe, aggregate unknown: look it up", PROBE, NULL, 0, -1, 0, "agg-new|Order",
+      ROUTE_ACT_NEED_LOOKUP, -1, ROUTE_R_KEY_UNKNOWN, NULL, NULL, 0, 0, 0, NULL },
+    { "probe, aggregate known to have no tenant", PROBE, NULL, 0, -1, 0, "agg-none|Order",
+      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_KEY_NO_TENANT, NULL, NULL, 0, 0, 0, "" },
+    { "keys of tenants on two stores",
+      "SELECT * FROM events WHERE aggregate_id IN ('agg-a', 'agg-b')", NULL, 0, -1, 0, NULL,
+      ROUTE_ACT_REFUSE, -1, ROUTE_R_MULTI_STORE, "0A000", "different stores", 0, 0, 0, NULL },
+    { "session tenant wins over a key", PROBE, "tc", 0, -1, 0, "agg-b|Order", ROUTE_ACT_SEND,
+      S_MAIN, ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, "tc" },
+    { "statement tenant wins over a key",
+      "SELECT * FROM events WHERE aggregate_id = 'agg-b' AND tenant_id = 'ta'", NULL, 0, -1, 0,
+      NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "ta" },
+    { "unknown key inside a firmly bound transaction: bound store, no lookup", PROBE, NULL, 1,
+      S_WEST, 0, "agg-new|Order", ROUTE_ACT_SEND, S_WEST, ROUTE_R_BOUND, NULL, NULL, 0, 0, 0,
+      NULL },
+    { "unknown key inside a tentative transaction: look it up", PROBE, NULL, 1, S_MAIN, 1,
+      "agg-new|Order", ROUTE_ACT_NEED_LOOKUP, -1, ROUTE_R_KEY_UNKNOWN, NULL, NULL, 0, 0, 0, NULL },
+    /* rule 4: nothing */
+    { "no tenant: default store", "SELECT 1", NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN,
+      ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, "" },
+    { "global feed without tenant: default store", FEED, NULL, 0, -1, 0, "0", ROUTE_ACT_SEND,
+      S_MAIN, ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, "" },
+    { "DDL without tenant: default store", "CREATE TABLE x (a int)", NULL, 0, -1, 0, NULL,
+      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, NULL },
+    { "COPY IN with the session tenant", "COPY events FROM STDIN", "tb", 0, -1, 0, NULL,
+      ROUTE_ACT_SEND, S_WEST, ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, NULL },
+    /* transactions: binding */
+    { "first routed statement binds", APPEND, NULL, 1, -1, 0, A_P, ROUTE_ACT_SEND, S_EAST,
+      ROUTE_R_STMT_TENANT, NULL, NULL, 1, 0, 0, "ta" },
+    { "first statement without tenant binds tentatively", "SELECT 1", NULL, 1, -1, 0, NULL,
+      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_DEFAULT, NULL, NULL, 1, 1, 0, NULL },
+    { "first write without tenant binds firmly", "INSERT INTO audit (x) VALUES (1)", NULL, 1, -1, 0,
+      NULL, ROUTE_ACT_SEND, S_MAIN, ROUTE_R_DEFAULT, NULL, NULL, 1, 0, 0, NULL },
+    { "no tenant inside a bound transaction: bound store", FEED, NULL, 1, S_WEST, 0, "0",
+      ROUTE_ACT_SEND, S_WEST, ROUTE_R_BOUND, NULL, NULL, 0, 0, 0, NULL },
+    { "same store inside a bound transaction", APPEND, NULL, 1, S_EAST, 0, A_P, ROUTE_ACT_SEND,
+      S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, NULL },
+    { "cross-store statement refused", APPEND, NULL, 1, S_EAST, 0, B_P, ROUTE_ACT_REFUSE, -1,
+      ROUTE_R_CROSS_STORE, "0A000",
+      "statement routes to store \"west\" but the transaction is bound to store \"east\"", 0, 0, 0,
+      NULL },
+    { "cross-store through a key refused", PROBE, NULL, 1, S_EAST, 0, "agg-b|Order",
+      ROUTE_ACT_REFUSE, -1, ROUTE_R_CROSS_STORE, "0A000", "bound to store \"east\"", 0, 0, 0,
+      NULL },
+    { "tentative binding moves to the tenant store", APPEND, NULL, 1, S_MAIN, 1, B_P,
+      ROUTE_ACT_SEND, S_WEST, ROUTE_R_REBIND, NULL, NULL, 1, 0, 1, "tb" },
+    { "tentative binding becomes firm on its own store",
+      "SELECT * FROM events WHERE tenant_id = "
+      "'tc'",
+      NULL, 1, S_MAIN, 1, NULL, ROUTE_ACT_SEND, S_MAIN, ROUTE_R_STMT_TENANT, NULL, NULL, 1, 0, 0,
+      NULL },
+    { "tentative stays tentative on another tenantless read", "SELECT 2", NULL, 1, S_MAIN, 1, NULL,
+      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_BOUND, NULL, NULL, 0, 0, 0, NULL },
+    /* transaction control */
+    { "BEGIN is held", "BEGIN", NULL, 0, -1, 0, NULL, ROUTE_ACT_DEFER, -1, ROUTE_R_TXN_DEFER, NULL,
+      NULL, 0, 0, 0, NULL },
+    { "BEGIN inside a bound transaction goes there", "BEGIN", NULL, 1, S_WEST, 0, NULL,
+      ROUTE_ACT_SEND, S_WEST, ROUTE_R_TXN_BOUND, NULL, NULL, 0, 0, 0, NULL },
+    { "SAVEPOINT before binding is held", "SAVEPOINT a", NULL, 1, -1, 0, NULL, ROUTE_ACT_DEFER, -1,
+      ROUTE_R_TXN_DEFER, NULL, NULL, 0, 0, 0, NULL },
+    { "SAVEPOINT in a bound transaction", "SAVEPOINT a", NULL, 1, S_EAST, 0, NULL, ROUTE_ACT_SEND,
+      S_EAST, ROUTE_R_TXN_BOUND, NULL, NULL, 0, 0, 0, NULL },
+    { "COMMIT goes to the bound store", "COMMIT", "tb", 1, S_EAST, 0, NULL, ROUTE_ACT_SEND, S_EAST,
+      ROUTE_R_TXN_BOUND, NULL, NULL, 0, 0, 0, NULL },
+    { "ROLLBACK goes to the bound store", "ROLLBACK", NULL, 1, S_WEST, 0, NULL, ROUTE_ACT_SEND,
+      S_WEST, ROUTE_R_TXN_BOUND, NULL, NULL, 0, 0, 0, NULL },
+    { "COMMIT of an unbound transaction is answered locally", "COMMIT", NULL, 1, -1, 0, NULL,
+      ROUTE_ACT_LOCAL, -1, ROUTE_R_TXN_LOCAL, NULL, NULL, 0, 0, 0, NULL },
+    { "ROLLBACK of an unbound transaction is answered locally", "ROLLBACK", NULL, 1, -1, 0, NULL,
+      ROUTE_ACT_LOCAL, -1, ROUTE_R_TXN_LOCAL, NULL, NULL, 0, 0, 0, NULL },
+    { "COMMIT outside a transaction: default store", "COMMIT", NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND,
+      S_MAIN, ROUTE_R_TXN_NONE, NULL, NULL, 0, 0, 0, NULL },
+    /* session statements */
+    { "SET tenant outside a transaction", "SET pgshift.tenant = 'tb'", NULL, 0, -1, 0, NULL,
+      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_SESSION_CMD, NULL, NULL, 0, 0, 0, NULL },
+    { "SET tenant in an unbound transaction is held", "SET LOCAL pgshift.tenant = 'tb'", NULL, 1,
+      -1, 0, NULL, ROUTE_ACT_DEFER, -1, ROUTE_R_SESSION_DEFER, NULL, NULL, 0, 0, 0, NULL },
+    { "SET in a bound transaction", "SET search_path = x", NULL, 1, S_WEST, 0, NULL, ROUTE_ACT_SEND,
+      S_WEST, ROUTE_R_SESSION_CMD, NULL, NULL, 0, 0, 0, NULL },
+    { "LISTEN outside a transaction", "LISTEN ch", "ta", 0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN,
+      ROUTE_R_SESSION_CMD, NULL, NULL, 0, 0, 0, NULL },
+    /* unparseable */
+    { "garbage: default store", "SELEKT 1", NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN,
+      ROUTE_R_UNPARSED, NULL, NULL, 0, 0, 0, NULL },
+    { "garbage in a bound transaction: bound store", "SELEKT 1", NULL, 1, S_WEST, 0, NULL,
+      ROUTE_ACT_SEND, S_WEST, ROUTE_R_UNPARSED, NULL, NULL, 0, 0, 0, NULL },
+    { "garbage first in a transaction binds tentatively", "SELEKT 1", NULL, 1, -1, 0, NULL,
+      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_UNPARSED, NULL, NULL, 1, 1, 0, NULL },
+    /* migration phases */
+    { "dual-write tenant stays on its source", "SELECT * FROM events WHERE tenant_id = 'tm'", NULL,
+      0, -1, 0, NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "tm" },
+    { "completed migration routes to the target",
+      "SELECT * FROM events WHERE tenant_id = "
+      "'tdone'",
+      NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_WEST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0,
+      NULL },
+    { "failed migration stays on the source", "SELECT * FROM events WHERE tenant_id = 'tfail'",
+      NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0,
+      NULL },
+    { "cutover holds new tenant work", "SELECT * FROM events WHERE tenant_id = 'tcut'", NULL, 0, -1,
+      0, NULL, ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL },
+    { "cutover holds the first statement of a transaction", APPEND, NULL, 1, -1, 0,
+      "e|k|Order|C|tcut|u|1|t|{}", ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0,
+      NULL },
+    { "cutover lets an open tenant transaction finish", APPEND, NULL, 1, S_EAST, 0,
+      "e|k|Order|C|tcut|u|1|t|{}", ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0,
+      "tcut" },
+    { "cutover holds through the session tenant", PROBE, "tcut", 0, -1, 0, "agg-x|Order",
+      ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL },
+    { "cutover holds through a key", PROBE, NULL, 0, -1, 0, "agg-cut|Order", ROUTE_ACT_HOLD, -1,
+      ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL },
+    { "other tenants never wait for a cutover", "SELECT * FROM events WHERE tenant_id = 'ta'", NULL,
+      0, -1, 0, NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, NULL },
+};
+
+typedef struct fixture {
+    route_table_t *table;
+    route_aggmap_t *aggs;
+    route_cache_t *cache;
+} fixture_t;
+
+static int setup_fixture(void **state)
+{
+    fixture_t *f = calloc(1, sizeof(*f));
+
+    route_tenancy_init(&g_ten, NULL, NULL, NULL, NULL, NULL);
+    f->table = make_table();
+    f->aggs = route_aggmap_new(64);
+    route_aggmap_learn(f->aggs, "agg-a", 5, "ta", 2);
+    route_aggmap_learn(f->aggs, "agg-b", 5, "tb", 2);
+    route_aggmap_learn(f->aggs, "agg-none", 8, NULL, 0);
+    route_aggmap_learn(f->aggs, "agg-cut", 7, "tcut", 4);
+    route_aggmap_learn(f->aggs, "bbbbbbbb-0000-4000-8000-00000000000b", 36, "ta", 2);
+    f->cache = route_cache_new(128, &g_ten);
+    *state = f;
+    return 0;
+}
+
+static int teardown_fixture(void **state)
+{
+    fixture_t *f = *state;
+
+    route_cache_free(f->cache);
+    route_aggmap_free(f->aggs);
+    route_table_unref(f->table);
+    route_tenancy_destroy(&g_ten);
+    free(f);
+    return 0;
+}
+
+/* Split "a|b|~" into text params ("~" = NULL). Returns the count. */
+static size_t make_params(const char *spec, char *store, route_param_t *p, size_t max)
+{
+    size_t n = 0;
+    char *s, *save = NULL;
+
+    strcpy(store, spec);
+    for (s = strtok_r(store, "|", &save); s != NULL && n < max; s = strtok_r(NULL, "|", &save)) {
+        memset(&p[n], 0, sizeof(p[n]));
+        if (strcmp(s, "~") == 0) {
+            p[n].len = -1;
+        } else {
+            p[n].data = (const uint8_t *)s;
+            p[n].len = (int32_t)strlen(s);
+        }
+        n++;
+    }
+    return n;
+}
+
+static route_decision_t decide_sql(fixture_t *f, const char *sql, const route_session_t *sess,
+                                   const char *params)
+{
+    char store[2048];
+    route_param_t p[32];
+    route_params_t bind = { 0 };
+    route_class_t *cl = route_cache_get(f->cache, sql, strlen(sql));
+    route_decision_t d;
+
+    assert_int_equal(cl->n_stmts, 1);
+    if (params != NULL) {
+        assert_true(strlen(params) < sizeof(store));
+        bind.n = make_params(params, store, p, 32);
+        bind.v = p;
+    }
+    d = route_decide(f->table, sess, &cl->stmts[0], params ? &bind : NULL);
+    route_class_unref(cl);
+    return d;
+}
+
+static void test_decide_table(void **state)
+{
+    fixture_t *f = *state;
+
+    for (size_t i = 0; i < sizeof(dcases) / sizeof(dcases[0]); i++) {
+        const dcase_t *c = &dcases[i];
+        route_session_t sess = { .tenant = c->sess_tenant,
+                                 .bound_store = c->bound,
+                                 .bound_tentative = c->tentative,
+                                 .in_txn = c->in_txn,
+                                 .default_store = S_MAIN,
+                                 .aggs = f->aggs };
+        route_decision_t d = decide_sql(f, c->sql, &sess, c->binds);
+
+        print_message("case: %s -> %s %d (%s) %s\n", c->name, route_action_str(d.action), d.store,
+                      route_reason_str(d.reason), d.message);
+        assert_string_equal(route_action_str(d.action), route_action_str(c->act));
+        assert_string_equal(route_reason_str(d.reason), route_reason_str(c->reason));
+        assert_int_equal(d.store, c->store);
+        if (c->act == ROUTE_ACT_REFUSE) {
+            assert_string_equal(d.sqlstate, c->sqlstate);
+            if (c->msg != NULL)
+                assert_non_null(strstr(d.message, c->msg));
+        } else {
+            assert_string_equal(d.sqlstate, "");
+        }
+        if (c->want_binds != ANY)
+            assert_int_equal(d.binds, c->want_binds);
+        if (c->want_tentative != ANY)
+            assert_int_equal(d.tentative, c->want_tentative);
+        if (c->want_rebind != ANY)
+            assert_int_equal(d.rebind, c->want_rebind);
+        if (c->tenant != NULL)
+            assert_string_equal(d.tenant, c->tenant);
+    }
+}
+
+static void test_decide_need_lookup_detail(void **state)
+{
+    fixture_t *f = *state;
+    route_session_t sess = { .bound_store = -1, .default_store = S_MAIN, .aggs = f->aggs };
+    route_decision_t d = decide_sql(f, PROBE, &sess, "AGG-NEW|Order");
+
+    assert_int_equal(d.action, ROUTE_ACT_NEED_LOOKUP);
+    assert_string_equal(d.key, "AGG-NEW");
+    assert_int_equal(d.key_column, 0);
+    assert_string_equal(g_ten.key_columns[d.key_column], "aggregate_id");
+    /* without an aggregate map, keys are not used */
+    sess.aggs = NULL;
+    d = decide_sql(f, PROBE, &sess, "AGG-NEW|Order");
+    assert_int_equal(d.action, ROUTE_ACT_SEND);
+    assert_int_equal(d.reason, ROUTE_R_DEFAULT);
+    /* a route pointer comes with the tenant */
+    d = decide_sql(f, "SELECT * FROM events WHERE tenant_id = 'tm'", &sess, NULL);
+    assert_non_null(d.route);
+    assert_int_equal(d.route->phase, ROUTE_PHASE_DUAL_WRITE);
+    assert_int_equal(d.route->target_store, S_WEST);
+}
+
+static void test_decide_binary_params(void **state)
+{
+    fixture_t *f = *state;
+    route_class_t *cl = route_cache_get(f->cache, FEED_T, strlen(FEED_T));
+    static const uint8_t uuid[16] = { 0x11, 0x11, 0x11, 0x11, 0x22, 0x22, 0x33, 0x33,
+                                      0x44, 0x44, 0x55, 0x55, 0x55, 0x55, 0x55, 0x55 };
+    static const uint8_t pos[8] = { 0, 0, 0, 0, 0, 0, 0, 5 };
+    static const uint8_t i4[4] = { 0xff, 0xff, 0xff, 0xfe }; /* -2 */
+    route_param_t p[2] = { { .data = pos, .len = 8, .is_binary = true, .type_oid = 20 },
+                           { .data = uuid, .len = 16, .is_binary = true, .type_oid = 2950 } };
+    route_params_t bind = { .n = 2, .v = p };
+    route_session_t sess = { .bound_store = -1, .default_store = S_MAIN, .aggs = f->aggs };
+    route_decision_t d = route_decide(f->table, &sess, &cl->stmts[0], &bind);
+    route_table_t *t2;
+    route_entry_t e = { .tenant = "-2", .store = S_EAST, .target_store = -1 };
+
+    (void)state;
+    assert_int_equal(d.action, ROUTE_ACT_SEND);
+    assert_int_equal(d.store, S_WEST);
+    assert_string_equal(d.tenant, UUID_A);
+    /* type unknown: 16 binary bytes are taken as a uuid */
+    p[1].type_oid = 0;
+    d = route_decide(f->table, &sess, &cl->stmts[0], &bind);
+    assert_string_equal(d.tenant, UUID_A);
+    /* binary int4 tenant */
+    t2 = route_table_clone(f->table);
+    route_table_put(t2, &e);
+    p[1] = (route_param_t){ .data = i4, .len = 4, .is_binary = true, .type_oid = 23 };
+    d = route_decide(t2, &sess, &cl->stmts[0], &bind);
+    assert_string_equal(d.tenant, "-2");
+    assert_int_equal(d.store, S_EAST);
+    /* a bind with fewer values than the statement's $n: unknown, default */
+    bind.n = 1;
+    d = route_decide(t2, &sess, &cl->stmts[0], &bind);
+    assert_int_equal(d.store, S_MAIN);
+    assert_int_equal(d.reason, ROUTE_R_DEFAULT);
+    route_table_unref(t2);
+    route_class_unref(cl);
+}
+
+/* The append transaction of DESIGN.md, without a session tenant, as the proxy drives it. */
+static void test_append_transaction_flow(void **state)
+{
+    fixture_t *f = *state;
+    route_session_t sess = { .bound_store = -1, .default_store = S_MAIN, .aggs = f->aggs };
+    route_decision_t d;
+    route_class_t *cl;
+    char store[512];
+    route_param_t p[16];
+    route_params_t bind = { .v = p };
+    const char *t;
+
+    /* existing aggregate: BEGIN held, probe binds to the tenant's store */
+    d = decide_sql(f, "BEGIN", &sess, NULL);
+    assert_int_equal(d.action, ROUTE_ACT_DEFER);
+    sess.in_txn = true;
+    d = decide_sql(f, PROBE, &sess, "agg-b|Order");
+    assert_int_equal(d.action, ROUTE_ACT_SEND);
+    assert_int_equal(d.store, S_WEST);
+    assert_true(d.binds);
+    assert_false(d.tentative);
+    sess.bound_store = d.store;
+    d = decide_sql(f, APPEND, &sess, B_P);
+    assert_int_equal(d.action, ROUTE_ACT_SEND);
+    assert_int_equal(d.store, S_WEST);
+    d = decide_sql(f, "COMMIT", &sess, NULL);
+    assert_int_equal(d.store, S_WEST);
+
+    /* new aggregate: lookup finds nothing, probe binds tentatively, the INSERT moves it */
+    sess.in_txn = true;
+    sess.bound_store = -1;
+    d = decide_sql(f, PROBE, &sess, "agg-fresh|Order");
+    assert_int_equal(d.action, ROUTE_ACT_NEED_LOOKUP);
+    route_aggmap_learn(f->aggs, d.key, strlen(d.key), NULL, 0); /* found on no store */
+    d = decide_sql(f, PROBE, &sess, "agg-fresh|Order");
+    assert_int_equal(d.action, ROUTE_ACT_SEND);
+    assert_int_equal(d.store, S_MAIN);
+    assert_true(d.binds);
+    assert_true(d.tentative);
+    sess.bound_store = d.store;
+    sess.bound_tentative = true;
+    d = decide_sql(f, APPEND, &sess, "e9|agg-fresh|Order|Created|tb|u|1|t|{}");
+    assert_int_equal(d.action, ROUTE_ACT_SEND);
+    assert_int_equal(d.store, S_WEST);
+    assert_true(d.rebind);
+    assert_true(d.binds);
+    assert_false(d.tentative);
+    sess.bound_store = d.store;
+    sess.bound_tentative = false;
+    /* after it commits, the proxy learns the aggregate from the row */
+    cl = route_cache_get(f->cache, APPEND, strlen(APPEND));
+    bind.n = make_params("e9|agg-fresh|Order|Created|tb|u|1|t|{}", store, p, 16);
+    assert_int_equal(route_learn_rows(f->aggs, &cl->stmts[0], &bind), 1);
+    route_class_unref(cl);
+    assert_true(route_aggmap_get(f->aggs, "agg-fresh", 9, &t));
+    assert_string_equal(t, "tb");
+    /* the next append's probe goes straight to west */
+    sess.in_txn = true;
+    sess.bound_store = -1;
+    d = decide_sql(f, PROBE, &sess, "agg-fresh|Order");
+    assert_int_equal(d.store, S_WEST);
+    assert_int_equal(d.reason, ROUTE_R_KEY_TENANT);
+
+    /* learn_rows: literals, a NULL tenant (negative), rows without a key are skipped */
+    {
+        const char *q = "INSERT INTO events (event_id, aggregate_id, tenant_id) VALUES ('e1', "
+                        "'L1', 'ta'), ('e2', 'L2', NULL), ('e3', DEFAULT, 'tb')";
+        cl = route_classify(q, strlen(q), &g_ten);
+    }
+    assert_false(cl->is_error);
+    assert_int_equal(route_learn_rows(f->aggs, &cl->stmts[0], NULL), 2);
+    assert_true(route_aggmap_get(f->aggs, "L1", 2, &t));
+    assert_string_equal(t, "ta");
+    assert_true(route_aggmap_get(f->aggs, "L2", 2, &t));
+    assert_null(t);
+    route_class_unref(cl);
+}
+
+/* ---- cache ------------------------------------------------------------------------ */
+
+static void test_cache(void **state)
+{
+    route_cache_t *c = route_cache_new(2, &g_ten);
+    route_class_t *a1, *a2, *b, *cc, *a3, *keep;
+    route_cache_stats_t s;
+    const char *qa = "SELECT * FROM events WHERE tenant_id = 'ta'";
+    const char *qb = "SELECT * FROM events WHERE tenant_id = 'tb'";
+    const char *qc = "SELECT * FROM events WHERE tenant_id = 'tc'";
+
+    (void)state;
+    a1 = route_cache_get(c, qa, strlen(qa));
+    a2 = route_cache_get(c, qa, strlen(qa));
+    assert_ptr_equal(a1, a2); /* same text: parsed once */
+    s = route_cache_stats(c);
+    assert_int_equal(s.misses, 1);
+    assert_int_equal(s.hits, 1);
+    assert_int_equal(s.n_entries, 1);
+    /* a different text, even a prefix, is another entry */
+    b = route_cache_get(c, qb, strlen(qb));
+    assert_ptr_not_equal(a1, b);
+    assert_string_equal(b->stmts[0].tenants[0].text, "tb");
+    a3 = route_cache_get(c, qa, strlen(qa)); /* qa is now the most recent, qb the least */
+    assert_ptr_equal(a3, a1);
+    route_class_unref(a3);
+    route_class_unref(route_cache_get(c, qa, strlen(qa) - 1)); /* the prefix evicts qb */
+    s = route_cache_stats(c);
+    assert_int_equal(s.misses, 3);
+    assert_int_equal(s.hits, 2);
+    assert_int_equal(s.evictions, 1);
+    assert_int_equal(s.n_entries, 2);
+    a3 = route_cache_get(c, qa, strlen(qa)); /* still cached */
+    assert_ptr_equal(a3, a1);
+    route_class_unref(a3);
+    cc = route_cache_get(c, qc, strlen(qc)); /* evicts the prefix entry, keeps qa */
+    s = route_cache_stats(c);
+    assert_int_equal(s.evictions, 2);
+    a3 = route_cache_get(c, qa, strlen(qa));
+    assert_ptr_equal(a3, a1);
+    s = route_cache_stats(c);
+    assert_int_equal(s.hits, 4);
+    assert_int_equal(s.misses, 4);
+    route_class_unref(route_cache_get(c, qa, strlen(qa) - 1)); /* the prefix was evicted */
+    assert_int_equal(route_cache_stats(c).misses, 5);
+    /* an evicted classification lives on while referenced */
+    assert_string_equal(b->stmts[0].tenants[0].text, "tb");
+    assert_int_equal(b->refcount, 1);
+    keep = route_cache_get(c, qb, strlen(qb)); /* re-parsed: a new object */
+    assert_ptr_not_equal(keep, b);
+    assert_string_equal(keep->stmts[0].tenants[0].text, "tb");
+    route_class_unref(b);
+    route_class_unref(a1);
+    route_class_unref(a2);
+    route_class_unref(a3);
+    route_class_unref(cc);
+    /* the cache frees its entries; a reference held past it stays valid */
+    route_cache_free(c);
+    assert_int_equal(keep->refcount, 1);
+    assert_int_equal(keep->stmts[0].kind, ROUTE_KIND_READ);
+    route_class_unref(keep);
+
+    /* many texts through a small cache: bounded */
+    c = route_cache_new(8, &g_ten);
+    for (int i = 0; i < 100; i++) {
+        char q[64];
+        snprintf(q, sizeof(q), "SELECT %d", i);
+        route_class_unref(route_cache_get(c, q, strlen(q)));
+    }
+    s = route_cache_stats(c);
+    assert_int_equal(s.n_entries, 8);
+    assert_int_equal(s.misses, 100);
+    assert_int_equal(s.evictions, 92);
+    route_class_unref(route_cache_get(c, "SELECT 99", 9));
+    assert_int_equal(route_cache_stats(c).hits, 1);
+    route_class_unref(route_cache_get(c, "SELECT 0", 8));
+    assert_int_equal(route_cache_stats(c).misses, 101);
+    /* empty and unparseable texts are cached too */
+    route_class_unref(route_cache_get(c, "", 0));
+    route_class_unref(route_cache_get(c, "", 0));
+    route_class_unref(route_cache_get(c, "SELEKT", 6));
+    route_class_unref(route_cache_get(c, "SELEKT", 6));
+    assert_int_equal(route_cache_stats(c).hits, 3);
+    route_cache_free(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest classify[] = {
+        cmocka_unit_test_setup_teardown(test_classify_table, setup_ten, teardown_ten),
+        cmocka_unit_test_setup_teardown(test_classify_multi, setup_ten, teardown_ten),
+        cmocka_unit_test_setup_teardown(test_classify_edges, setup_ten, teardown_ten),
+        cmocka_unit_test_setup_teardown(test_classify_custom_tenancy, setup_ten, teardown_ten),
+        cmocka_unit_test(test_uuid_canon),
+        cmocka_unit_test(test_route_table),
+        cmocka_unit_test(test_aggmap),
+        cmocka_unit_test_setup_teardown(test_cache, setup_ten, teardown_ten),
+    };
+    const struct CMUnitTest decide[] = {
+        cmocka_unit_test_setup_teardown(test_decide_table, setup_fixture, teardown_fixture),
+        cmocka_unit_test_setup_teardown(test_decide_need_lookup_detail, setup_fixture,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(test_decide_binary_params, setup_fixture, teardown_fixture),
+        cmocka_unit_test_setup_teardown(test_append_transaction_flow, setup_fixture,
+                                        teardown_fixture),
+    };
+    int fails = cmocka_run_group_tests_name("route_classify", classify, NULL, NULL);
+
+    fails += cmocka_run_group_tests_name("route_decide", decide, NULL, NULL);
+    return fails ? 1 : 0;
+}
