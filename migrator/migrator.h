@@ -91,6 +91,7 @@ typedef enum mig_cmd_kind {
     MIG_CMD_SHOW_ROUTES,  /* SHOW ROUTES */
     MIG_CMD_SHOW_TENANTS, /* SHOW TENANTS */
     MIG_CMD_ROUTE_TENANT, /* ROUTE TENANT 'tenant' TO 'store' */
+    MIG_CMD_LOOKUP_KEY,   /* which tenant owns key_column = key_value (proxy routing) */
     /* TODO(#4): MIGRATE TENANT, SHOW MIGRATIONS, SHOW MIGRATION, PAUSE/RESUME/ABORT, SHOW AUDIT */
 } mig_cmd_kind_t;
 
@@ -105,6 +106,8 @@ typedef struct mig_cmd {
     int64_t migration_id; /* reserved for the migration commands */
     const char *reason;   /* reserved: ABORT MIGRATION id 'reason' */
     const char *user;     /* the admin user, for the audit log; may be NULL */
+    const char *key_column; /* LOOKUP_KEY: e.g. "aggregate_id" */
+    const char *key_value;  /* LOOKUP_KEY: the value, as text */
 } mig_cmd_t;
 
 /*
