@@ -398,8 +398,8 @@ class Pgshift:
             if self.exit_code != 0:
                 out.append("pgshift did not exit cleanly on SIGTERM (status %s)"
                            % self.exit_code)
-        elif self.proc is not None and self.proc.poll() is not None:
-            out.append("pgshift exited with code %s" % self.proc.returncode)
+        elif self.proc is not None and not self._stopped and self.proc.poll() is not None:
+            out.append("pgshift exited on its own with code %s" % self.proc.returncode)
         err = self.stderr()
         if "BUG" in err:
             out.append("pgshift stderr contains BUG")
@@ -408,23 +408,26 @@ class Pgshift:
                 out.append("pgshift stderr contains a sanitizer report (%r)" % m)
         return out
 
+    def terminate(self):
+        """Send SIGTERM (drain) without waiting; stop() collects the exit."""
+        if self.proc is not None and self.proc.poll() is None and not self._stopped:
+            self._stopped = True
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout=20):
-        """SIGTERM, wait; SIGKILL if it does not go. Returns the exit code
-        (None if it had to be killed)."""
+        """SIGTERM, wait; SIGKILL if it does not go. Returns the exit status
+        (None if it had to be killed). Idempotent."""
         if self.proc is None:
             return None
-        if self.exit_code is not None or self._stopped:
+        if self.exit_code is not None:
             return self.exit_code
-        self._stopped = True
-        code = self.proc.poll()
-        if code is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                code = None
+        self.terminate()
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            code = None
         for f in (self._stderr_f, self._stdout_f):
             if f:
                 f.close()
