@@ -135,6 +135,10 @@ demo: deps all
 bench: all
 	@bench/run.sh
 
+# Classifier cost per statement (cache miss / hit / decision), for bench/routing.
+$(BUILD)/bench/classify_bench: $(BUILD)/bench/classify_bench.o $(ROUTING_OBJ) $(COMMON_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ -lpg_query
+
 FORMAT_SRC = $(shell git ls-files '*.c' '*.h')
 format:
 	clang-format -i $(FORMAT_SRC)
