@@ -108,7 +108,8 @@ typedef struct route_stmt {
     size_t len;                /* its length in bytes; 0 = up to the end */
 
     size_t n_tables;
-    char **tables;      /* relations named, deduplicated; "schema.name" when qualified */
+    char **tables;      /* relations named, deduplicated; "schema.name" when qualified;
+                           a WITH query's name read in FROM appears too */
     const char *target; /* INSERT/UPDATE/DELETE/COPY/TRUNCATE target, one of tables[]; or NULL */
 
     /*
