@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "common/log.h"
+#include "migrator/migrator.h"
 #include "proxy/proxy.h"
 
 /* A result set under construction. */
@@ -334,7 +335,10 @@ void px_admin_query(px_client_t *c, const char *sql)
             show_pools(c);
         else if (word_is(&s, "STATS") && !*s)
             show_stats(c);
-        else
+        else if (px_router_admin(c, q)) {
+            free(q);
+            return; /* the migrator answers (px_admin_reply) */
+        } else
             px_client_error(c, "42601", "unknown SHOW command: %s", q);
     } else if (word_is(&s, "RELOAD") && !*s) {
         if (px_proxy_reload(p, &err) < 0) {
@@ -358,9 +362,40 @@ void px_admin_query(px_client_t *c, const char *sql)
         free(q);
         px_proxy_shutdown(p, false);
         return;
+    } else if (px_router_admin(c, q)) {
+        free(q);
+        return; /* the migrator answers (px_admin_reply) */
     } else {
         px_client_error(c, "42601", "unknown command: %s", q);
     }
     free(q);
     px_client_send_ready(c);
+}
+
+void px_admin_reply(px_proxy_t *p, void *cookie, mig_result_t *res)
+{
+    px_client_t *c = cookie;
+    cm_buf_t b = { 0 };
+
+    (void)p;
+    if (c->state != PX_CL_READY) {
+        mig_result_free(res);
+        return;
+    }
+    if (res->err_sqlstate != NULL) {
+        wire_put_error(&b, false, "ERROR", res->err_sqlstate,
+                       res->err_message ? res->err_message : "command failed", NULL);
+    } else {
+        if (res->n_cols > 0)
+            wire_put_row_description(&b, (const char *const *)res->cols, NULL, res->n_cols);
+        for (size_t i = 0; i < res->n_rows; i++)
+            wire_put_data_row(&b, (const char *const *)res->cells + i * res->n_cols, res->n_cols);
+        wire_put_command_complete(&b, res->tag ? res->tag : "OK");
+    }
+    px_conn_send(&c->conn, b.data, b.len);
+    cm_buf_free(&b);
+    mig_result_free(res);
+    c->is_waiting = 0;
+    px_client_send_ready(c);
+    px_client_kick(c);
 }

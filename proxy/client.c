@@ -78,17 +78,28 @@ static void cl_detach(px_client_t *c)
 
     if (c->state == PX_CL_CLOSING)
         return;
-    if (c->server != NULL) {
-        px_server_t *s = c->server;
+    if (c->server != NULL &&
+        (c->n_servers == 0 || c->servers[c->server->store->index] != c->server)) {
+        px_server_release(c->server); /* the welcome's server, not in servers[] */
+    }
+    c->server = NULL;
+    for (size_t i = 0; i < c->n_servers; i++) {
+        px_server_t *s = c->servers[i];
 
-        c->server = NULL;
-        if (s->n_pending > 0 || s->txn_status != WIRE_TXN_IDLE) {
+        if (s == NULL)
+            continue;
+        c->servers[i] = NULL;
+        if (s->rq_n > 0 || s->txn_status != WIRE_TXN_IDLE) {
             /* The backend may still be busy for us: ask it to stop. */
             if (s->be_pid != 0)
                 px_server_send_cancel(p, s->store, s->be_pid, s->be_key);
         }
         px_server_release(s);
     }
+    free(c->servers);
+    c->servers = NULL;
+    c->n_servers = 0;
+    px_router_client_gone(c);
     if (c->is_admin)
         p->n_admin_clients--;
     else
@@ -168,10 +179,16 @@ bool px_client_is_idle(const px_client_t *c)
 {
     if (c->state != PX_CL_READY)
         return c->state == PX_CL_CLOSING;
-    if (c->server == NULL)
-        return true;
-    return c->server->n_pending == 0 && c->server->txn_status == WIRE_TXN_IDLE &&
-           !c->server->is_copy_in && !c->server->is_copy_out && c->fwd_left == 0;
+    if (c->in_txn || c->fwd_left > 0 || c->batch_store >= 0 || c->batch.len > 0)
+        return false;
+    for (size_t i = 0; i < c->n_servers; i++) {
+        const px_server_t *s = c->servers[i];
+
+        if (s != NULL && (px_server_visible_pending(s) > 0 || s->txn_status != WIRE_TXN_IDLE ||
+                          s->is_copy_in || s->is_copy_out))
+            return false;
+    }
+    return true;
 }
 
 /* ---- timers ---- */
@@ -259,15 +276,19 @@ static void cl_login_done(px_client_t *c)
     }
     /* First session on this store: learn its parameters from a real login. */
     cl_set_state(c, PX_CL_WELCOME);
-    if (px_server_connect(p, c->store, c, &c->server) < 0) {
-        c->server = NULL;
+    c->n_servers = p->n_stores;
+    c->servers = cm_xcalloc(c->n_servers, sizeof(*c->servers));
+    if (px_server_connect(p, c->store, c, &c->servers[c->store->index]) < 0) {
+        c->servers[c->store->index] = NULL;
         px_client_fail(c, "08006", "could not connect to store \"%s\"", c->store->name);
+        return;
     }
+    c->server = c->servers[c->store->index];
 }
 
 void px_client_server_ready(px_client_t *c, px_server_t *s)
 {
-    BUG_ON(c->server != s, "server ready for another client");
+    (void)s;
     if (c->state == PX_CL_WELCOME) {
         cl_send_welcome(c);
         /* Input may have arrived while we waited. */
@@ -277,8 +298,7 @@ void px_client_server_ready(px_client_t *c, px_server_t *s)
 
 void px_client_server_lost(px_client_t *c, px_server_t *s, const char *why)
 {
-    if (c->server == s)
-        c->server = NULL;
+    px_router_server_gone(c, s);
     if (c->state == PX_CL_CLOSING)
         return;
     px_client_fail(c, "08006", "%s", why);
@@ -356,34 +376,34 @@ static void cl_auth_input(px_client_t *c, const uint8_t *body, size_t len)
             px_client_fail(c, "28000", "SASL mechanism \"%s\" is not supported", mech.p);
             return;
         }
-        if (secret == NULL || strncmp(secret, "md5", 3) == 0) {
-            /* No usable secret: finish the exchange with a random one so the
-             * client cannot tell unknown users from wrong passwords. */
-            uint8_t salt[16];
-
-            if (px_random_bytes(salt, sizeof(salt)) < 0 ||
-                px_scram_secret_from_password("\x01invalid", salt, sizeof(salt), 4096, &sec) < 0) {
-                cl_auth_fail(c);
-                return;
-            }
-        } else if (strncmp(secret, "SCRAM-SHA-256$", 14) == 0) {
+        switch (secret ? px_secret_kind(secret) : PX_SECRET_BAD) {
+        case PX_SECRET_SCRAM:
             if (px_scram_secret_parse(secret, &sec) < 0) {
-                LOG_WARN(c->ctx, "invalid SCRAM secret in auth_file for user %s", c->user);
                 cl_auth_fail(c);
                 return;
             }
-        } else {
-            uint8_t salt[16];
-
-            if (px_random_bytes(salt, sizeof(salt)) < 0 ||
-                px_scram_secret_from_password(secret, salt, sizeof(salt), 4096, &sec) < 0) {
+            c->scram = px_scram_server_new(&sec);
+            break;
+        case PX_SECRET_PLAIN:
+            if (px_proxy_scram_secret(p, c->user, secret, &sec) < 0) {
                 cl_auth_fail(c);
                 return;
             }
+            c->scram = px_scram_server_new(&sec);
+            break;
+        case PX_SECRET_MD5:
+        case PX_SECRET_BAD:
+        default:
+            /* No usable secret: run the exchange to its failing end, so a
+             * client cannot tell unknown users from wrong passwords. */
+            c->scram = px_scram_server_new_mock(c->user, p->mock_key);
+            break;
         }
-        c->scram = px_scram_server_new(&sec);
         if (px_scram_server_first(c->scram, data.p, data.len, &reply, &err) < 0) {
-            px_client_fail(c, "08P01", "invalid SCRAM exchange: %s", err ? err : "?");
+            if (px_scram_server_is_protocol_error(c->scram))
+                px_client_fail(c, "08P01", "invalid SCRAM exchange: %s", err ? err : "?");
+            else
+                cl_auth_fail(c);
             return;
         }
         wire_put_auth_sasl_continue(&b, reply, strlen(reply));
@@ -427,6 +447,45 @@ static void cl_auth_input(px_client_t *c, const uint8_t *body, size_t len)
 
 /* ---- startup ---- */
 
+/*
+ * The session tenant from the startup packet: a "pgshift.tenant" parameter,
+ * "-c pgshift.tenant=X" (or --pgshift.tenant=X) in "options", or a user
+ * name "user.tenant" when tenant_from_user is on (the user part logs in).
+ */
+static void cl_startup_tenant(px_client_t *c)
+{
+    px_proxy_t *p = c->conn.proxy;
+    const char *v = px_params_get(&c->startup, "pgshift.tenant");
+    const char *opts = px_params_get(&c->startup, "options");
+
+    if (v != NULL && v[0] != '\0') {
+        free(c->tenant);
+        c->tenant = cm_xstrdup(v);
+    }
+    if (opts != NULL) {
+        const char *k = strstr(opts, "pgshift.tenant=");
+
+        if (k != NULL) {
+            const char *e = k + 15;
+            size_t n = strcspn(e, " \t");
+
+            if (n > 0) {
+                free(c->tenant);
+                c->tenant = cm_xstrndup(e, n);
+            }
+        }
+    }
+    if (p->cfg->tenant_from_user && !c->is_admin) {
+        char *dot = strrchr(c->user, '.');
+
+        if (dot != NULL && dot[1] != '\0' && dot != c->user) {
+            free(c->tenant);
+            c->tenant = cm_xstrdup(dot + 1);
+            *dot = '\0';
+        }
+    }
+}
+
 static void cl_startup_message(px_client_t *c, const wire_startup_t *st)
 {
     px_proxy_t *p = c->conn.proxy;
@@ -465,6 +524,7 @@ static void cl_startup_message(px_client_t *c, const wire_startup_t *st)
             c->app_name = cm_xstrndup(st->values[i].p, st->values[i].len);
         }
     }
+    cl_startup_tenant(c);
     want_db = c->is_admin ? "pgshift" : p->cfg->database;
     if (strcmp(c->database, want_db) != 0) {
         px_client_fail(c, "3D000", "database \"%s\" does not exist", c->database);
@@ -622,25 +682,6 @@ static bool fe_type_known(uint8_t t)
     }
 }
 
-/* Make sure the session has a logged-in server; false means "wait". */
-static bool cl_need_server(px_client_t *c)
-{
-    px_proxy_t *p = c->conn.proxy;
-
-    if (c->server != NULL) {
-        if (c->server->state == PX_SV_ACTIVE)
-            return true;
-        px_conn_stop_read(&c->conn); /* px_client_server_ready kicks us */
-        return false;
-    }
-    px_conn_stop_read(&c->conn);
-    if (px_server_connect(p, c->store, c, &c->server) < 0) {
-        c->server = NULL;
-        px_client_fail(c, "08006", "could not connect to store \"%s\"", c->store->name);
-    }
-    return false;
-}
-
 static void cl_admin_input(px_client_t *c)
 {
     px_conn_t *conn = &c->conn;
@@ -702,129 +743,6 @@ static void cl_admin_input(px_client_t *c)
     }
 }
 
-/*
- * Forward complete messages to the session's server. Small control
- * messages are read whole; CopyData streams through once its header is
- * known, so a large COPY never needs a large buffer.
- */
-static void cl_forward(px_client_t *c)
-{
-    px_conn_t *conn = &c->conn;
-    px_proxy_t *p = conn->proxy;
-    px_server_t *s;
-    size_t run;
-
-    if (!cl_need_server(c))
-        return;
-    s = c->server;
-    run = conn->rpos;
-    while (conn->rpos < conn->rlen) {
-        const uint8_t *buf = conn->rbuf + conn->rpos;
-        size_t avail = conn->rlen - conn->rpos;
-        wire_hdr_t h;
-        wire_rc_t rc;
-
-        if (c->fwd_left > 0) {
-            size_t n = CM_MIN(c->fwd_left, avail);
-
-            c->fwd_left -= n;
-            conn->rpos += n;
-            continue;
-        }
-        if (px_conn_pending(&s->conn) > p->cfg->max_buffer_len) {
-            px_conn_stop_read(conn); /* the store is slow: backpressure */
-            break;
-        }
-        if ((p->is_paused || c->close_when_idle) && px_client_is_idle(c)) {
-            if (c->close_when_idle) {
-                px_conn_send(&s->conn, conn->rbuf + run, conn->rpos - run);
-                run = conn->rpos;
-                px_client_fail(c, "57P01", "terminating connection: pgshift is shutting down");
-                return;
-            }
-            c->is_held = 1;
-            px_conn_stop_read(conn);
-            break;
-        }
-        rc = wire_hdr_decode(buf, avail, &p->limits, &h);
-        if (rc == WIRE_PARTIAL)
-            break;
-        if (rc != WIRE_OK || !fe_type_known(h.type)) {
-            p->stats.n_protocol_errors++;
-            if (run < conn->rpos)
-                px_conn_send(&s->conn, conn->rbuf + run, conn->rpos - run);
-            px_conn_flush(&s->conn);
-            if (rc == WIRE_ETOOBIG)
-                px_client_fail(c, "08P01", "message of %u bytes exceeds max_message_len (%zu)",
-                               h.body_len, p->limits.max_msg_len);
-            else if (rc != WIRE_OK)
-                px_client_fail(c, "08P01", "invalid message length");
-            else
-                px_client_fail(c, "08P01", "invalid frontend message type %d", h.type);
-            return;
-        }
-        if (h.type == WIRE_MSG_COPY_DATA) {
-            c->fwd_left = h.body_len;
-            conn->rpos += WIRE_HDR_LEN;
-            continue;
-        }
-        if (avail < WIRE_HDR_LEN + h.body_len) {
-            if (run < conn->rpos)
-                px_conn_send(&s->conn, conn->rbuf + run, conn->rpos - run);
-            px_conn_reserve(conn, WIRE_HDR_LEN + h.body_len); /* may compact */
-            run = conn->rpos;
-            break;
-        }
-        switch (h.type) {
-        case WIRE_MSG_TERMINATE:
-            if (run < conn->rpos)
-                px_conn_send(&s->conn, conn->rbuf + run, conn->rpos - run);
-            px_conn_flush(&s->conn);
-            px_client_close(c, "client terminated");
-            return;
-        case WIRE_MSG_QUERY:
-        case WIRE_MSG_FUNCTION_CALL:
-            if (wire_validate(h.type, true, buf + WIRE_HDR_LEN, h.body_len) != WIRE_OK) {
-                p->stats.n_protocol_errors++;
-                px_client_fail(c, "08P01", "malformed '%c' message", h.type);
-                return;
-            }
-            s->n_pending++;
-            c->n_queries++;
-            s->store->n_queries++;
-            p->stats.n_queries++;
-            break;
-        case WIRE_MSG_SYNC:
-            s->n_pending++;
-            c->n_queries++;
-            s->store->n_queries++;
-            p->stats.n_queries++;
-            break;
-        case WIRE_MSG_PARSE:
-        case WIRE_MSG_BIND:
-        case WIRE_MSG_DESCRIBE:
-        case WIRE_MSG_EXECUTE:
-        case WIRE_MSG_CLOSE:
-            if (wire_validate(h.type, true, buf + WIRE_HDR_LEN, h.body_len) != WIRE_OK) {
-                p->stats.n_protocol_errors++;
-                px_client_fail(c, "08P01", "malformed '%c' message", h.type);
-                return;
-            }
-            break;
-        default:
-            break;
-        }
-        conn->rpos += WIRE_HDR_LEN + h.body_len;
-    }
-    if (run < conn->rpos) {
-        s->store->bytes_in += conn->rpos - run;
-        px_conn_send(&s->conn, conn->rbuf + run, conn->rpos - run);
-    }
-    if (conn->rpos == conn->rlen)
-        conn->rpos = conn->rlen = 0;
-    px_conn_flush(&s->conn);
-}
-
 static void cl_process(px_client_t *c)
 {
     px_conn_t *conn = &c->conn;
@@ -878,7 +796,7 @@ static void cl_process(px_client_t *c)
         if (c->is_admin)
             cl_admin_input(c);
         else
-            cl_forward(c);
+            px_router_input(c);
         return;
     case PX_CL_CLOSING:
         px_conn_consume(conn, conn->rlen - conn->rpos);
@@ -888,19 +806,26 @@ static void cl_process(px_client_t *c)
     }
 }
 
+void px_client_server_idle(px_client_t *c, px_server_t *s)
+{
+    (void)s;
+    if (c->is_waiting || c->close_when_idle || c->conn.proxy->is_paused)
+        px_client_kick(c);
+}
+
 void px_client_kick(px_client_t *c)
 {
     px_proxy_t *p = c->conn.proxy;
 
     if (c->state == PX_CL_CLOSING)
         return;
-    if (c->is_held && !p->is_paused)
+    if (c->is_held && !p->is_paused && p->pause_waiter != c)
         c->is_held = 0;
     if (c->close_when_idle && px_client_is_idle(c) && c->conn.rpos == c->conn.rlen) {
         px_client_fail(c, "57P01", "terminating connection: pgshift is shutting down");
         return;
     }
-    if (c->conn.rpos < c->conn.rlen && !c->is_held)
+    if (c->conn.rpos < c->conn.rlen && !c->is_held && c->lookup_id == 0)
         cl_process(c);
     if (c->state == PX_CL_CLOSING)
         return;
@@ -942,8 +867,11 @@ static void cl_on_drain(px_conn_t *conn)
 {
     px_client_t *c = conn->owner;
 
-    /* The client took the store's output: let the store's bytes flow again. */
-    if (c->server != NULL)
+    /* The client took the store's output: let the stores' bytes flow again. */
+    for (size_t i = 0; i < c->n_servers; i++)
+        if (c->servers[i] != NULL)
+            px_server_kick(c->servers[i]);
+    if (c->server != NULL && c->n_servers == 0)
         px_server_kick(c->server);
 }
 
@@ -960,6 +888,8 @@ void px_client_accept(px_proxy_t *p, uv_stream_t *listener, bool is_admin, bool 
     int rc;
 
     c->id = ++p->next_id;
+    c->batch_store = -1;
+    c->bound_store = -1;
     c->is_admin = is_admin;
     c->is_unix = is_unix;
     c->connect_ms = wall_ms();

@@ -11,6 +11,7 @@
 
 #include "common/log.h"
 #include "proxy/authfile.h"
+#include "proxy/scram.h"
 
 /* Read buffers kept for reuse; beyond this they go back to malloc. */
 #define PX_BUF_POOL_MAX 1024
@@ -33,6 +34,45 @@ void px_proxy_buf_put(px_proxy_t *p, uint8_t *buf)
         return;
     }
     free(buf);
+}
+
+struct px_scram_cache {
+    char *user;
+    char *password;
+    px_scram_secret_t secret;
+};
+
+static void scram_cache_clear(px_proxy_t *p)
+{
+    for (size_t i = 0; i < p->n_scram_cache; i++) {
+        free(p->scram_cache[i].user);
+        free(p->scram_cache[i].password);
+    }
+    free(p->scram_cache);
+    p->scram_cache = NULL;
+    p->n_scram_cache = 0;
+}
+
+int px_proxy_scram_secret(px_proxy_t *p, const char *user, const char *password,
+                          px_scram_secret_t *out)
+{
+    struct px_scram_cache *e;
+
+    for (size_t i = 0; i < p->n_scram_cache; i++) {
+        e = &p->scram_cache[i];
+        if (strcmp(e->user, user) == 0 && strcmp(e->password, password) == 0) {
+            *out = e->secret;
+            return 0;
+        }
+    }
+    if (px_scram_secret_generate(password, out) < 0)
+        return -1;
+    p->scram_cache = cm_xrealloc(p->scram_cache, (p->n_scram_cache + 1) * sizeof(*e));
+    e = &p->scram_cache[p->n_scram_cache++];
+    e->user = cm_xstrdup(user);
+    e->password = cm_xstrdup(password);
+    e->secret = *out;
+    return 0;
 }
 
 px_store_t *px_proxy_store(px_proxy_t *p, const char *name)
@@ -93,6 +133,7 @@ static int proxy_apply(px_proxy_t *p, cfg_t *cfg, char **err)
     if (p->authfile != NULL)
         px_authfile_free(p->authfile);
     p->authfile = af;
+    scram_cache_clear(p);
     px_tls_ctx_free(p->client_tls);
     p->client_tls = tls;
     if (p->cfg != NULL)
@@ -125,7 +166,13 @@ int px_proxy_init(px_proxy_t *p, uv_loop_t *loop, cfg_t *cfg, char **err)
     cm_list_init(&p->servers);
     p->buf_len = cfg->pkt_buf_len;
     p->start_ms = cm_now_ms();
+    if (px_random_bytes(p->mock_key, sizeof(p->mock_key)) < 0) {
+        *err = cm_xstrdup("cannot get random bytes");
+        return -1;
+    }
     if (proxy_apply(p, cfg, err) < 0)
+        return -1;
+    if (px_router_init(p, err) < 0)
         return -1;
     uv_timer_init(loop, &p->pause_timer);
     p->pause_timer.data = p;
@@ -268,6 +315,7 @@ static void shutdown_finish(px_proxy_t *p)
     close_if_open((uv_handle_t *)&p->sig_int);
     close_if_open((uv_handle_t *)&p->sig_hup);
     px_http_stop(p);
+    px_router_stop(p);
     uv_stop(p->loop);
 }
 
@@ -308,12 +356,14 @@ void px_proxy_shutdown(px_proxy_t *p, bool immediate)
 
 void px_proxy_destroy(px_proxy_t *p)
 {
+    px_router_destroy(p);
     for (size_t i = 0; i < p->n_stores; i++)
         px_store_free(p->stores[i]);
     free(p->stores);
     if (p->authfile != NULL)
         px_authfile_free(p->authfile);
     px_tls_ctx_free(p->client_tls);
+    scram_cache_clear(p);
     for (size_t i = 0; i < p->n_buf_pool; i++)
         free(p->buf_pool[i]);
     free(p->buf_pool);

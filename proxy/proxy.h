@@ -231,11 +231,16 @@ struct px_server {
     cm_list_t node;      /* proxy->servers */
     uint32_t be_pid;     /* BackendKeyData of the store's backend */
     uint32_t be_key;
-    uint8_t txn_status; /* last ReadyForQuery status */
-    int n_pending;      /* requests (Query, Sync) awaiting ReadyForQuery */
-    size_t fwd_left;    /* bytes of the current message still to stream to the client */
-    void *scram;        /* px_scram_client_t during SASL */
-    uv_timer_t timer;   /* connect timeout */
+    uint8_t txn_status;       /* last ReadyForQuery status */
+    int n_pending;            /* requests (Query, Sync, FunctionCall) awaiting ReadyForQuery */
+    size_t fwd_left;          /* bytes of the current message still to stream to the client */
+    uint8_t *rq;              /* ring of requests awaiting answers: type | 0x80 when injected */
+    uint32_t rq_head;         /* first pending request */
+    uint32_t rq_n;            /* pending requests */
+    uint32_t rq_cap;          /* ring size */
+    unsigned is_fwd_drop : 1; /* the streamed message is an answer pgshift swallows */
+    void *scram;              /* px_scram_client_t during SASL */
+    uv_timer_t timer;         /* connect timeout */
     uint64_t connect_start_ms;
     uint64_t xact_start_us;
     uint64_t query_start_us;
@@ -272,11 +277,29 @@ struct px_client {
     char *user;
     char *database;
     char *app_name;
-    px_params_t startup;  /* startup parameters to pass to stores (no user/database) */
-    px_params_t reported; /* ParameterStatus values the client has seen */
-    uint32_t cancel_key;  /* pgshift's BackendKeyData key; the pid is the client id */
-    px_server_t *server;  /* the session's server connection, NULL until needed */
-    px_store_t *store;    /* store of the session */
+    px_params_t startup;   /* startup parameters to pass to stores (no user/database) */
+    px_params_t reported;  /* ParameterStatus values the client has seen */
+    uint32_t cancel_key;   /* pgshift's BackendKeyData key; the pid is the client id */
+    px_server_t *server;   /* the server the latest requests went to, NULL until needed */
+    px_store_t *store;     /* store of `server`; the default store before any request */
+    px_server_t **servers; /* by store index: the session's server on each store, or NULL */
+    size_t n_servers;      /* length of servers[] */
+    /* routing (proxy/router.c) */
+    char *tenant;          /* session tenant, NULL = none */
+    struct px_stmt *stmts; /* prepared statements by name ("" = unnamed) */
+    size_t n_stmts;
+    size_t cap_stmts;
+    cm_buf_t batch;        /* extended messages held until the batch's store is known */
+    int batch_store;       /* store of the current extended batch (since Sync), -1 = none */
+    bool batch_refused;    /* an error was reported: drop messages until Sync */
+    bool in_txn;           /* inside BEGIN ... COMMIT as the client sees it */
+    int bound_store;       /* store the transaction is bound to, -1 = none */
+    bool bound_tentative;  /* bound only by a tenant-less read; may still move */
+    char *deferred;        /* SQL held back until the transaction binds ("BEGIN ...") */
+    cm_buf_t session_sql;  /* SET statements to replay on a store the session uses later */
+    uint64_t lookup_id;    /* pending aggregate lookup, 0 = none */
+    char lookup_key[256];  /* the key value being looked up */
+    const char *local_tag; /* CommandComplete tag of a statement answered here */
     px_auth_step_t auth_step;
     uint8_t md5_salt[4];
     void *scram;         /* px_scram_server_t during SASL */
@@ -292,6 +315,8 @@ struct px_client {
     unsigned is_unix : 1;
     unsigned close_when_idle : 1; /* shutdown: close at the next idle point */
     unsigned in_copy_in : 1;      /* streaming CopyData to the server */
+    unsigned is_waiting : 1;      /* a message waits: server login, a busy store, a lookup */
+    unsigned is_local_portal : 1; /* the batch's portal is answered here (held BEGIN) */
     char ctx[96];                 /* log prefix: "C#12 app@127.0.0.1:5000" */
 };
 
@@ -359,8 +384,12 @@ struct px_proxy {
     px_client_t *pause_waiter; /* admin client waiting for PAUSE to complete */
     uv_timer_t shutdown_timer;
     uv_signal_t sig_term, sig_int, sig_hup;
-    void *http;  /* proxy/http.c state */
-    void *admin; /* proxy/admin.c state */
+    uint8_t mock_key[32];               /* keys the mock SCRAM salts of unknown users */
+    struct px_scram_cache *scram_cache; /* SCRAM secrets derived from plain passwords */
+    size_t n_scram_cache;
+    struct px_router *router; /* proxy/router.c state */
+    void *http;               /* proxy/http.c state */
+    void *admin;              /* proxy/admin.c state */
 };
 
 /* proxy/proxy.c */
@@ -372,6 +401,14 @@ void px_proxy_destroy(px_proxy_t *p);
 uint8_t *px_proxy_buf_get(px_proxy_t *p);
 void px_proxy_buf_put(px_proxy_t *p, uint8_t *buf);
 px_store_t *px_proxy_store(px_proxy_t *p, const char *name);
+/*
+ * The SCRAM secret for a user whose auth_file entry is a plain password,
+ * derived once (4096 HMACs) and cached until the auth file is reloaded.
+ * Borrows user and password; 0 or -1.
+ */
+struct px_scram_secret;
+int px_proxy_scram_secret(px_proxy_t *p, const char *user, const char *password,
+                          struct px_scram_secret *out) MUST_CHECK;
 /* Re-evaluate pause and shutdown progress; called when a client goes idle. */
 void px_proxy_check_idle(px_proxy_t *p);
 void px_proxy_resume(px_proxy_t *p);
@@ -398,6 +435,8 @@ void px_client_send_ready(px_client_t *c);
 void px_client_server_ready(px_client_t *c, px_server_t *s);
 /* The server failed or vanished; the client gets 08006 and is closed. */
 void px_client_server_lost(px_client_t *c, px_server_t *s, const char *why);
+/* Server s answered everything it owed: a client waiting on it may go on. */
+void px_client_server_idle(px_client_t *c, px_server_t *s);
 /* Continue processing buffered input (after a hold or backpressure). */
 void px_client_kick(px_client_t *c);
 bool px_client_is_idle(const px_client_t *c);
@@ -407,6 +446,15 @@ const char *px_cl_state_name(px_cl_state_t s);
 /* proxy/server.c */
 int px_server_connect(px_proxy_t *p, px_store_t *store, px_client_t *client, px_server_t **out)
     MUST_CHECK;
+/*
+ * Record that a request of `type` (Q, P, B, D, E, C, S, F) was sent, so its
+ * answer is matched in order; `swallow` drops the answer (pgshift's own
+ * request), except an ErrorResponse of an extended message, which the
+ * client must see since its batch fails with it.
+ */
+void px_server_expect(px_server_t *s, uint8_t type, bool swallow);
+/* Requests whose answers the client still waits for. */
+uint32_t px_server_visible_pending(const px_server_t *s);
 /* Forward the store's output to the client; called from the client's drain. */
 void px_server_kick(px_server_t *s);
 /* Detach from the client and close (Terminate first when logged in). */
@@ -414,7 +462,25 @@ void px_server_release(px_server_t *s);
 void px_server_send_cancel(px_proxy_t *p, px_store_t *store, uint32_t pid, uint32_t key);
 const char *px_sv_state_name(px_sv_state_t s);
 
+/* proxy/router.c */
+struct mig_result;
+int px_router_init(px_proxy_t *p, char **err) MUST_CHECK;
+void px_router_stop(px_proxy_t *p);
+void px_router_destroy(px_proxy_t *p);
+/* Route the session's buffered messages to its stores. */
+void px_router_input(px_client_t *c);
+/* A ReadyForQuery the client saw from s: track the transaction binding. */
+void px_router_ready(px_client_t *c, px_server_t *s, uint8_t status);
+/* s is going away: forget it. */
+void px_router_server_gone(px_client_t *c, px_server_t *s);
+/* The session ends: free its routing state. */
+void px_router_client_gone(px_client_t *c);
+/* An admin command the migrator serves; false when sql is not one. */
+bool px_router_admin(px_client_t *c, const char *sql);
+
 /* proxy/admin.c */
+/* The migrator answered an admin command of client `cookie`; takes res. */
+void px_admin_reply(px_proxy_t *p, void *cookie, struct mig_result *res);
 void px_admin_query(px_client_t *c, const char *sql);
 void px_admin_pause_done(px_proxy_t *p, bool ok);
 

@@ -18,6 +18,9 @@
 /* Largest backend message pgshift inspects whole (ParameterStatus, errors, ...). */
 #define SV_MAX_INSPECT_LEN (1u << 20)
 
+/* Response-queue flag: the answer goes to pgshift, not the client. */
+#define SV_RQ_SWALLOW 0x80
+
 static const char *const sv_state_names[] = {
     [PX_SV_CONNECTING] = "connecting", [PX_SV_SSL_REQ] = "ssl_request", [PX_SV_TLS] = "tls",
     [PX_SV_LOGIN] = "login",           [PX_SV_ACTIVE] = "active",       [PX_SV_CLOSING] = "closing",
@@ -46,6 +49,7 @@ static void sv_unref(px_server_t *s)
     cm_list_del(&s->node);
     s->store->n_servers--;
     px_scram_client_free(s->scram);
+    free(s->rq);
     free(s);
 }
 
@@ -368,7 +372,7 @@ static bool sv_login_input(px_server_t *s)
 
 /* ---- forwarding to the client ---- */
 
-static bool needs_inspection(uint8_t type)
+static bool needs_body(uint8_t type)
 {
     switch (type) {
     case WIRE_MSG_READY_FOR_QUERY:
@@ -376,7 +380,6 @@ static bool needs_inspection(uint8_t type)
     case WIRE_MSG_COPY_IN_RESPONSE:
     case WIRE_MSG_COPY_OUT_RESPONSE:
     case WIRE_MSG_COPY_BOTH_RESPONSE:
-    case WIRE_MSG_ERROR_RESPONSE:
     case WIRE_MSG_BACKEND_KEY_DATA:
     case WIRE_MSG_AUTH:
         return true;
@@ -385,10 +388,123 @@ static bool needs_inspection(uint8_t type)
     }
 }
 
+/* ---- the response queue: what the store still owes, in request order ---- */
+
+void px_server_expect(px_server_t *s, uint8_t type, bool swallow)
+{
+    if (s->rq_n == s->rq_cap) {
+        uint32_t cap = s->rq_cap ? s->rq_cap * 2 : 16;
+        uint8_t *nq = cm_xmalloc(cap);
+
+        for (uint32_t i = 0; i < s->rq_n; i++)
+            nq[i] = s->rq[(s->rq_head + i) % s->rq_cap];
+        free(s->rq);
+        s->rq = nq;
+        s->rq_head = 0;
+        s->rq_cap = cap;
+    }
+    s->rq[(s->rq_head + s->rq_n) % s->rq_cap] = (uint8_t)(type | (swallow ? SV_RQ_SWALLOW : 0));
+    s->rq_n++;
+    if (type == WIRE_MSG_SYNC || type == WIRE_MSG_QUERY || type == WIRE_MSG_FUNCTION_CALL)
+        s->n_pending++;
+}
+
+uint32_t px_server_visible_pending(const px_server_t *s)
+{
+    uint32_t n = 0;
+
+    for (uint32_t i = 0; i < s->rq_n; i++)
+        if (!(s->rq[(s->rq_head + i) % s->rq_cap] & SV_RQ_SWALLOW))
+            n++;
+    return n;
+}
+
+static int rq_head(const px_server_t *s)
+{
+    return s->rq_n ? s->rq[s->rq_head] : -1;
+}
+
+static void rq_pop(px_server_t *s)
+{
+    uint8_t t = s->rq[s->rq_head] & (uint8_t)~SV_RQ_SWALLOW;
+
+    s->rq_head = (s->rq_head + 1) % s->rq_cap;
+    s->rq_n--;
+    if (t == WIRE_MSG_SYNC || t == WIRE_MSG_QUERY || t == WIRE_MSG_FUNCTION_CALL)
+        s->n_pending--;
+}
+
+/* Does backend message `type` complete a request of kind `req`? */
+static bool rq_completes(uint8_t req, uint8_t type)
+{
+    switch (req) {
+    case WIRE_MSG_QUERY:
+    case WIRE_MSG_SYNC:
+    case WIRE_MSG_FUNCTION_CALL:
+        return type == WIRE_MSG_READY_FOR_QUERY;
+    case WIRE_MSG_PARSE:
+        return type == WIRE_MSG_PARSE_COMPLETE || type == WIRE_MSG_ERROR_RESPONSE;
+    case WIRE_MSG_BIND:
+        return type == WIRE_MSG_BIND_COMPLETE || type == WIRE_MSG_ERROR_RESPONSE;
+    case WIRE_MSG_CLOSE:
+        return type == WIRE_MSG_CLOSE_COMPLETE || type == WIRE_MSG_ERROR_RESPONSE;
+    case WIRE_MSG_DESCRIBE:
+        return type == WIRE_MSG_ROW_DESCRIPTION || type == WIRE_MSG_NO_DATA ||
+               type == WIRE_MSG_ERROR_RESPONSE;
+    case WIRE_MSG_EXECUTE:
+        return type == WIRE_MSG_COMMAND_COMPLETE || type == WIRE_MSG_EMPTY_QUERY ||
+               type == WIRE_MSG_PORTAL_SUSPENDED || type == WIRE_MSG_ERROR_RESPONSE;
+    default:
+        return false;
+    }
+}
+
+/*
+ * Account one backend message against the response queue. Returns whether
+ * the client must not see it (a response to a request pgshift injected).
+ */
+static bool rq_account(px_server_t *s, uint8_t type)
+{
+    int head;
+    uint8_t req;
+    bool swallow;
+
+    switch (type) {
+    case WIRE_MSG_NOTICE_RESPONSE:
+    case WIRE_MSG_NOTIFICATION:
+    case WIRE_MSG_PARAMETER_STATUS:
+        return false; /* asynchronous: belong to no request */
+    default:
+        break;
+    }
+    head = rq_head(s);
+    if (head < 0)
+        return false; /* nothing expected: let the client judge */
+    req = (uint8_t)head & (uint8_t)~SV_RQ_SWALLOW;
+    swallow = (head & SV_RQ_SWALLOW) != 0;
+    /* An injected extended message's error is the client's error: its batch fails. */
+    if (swallow && type == WIRE_MSG_ERROR_RESPONSE && req != WIRE_MSG_QUERY) {
+        swallow = false;
+        s->store->n_errors++;
+    }
+    if (!rq_completes(req, type))
+        return swallow;
+    rq_pop(s);
+    if (type == WIRE_MSG_ERROR_RESPONSE && req != WIRE_MSG_QUERY && req != WIRE_MSG_FUNCTION_CALL &&
+        req != WIRE_MSG_SYNC) {
+        /* The store now skips everything up to the next Sync. */
+        while (s->rq_n > 0 && (rq_head(s) & ~SV_RQ_SWALLOW) != WIRE_MSG_SYNC)
+            rq_pop(s);
+    }
+    return swallow;
+}
+
 /*
  * Move the store's output to the client. Bytes are forwarded in runs: a run
  * grows over every message that goes through unchanged and is sent when
- * the loop ends. Only a few message types are decoded on the way.
+ * the loop ends. Only a few message types are decoded on the way; every
+ * message is accounted against the response queue, and answers to requests
+ * pgshift injected are dropped.
  */
 static void sv_forward(px_server_t *s)
 {
@@ -398,12 +514,14 @@ static void sv_forward(px_server_t *s)
     size_t run = c->rpos; /* start of the bytes to forward */
     wire_limits_t lim = { .max_msg_len = (size_t)1 << 30, .max_startup_len = 0 };
     size_t need = 0; /* size of a partial message that must be read whole */
+    bool saw_ready = false;
 
     while (c->rpos < c->rlen) {
         const uint8_t *buf = c->rbuf + c->rpos;
         size_t avail = c->rlen - c->rpos;
         wire_hdr_t h;
         wire_rc_t rc;
+        bool drop;
 
         if (px_conn_pending(&cl->conn) > p->cfg->max_buffer_len) {
             /* The client is slow: stop reading the store until it drains. */
@@ -415,6 +533,8 @@ static void sv_forward(px_server_t *s)
 
             s->fwd_left -= n;
             c->rpos += n;
+            if (s->is_fwd_drop)
+                run = c->rpos;
             continue;
         }
         rc = wire_hdr_decode(buf, avail, &lim, &h);
@@ -424,22 +544,30 @@ static void sv_forward(px_server_t *s)
             sv_fail(s, "store \"%s\" sent an invalid message header", s->store->name);
             return;
         }
-        if (!needs_inspection(h.type)) {
-            s->fwd_left = h.body_len;
-            c->rpos += WIRE_HDR_LEN;
-            continue;
-        }
-        if (h.body_len > SV_MAX_INSPECT_LEN) {
-            sv_fail(s, "store \"%s\" sent an oversized '%c' message", s->store->name, h.type);
-            return;
-        }
-        if (avail < WIRE_HDR_LEN + h.body_len) {
-            if (run < c->rpos) {
-                px_conn_send(&cl->conn, c->rbuf + run, c->rpos - run);
-                run = c->rpos;
+        if (needs_body(h.type)) {
+            if (h.body_len > SV_MAX_INSPECT_LEN) {
+                sv_fail(s, "store \"%s\" sent an oversized '%c' message", s->store->name, h.type);
+                return;
             }
-            need = WIRE_HDR_LEN + h.body_len;
-            break;
+            if (avail < WIRE_HDR_LEN + h.body_len) {
+                need = WIRE_HDR_LEN + h.body_len;
+                break;
+            }
+        }
+        if (h.type == WIRE_MSG_ERROR_RESPONSE)
+            s->store->n_errors++;
+        drop = rq_account(s, h.type);
+        if (drop && run < c->rpos) {
+            px_conn_send(&cl->conn, c->rbuf + run, c->rpos - run);
+            run = c->rpos;
+        }
+        if (!needs_body(h.type)) {
+            s->fwd_left = h.body_len;
+            s->is_fwd_drop = drop;
+            c->rpos += WIRE_HDR_LEN;
+            if (drop)
+                run = c->rpos;
+            continue;
         }
         {
             const uint8_t *body = buf + WIRE_HDR_LEN;
@@ -457,10 +585,12 @@ static void sv_forward(px_server_t *s)
                     p->stats.n_xacts++;
                 }
                 s->txn_status = st;
-                cl->txn_status = st;
                 s->is_copy_in = s->is_copy_out = 0;
-                if (s->n_pending > 0)
-                    s->n_pending--;
+                if (!drop) {
+                    cl->txn_status = st;
+                    px_router_ready(cl, s, st);
+                }
+                saw_ready = true;
                 break;
             }
             case WIRE_MSG_PARAMETER_STATUS: {
@@ -477,9 +607,6 @@ static void sv_forward(px_server_t *s)
             case WIRE_MSG_COPY_OUT_RESPONSE:
                 s->is_copy_out = 1;
                 break;
-            case WIRE_MSG_ERROR_RESPONSE:
-                s->store->n_errors++;
-                break;
             case WIRE_MSG_BACKEND_KEY_DATA:
             case WIRE_MSG_AUTH:
                 sv_fail(s, "store \"%s\" sent '%c' outside of login", s->store->name, h.type);
@@ -489,6 +616,8 @@ static void sv_forward(px_server_t *s)
             }
         }
         c->rpos += WIRE_HDR_LEN + h.body_len;
+        if (drop)
+            run = c->rpos;
     }
     if (run < c->rpos)
         px_conn_send(&cl->conn, c->rbuf + run, c->rpos - run);
@@ -505,8 +634,8 @@ static void sv_forward(px_server_t *s)
     if (need > 0)
         px_conn_reserve(c, need);
     px_conn_flush(&cl->conn);
-    if (s->n_pending == 0 && s->txn_status == WIRE_TXN_IDLE)
-        px_client_kick(cl); /* a held client may go on, or close when draining */
+    if (saw_ready && s->rq_n == 0)
+        px_client_server_idle(cl, s); /* a waiting client may go on */
 }
 
 static void sv_on_read(px_conn_t *c)
