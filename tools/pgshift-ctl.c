@@ -378,11 +378,11 @@ static void print_table(FILE *f, const PGresult *r, bool quiet)
     }
     fputc('\n', f);
     for (int j = 0; j < n_cols; j++) {
-        put_repeat(f, '-', w[j] + (j == 0 ? 1 : 2));
+        put_repeat(f, '-', w[j] + 2);
         if (j + 1 < n_cols)
             fputc('+', f);
     }
-    fputs("-\n", f);
+    fputc('\n', f);
     for (int i = 0; i < n_rows; i++) {
         for (int j = 0; j < n_cols; j++) {
             fputs(j == 0 ? " " : " | ", f);
@@ -900,8 +900,9 @@ static void print_watch_row(const opts_t *o, const PGresult *r, size_t **widths,
             }
             fputc('\n', stdout);
             for (int j = 0; j < n_cols; j++) {
-                put_repeat(stdout, '-', (*widths)[j] + (j == 0 ? 1 : 2));
-                fputc(j + 1 < n_cols ? '+' : '-', stdout);
+                put_repeat(stdout, '-', (*widths)[j] + 2);
+                if (j + 1 < n_cols)
+                    fputc('+', stdout);
             }
             fputc('\n', stdout);
         }
