@@ -140,7 +140,7 @@ int mig_env_store_index(const mig_env_t *env, const char *name)
 }
 
 /* The table name quoted as an identifier, "schema"."table" when qualified. Owned. */
-static char *quote_table(PGconn *c, const char *table)
+char *mig_quote_table(PGconn *c, const char *table)
 {
     const char *dot = strchr(table, '.');
     char *a, *b, *s;
@@ -159,7 +159,7 @@ static char *quote_table(PGconn *c, const char *table)
     return s;
 }
 
-static char *quote_ident(PGconn *c, const char *name)
+char *mig_quote_ident(PGconn *c, const char *name)
 {
     char *a = PQescapeIdentifier(c, name, strlen(name));
     char *s = cm_xstrdup(a ? a : "\"\"");
@@ -343,8 +343,8 @@ static bool count_store(const mig_env_t *env, int idx, fact_list_t *facts)
         ok = false;
     PQclear(res);
     for (size_t t = 0; ok && t < env->n_tables; t++) {
-        char *tab = quote_table(c, env->tables[t]);
-        char *col = quote_ident(c, env->tenant_column);
+        char *tab = mig_quote_table(c, env->tables[t]);
+        char *col = mig_quote_ident(c, env->tenant_column);
         char *sql = cm_xasprintf("SELECT %s::text, count(*) FROM %s WHERE %s IS NOT NULL "
                                  "GROUP BY 1 ORDER BY 1 LIMIT %d",
                                  col, tab, col, MAX_TENANTS_PER_TABLE);
@@ -467,8 +467,8 @@ static mig_result_t *refuse_if_rows(const mig_env_t *env, int idx, const char *t
     if (r != NULL)
         return r;
     for (size_t t = 0; r == NULL && t < env->n_tables; t++) {
-        char *tab = quote_table(c, env->tables[t]);
-        char *col = quote_ident(c, env->tenant_column);
+        char *tab = mig_quote_table(c, env->tables[t]);
+        char *col = mig_quote_ident(c, env->tenant_column);
         char *sql = cm_xasprintf("SELECT EXISTS (SELECT 1 FROM %s WHERE %s = $1)", tab, col);
         const char *params[] = { tenant };
         PGresult *res = mig_pq_exec(c, env->latch, QUERY_TIMEOUT_MS, sql, 1, params);
@@ -578,6 +578,7 @@ mig_result_t *mig_admin_execute(const mig_env_t *env, PGconn **control, const mi
         return show_tenants(env, control);
     case MIG_CMD_ROUTE_TENANT:
         return route_tenant(env, control, req->tenant, req->store);
+    case MIG_CMD_LOOKUP_KEY: /* the lookup worker's, never queued here */
     default:
         BUG_ON(1, "bad command kind %d", (int)req->kind);
     }

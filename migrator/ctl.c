@@ -1,8 +1,9 @@
 /*
  * migrator/ctl.c - the control store client: mig_ctl_t owns a listener
- * thread (LISTEN pgshift_routes, route reloads, reconnects), a worker thread
- * (admin commands, one at a time), the request queue towards the worker and
- * the outbox towards the loop. The threads use blocking libpq on their own
+ * thread (LISTEN pgshift_routes, route reloads, reconnects), an admin worker
+ * thread (admin commands, one at a time) and a lookup worker thread (key
+ * lookups for routing), a request queue towards each worker, and the outbox
+ * towards the loop. The threads use blocking libpq on their own
  * connections and never touch the loop; they reach it only through the
  * outbox. Loop-side state (pending requests) is touched only on the loop
  * thread.
@@ -29,21 +30,33 @@ typedef struct pending {
     bool is_cancelled;
 } pending_t;
 
+/*
+ * A worker thread and its request queue (loop -> worker). Two of them: the
+ * admin worker runs admin commands one at a time; the lookup worker answers
+ * MIG_CMD_LOOKUP_KEY, so routing never waits behind a slow admin command.
+ */
+typedef struct worker {
+    struct mig_ctl *m;
+    bool is_lookup;
+    uv_mutex_t lock; /* guards head/tail */
+    uv_cond_t cond;
+    mig_request_t *head;
+    mig_request_t *tail;
+    uv_thread_t thread;
+    bool is_running; /* the thread was created (loop thread only) */
+} worker_t;
+
 struct mig_ctl {
     mig_outbox_t outbox; /* threads -> loop */
     mig_event_cb cb;
     void *arg;
     mig_env_t env; /* read-only while the threads run */
 
-    /* loop -> worker */
-    uv_mutex_t inbox_lock;
-    uv_cond_t inbox_cond;
-    mig_request_t *inbox_head; /* guarded by inbox_lock */
-    mig_request_t *inbox_tail;
+    worker_t admin;
+    worker_t lookup;
     atomic_bool want_stop; /* also signalled through env.latch */
 
     uv_thread_t listener;
-    uv_thread_t worker;
     PGconn *listen_conn; /* handed from mig_ctl_start to the listener thread */
 
     /* loop thread only */
@@ -246,39 +259,106 @@ static void request_free(mig_request_t *r)
     free(r->store);
     free(r->user);
     free(r->reason);
+    free(r->key_column);
+    free(r->key_value);
     free(r);
+}
+
+/* Next request of w, or NULL when stopping. */
+static mig_request_t *worker_next(worker_t *w)
+{
+    mig_request_t *req;
+
+    uv_mutex_lock(&w->lock);
+    while (!should_stop(w->m) && w->head == NULL)
+        uv_cond_wait(&w->cond, &w->lock);
+    if (should_stop(w->m)) {
+        uv_mutex_unlock(&w->lock);
+        return NULL;
+    }
+    req = w->head;
+    w->head = req->next;
+    if (w->head == NULL)
+        w->tail = NULL;
+    uv_mutex_unlock(&w->lock);
+    return req;
 }
 
 static void worker_main(void *arg)
 {
-    mig_ctl_t *m = arg;
+    worker_t *w = arg;
+    mig_ctl_t *m = w->m;
     PGconn *control = NULL;
+    mig_lookup_t *lk = w->is_lookup ? mig_lookup_new(&m->env) : NULL;
+    mig_request_t *req;
 
-    for (;;) {
-        mig_request_t *req;
-        mig_event_t *ev;
+    while ((req = worker_next(w)) != NULL) {
+        mig_event_t *ev = event_new(MIG_EV_REPLY);
 
-        uv_mutex_lock(&m->inbox_lock);
-        while (!should_stop(m) && m->inbox_head == NULL)
-            uv_cond_wait(&m->inbox_cond, &m->inbox_lock);
-        if (should_stop(m)) {
-            uv_mutex_unlock(&m->inbox_lock);
-            break;
-        }
-        req = m->inbox_head;
-        m->inbox_head = req->next;
-        if (m->inbox_head == NULL)
-            m->inbox_tail = NULL;
-        uv_mutex_unlock(&m->inbox_lock);
-
-        ev = event_new(MIG_EV_REPLY);
         ev->request_id = req->id;
-        ev->result = mig_admin_execute(&m->env, &control, req);
+        if (w->is_lookup)
+            ev->result = mig_lookup_execute(lk, req);
+        else
+            ev->result = mig_admin_execute(&m->env, &control, req);
         request_free(req);
         mig_outbox_push(&m->outbox, ev);
     }
     if (control != NULL)
         PQfinish(control);
+    mig_lookup_free(lk);
+}
+
+static int worker_init(worker_t *w, mig_ctl_t *m, bool is_lookup)
+{
+    int rc;
+
+    w->m = m;
+    w->is_lookup = is_lookup;
+    rc = uv_mutex_init(&w->lock);
+    if (rc != 0)
+        return rc;
+    rc = uv_cond_init(&w->cond);
+    if (rc != 0)
+        uv_mutex_destroy(&w->lock);
+    return rc;
+}
+
+/* Frees queued requests and the sync objects; the thread is joined (or never ran). */
+static void worker_destroy(worker_t *w)
+{
+    while (w->head != NULL) {
+        mig_request_t *r = w->head;
+
+        w->head = r->next;
+        request_free(r);
+    }
+    w->tail = NULL;
+    uv_cond_destroy(&w->cond);
+    uv_mutex_destroy(&w->lock);
+}
+
+static void worker_push(worker_t *w, mig_request_t *r)
+{
+    uv_mutex_lock(&w->lock);
+    if (w->tail != NULL)
+        w->tail->next = r;
+    else
+        w->head = r;
+    w->tail = r;
+    uv_cond_signal(&w->cond);
+    uv_mutex_unlock(&w->lock);
+}
+
+/* Wake a worker so it sees want_stop, then join it. */
+static void worker_stop(worker_t *w)
+{
+    if (!w->is_running)
+        return;
+    uv_mutex_lock(&w->lock);
+    uv_cond_broadcast(&w->cond);
+    uv_mutex_unlock(&w->lock);
+    uv_thread_join(&w->thread);
+    w->is_running = false;
 }
 
 /* ---- public API -------------------------------------------------------------------- */
@@ -303,20 +383,14 @@ static void env_destroy(mig_env_t *e)
 
 static void ctl_free(mig_ctl_t *m)
 {
-    while (m->inbox_head != NULL) {
-        mig_request_t *r = m->inbox_head;
-
-        m->inbox_head = r->next;
-        request_free(r);
-    }
+    worker_destroy(&m->admin);
+    worker_destroy(&m->lookup);
     while (m->pending != NULL) {
         pending_t *p = m->pending;
 
         m->pending = p->next;
         free(p);
     }
-    uv_cond_destroy(&m->inbox_cond);
-    uv_mutex_destroy(&m->inbox_lock);
     env_destroy(&m->env);
     free(m);
 }
@@ -370,10 +444,10 @@ int mig_ctl_start(uv_loop_t *loop, const char *control_conninfo, const char *con
     m->next_request_id = 1;
     atomic_init(&m->want_stop, false);
 
-    rc = uv_mutex_init(&m->inbox_lock);
+    rc = worker_init(&m->admin, m, false);
     if (rc != 0)
         goto fail_mutex;
-    rc = uv_cond_init(&m->inbox_cond);
+    rc = worker_init(&m->lookup, m, true);
     if (rc != 0)
         goto fail_cond;
     rc = mig_latch_new();
@@ -408,11 +482,18 @@ int mig_ctl_start(uv_loop_t *loop, const char *control_conninfo, const char *con
     rc = uv_thread_create(&m->listener, listener_main, m);
     if (rc != 0)
         goto fail_threads;
-    rc = uv_thread_create(&m->worker, worker_main, m);
+    rc = uv_thread_create(&m->admin.thread, worker_main, &m->admin);
+    if (rc == 0) {
+        m->admin.is_running = true;
+        rc = uv_thread_create(&m->lookup.thread, worker_main, &m->lookup);
+        if (rc == 0)
+            m->lookup.is_running = true;
+    }
     if (rc != 0) {
         atomic_store(&m->want_stop, true);
         mig_latch_set(e->latch);
         uv_thread_join(&m->listener); /* it finishes c */
+        worker_stop(&m->admin);
         c = NULL;
         goto fail_threads;
     }
@@ -432,9 +513,9 @@ fail_setup:
 fail_connect:
     free(err);
 fail_latch:
-    uv_cond_destroy(&m->inbox_cond);
+    worker_destroy(&m->lookup);
 fail_cond:
-    uv_mutex_destroy(&m->inbox_lock);
+    worker_destroy(&m->admin);
 fail_mutex:
     env_destroy(e);
     free(m);
@@ -453,9 +534,13 @@ void mig_ctl_request(mig_ctl_t *m, const mig_cmd_t *cmd, void *cookie)
     r->store = cmd->store ? cm_xstrdup(cmd->store) : NULL;
     r->user = cmd->user ? cm_xstrdup(cmd->user) : NULL;
     r->reason = cmd->reason ? cm_xstrdup(cmd->reason) : NULL;
+    r->key_column = cmd->key_column ? cm_xstrdup(cmd->key_column) : NULL;
+    r->key_value = cmd->key_value ? cm_xstrdup(cmd->key_value) : NULL;
     r->migration_id = cmd->migration_id;
     if (cmd->kind == MIG_CMD_ROUTE_TENANT)
         BUG_ON(r->tenant == NULL || r->store == NULL, "ROUTE TENANT without tenant or store");
+    if (cmd->kind == MIG_CMD_LOOKUP_KEY)
+        BUG_ON(r->key_column == NULL || r->key_value == NULL, "LOOKUP_KEY without key");
 
     /* Appended at the tail: replies mostly come back in order, so lookups stay short. */
     p->id = r->id;
@@ -464,14 +549,7 @@ void mig_ctl_request(mig_ctl_t *m, const mig_cmd_t *cmd, void *cookie)
         ;
     *pp = p;
 
-    uv_mutex_lock(&m->inbox_lock);
-    if (m->inbox_tail != NULL)
-        m->inbox_tail->next = r;
-    else
-        m->inbox_head = r;
-    m->inbox_tail = r;
-    uv_cond_signal(&m->inbox_cond);
-    uv_mutex_unlock(&m->inbox_lock);
+    worker_push(cmd->kind == MIG_CMD_LOOKUP_KEY ? &m->lookup : &m->admin, r);
 }
 
 void mig_ctl_cancel(mig_ctl_t *m, void *cookie)
@@ -487,11 +565,9 @@ void mig_ctl_stop(mig_ctl_t *m)
     m->is_stopped = true;
     atomic_store(&m->want_stop, true);
     mig_latch_set(m->env.latch);
-    uv_mutex_lock(&m->inbox_lock);
-    uv_cond_broadcast(&m->inbox_cond);
-    uv_mutex_unlock(&m->inbox_lock);
     uv_thread_join(&m->listener);
-    uv_thread_join(&m->worker);
+    worker_stop(&m->admin);
+    worker_stop(&m->lookup);
     /* No thread is left to push: the close callback frees what is queued, then m. */
     mig_outbox_close(&m->outbox, ctl_closed_cb);
 }

@@ -91,7 +91,17 @@ typedef enum mig_cmd_kind {
     MIG_CMD_SHOW_ROUTES,  /* SHOW ROUTES */
     MIG_CMD_SHOW_TENANTS, /* SHOW TENANTS */
     MIG_CMD_ROUTE_TENANT, /* ROUTE TENANT 'tenant' TO 'store' */
-    MIG_CMD_LOOKUP_KEY,   /* which tenant owns key_column = key_value (proxy routing) */
+    /*
+     * Which tenant owns key_column = key_value (proxy routing). Answered by a
+     * lookup thread of its own (never queued behind admin commands) that keeps
+     * one connection per store: the stores are asked in order, the default
+     * store first, each in its first tenant table that has key_column. The
+     * reply has columns (key, tenant) and exactly one row: key_value and the
+     * tenant as text, or SQL NULL when no store has the key (or its row has no
+     * tenant). err_sqlstate 08006 when a store could not be asked and no
+     * other store had the key. Tag "LOOKUP".
+     */
+    MIG_CMD_LOOKUP_KEY,
     /* TODO(#4): MIGRATE TENANT, SHOW MIGRATIONS, SHOW MIGRATION, PAUSE/RESUME/ABORT, SHOW AUDIT */
 } mig_cmd_kind_t;
 
@@ -101,11 +111,11 @@ typedef enum mig_cmd_kind {
  */
 typedef struct mig_cmd {
     mig_cmd_kind_t kind;
-    const char *tenant;   /* ROUTE TENANT */
-    const char *store;    /* ROUTE TENANT */
-    int64_t migration_id; /* reserved for the migration commands */
-    const char *reason;   /* reserved: ABORT MIGRATION id 'reason' */
-    const char *user;     /* the admin user, for the audit log; may be NULL */
+    const char *tenant;     /* ROUTE TENANT */
+    const char *store;      /* ROUTE TENANT */
+    int64_t migration_id;   /* reserved for the migration commands */
+    const char *reason;     /* reserved: ABORT MIGRATION id 'reason' */
+    const char *user;       /* the admin user, for the audit log; may be NULL */
     const char *key_column; /* LOOKUP_KEY: e.g. "aggregate_id" */
     const char *key_value;  /* LOOKUP_KEY: the value, as text */
 } mig_cmd_t;
@@ -128,8 +138,9 @@ typedef struct mig_ctl mig_ctl_t;
  * schema pgshift under an advisory lock (safe when several pgshift processes
  * start at once), load the routes and LISTEN on channel pgshift_routes. Then
  * start the threads: a listener that delivers MIG_EV_ROUTES after every
- * change and reconnects with backoff (MIG_EV_CONTROL_DOWN / _UP), and a
- * worker that runs mig_ctl_request commands one at a time.
+ * change and reconnects with backoff (MIG_EV_CONTROL_DOWN / _UP), a
+ * worker that runs mig_ctl_request admin commands one at a time, and a
+ * lookup worker that answers MIG_CMD_LOOKUP_KEY (its own queue).
  *
  * The first MIG_EV_ROUTES is delivered on a later loop turn, never during
  * this call. Stores: store_names[i] is reached through store_conninfos[i];

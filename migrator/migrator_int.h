@@ -134,6 +134,8 @@ typedef struct mig_request {
     char *user;
     int64_t migration_id;
     char *reason;
+    char *key_column; /* LOOKUP_KEY */
+    char *key_value;  /* LOOKUP_KEY */
 } mig_request_t;
 
 /* What the worker needs to run commands; read-only once the threads run. */
@@ -155,5 +157,21 @@ mig_result_t *mig_admin_execute(const mig_env_t *env, PGconn **control, const mi
 
 /* Index of a store name, or -1. */
 int mig_env_store_index(const mig_env_t *env, const char *name);
+
+/* A table name quoted as an identifier ("schema"."table" when qualified). Owned. */
+char *mig_quote_table(PGconn *c, const char *table);
+/* An identifier quoted for SQL. Owned. */
+char *mig_quote_ident(PGconn *c, const char *name);
+
+/* ---- key lookups (lookup.c), on the lookup thread only ------------------- */
+
+/* Per-thread state: one connection per store and the key-column cache. */
+typedef struct mig_lookup mig_lookup_t;
+
+/* env is borrowed and must outlive the state. Connects lazily. */
+mig_lookup_t *mig_lookup_new(const mig_env_t *env);
+void mig_lookup_free(mig_lookup_t *lk);
+/* Answer one MIG_CMD_LOOKUP_KEY request: an owned result (never NULL). */
+mig_result_t *mig_lookup_execute(mig_lookup_t *lk, const mig_request_t *req);
 
 #endif

@@ -858,6 +858,196 @@ static void test_ctl_reconnect(void **state)
     probe_free(&p);
 }
 
+/* ---- key lookups ------------------------------------------------------------------ */
+
+#define AGG_A    "aaaaaaaa-0000-0000-0000-000000000001" /* events on store_a, tenant T_ROWS_A */
+#define AGG_B    "aaaaaaaa-0000-0000-0000-000000000002" /* events on store_b only, T_ROWS_B */
+#define AGG_NULL "aaaaaaaa-0000-0000-0000-000000000003" /* on store_a with a NULL tenant */
+#define AGG_NONE "aaaaaaaa-0000-0000-0000-000000000004" /* nowhere */
+
+static void start_ctl_with(fixture_t *f, probe_t *p, const char *store_b_conninfo)
+{
+    char *ci = conninfo("control"), *a = conninfo("store_a");
+    const char *conninfos[] = { a, store_b_conninfo };
+    mig_tenancy_t ten = { .n_tables = CM_ARRAY_LEN(tables),
+                          .tables = tables,
+                          .tenant_column = "tenant_id",
+                          .default_store = "store_a" };
+
+    memset(p, 0, sizeof(*p));
+    assert_int_equal(
+        mig_ctl_start(&f->loop, ci, store_names, conninfos, 2, &ten, probe_cb, p, &p->ctl), 0);
+    free(ci);
+    free(a);
+    assert_true(wait_event(f, p, 0, MIG_EV_ROUTES, NULL, 2000) == 0);
+}
+
+/* Send a lookup; returns the reply's index in p (waits up to timeout_ms), or -1. */
+static long lookup(fixture_t *f, probe_t *p, const char *column, const char *value, void *cookie,
+                   int timeout_ms)
+{
+    mig_cmd_t cmd = { .kind = MIG_CMD_LOOKUP_KEY };
+    char col[64], val[128];
+    long i;
+
+    /* The strings are borrowed: prove it by scribbling over them after the call. */
+    snprintf(col, sizeof(col), "%s", column);
+    snprintf(val, sizeof(val), "%s", value);
+    cmd.key_column = col;
+    cmd.key_value = val;
+    mig_ctl_request(p->ctl, &cmd, cookie);
+    memset(col, 'x', sizeof(col) - 1);
+    memset(val, 'x', sizeof(val) - 1);
+    i = wait_event(f, p, 0, MIG_EV_REPLY, cookie, timeout_ms);
+    if (i >= 0)
+        p->evs[i]->cookie = NULL;
+    return i;
+}
+
+/* The reply of a lookup: (key, tenant), one row. Returns the tenant (NULL = SQL NULL). */
+static const char *lookup_tenant(fixture_t *f, probe_t *p, const char *column, const char *value)
+{
+    int cookie;
+    long i = lookup(f, p, column, value, &cookie, 10000);
+    const mig_result_t *r;
+
+    assert_true(i >= 0);
+    r = p->evs[i]->result;
+    if (r->err_sqlstate != NULL)
+        fail_msg("lookup %s = %s: %s", column, value, r->err_message);
+    assert_string_equal(r->tag, "LOOKUP");
+    assert_int_equal(r->n_cols, 2);
+    assert_string_equal(r->cols[0], "key");
+    assert_string_equal(r->cols[1], "tenant");
+    assert_int_equal(r->n_rows, 1);
+    assert_string_equal(r->cells[0], value);
+    return r->cells[1];
+}
+
+static void test_ctl_lookup(void **state)
+{
+    fixture_t f;
+    probe_t p;
+    PGconn *sa = db("store_a"), *sb = db("store_b"), *lock;
+    const char *t;
+    int slow_cookie, fast_cookie;
+    long i;
+    uint64_t t0;
+    char *b = conninfo("store_b");
+
+    (void)state;
+    sql_ok(sa, "INSERT INTO events (event_id, aggregate_id, tenant_id) VALUES "
+               "(gen_random_uuid(), '" AGG_A "', '" T_ROWS_A "'), "
+               "(gen_random_uuid(), '" AGG_A "', '" T_ROWS_A "'), "
+               "(gen_random_uuid(), '" AGG_NULL "', NULL)");
+    sql_ok(sb, "INSERT INTO events (event_id, aggregate_id, tenant_id) VALUES "
+               "(gen_random_uuid(), '" AGG_B "', '" T_ROWS_B "')");
+    fixture_init(&f);
+    start_ctl_with(&f, &p, b);
+
+    t = lookup_tenant(&f, &p, "aggregate_id", AGG_A);
+    assert_non_null(t);
+    assert_string_equal(t, T_ROWS_A);
+    /* Not on the default store: found on the next one. */
+    t = lookup_tenant(&f, &p, "aggregate_id", AGG_B);
+    assert_non_null(t);
+    assert_string_equal(t, T_ROWS_B);
+    /* A row without a tenant, no row, a value the column's type rejects: all NULL. */
+    assert_null(lookup_tenant(&f, &p, "aggregate_id", AGG_NULL));
+    assert_null(lookup_tenant(&f, &p, "aggregate_id", AGG_NONE));
+    assert_null(lookup_tenant(&f, &p, "aggregate_id", "not-a-uuid"));
+    /* A column no tenant table has, or only a table without the tenant column has. */
+    assert_null(lookup_tenant(&f, &p, "no_such_column", "1"));
+    assert_null(lookup_tenant(&f, &p, "projection_name", "p1"));
+    /* The tenant column itself is a key too; identifiers are quoted, not spliced. */
+    t = lookup_tenant(&f, &p, "tenant_id", T_ROWS_B);
+    assert_non_null(t);
+    assert_string_equal(t, T_ROWS_B);
+    assert_null(lookup_tenant(&f, &p, "aggregate_id\"; DROP TABLE events; --", AGG_A));
+    assert_string_equal(sql_value(sa, "SELECT count(*) > 0 FROM events"), "t");
+
+    /* The cached table survives a schema change: the column moves, the lookup follows. */
+    sql_ok(sb, "ALTER TABLE events RENAME COLUMN aggregate_id TO agg_old");
+    sql_ok(sb, "ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS dummy int");
+    sql_ok(sb,
+           "INSERT INTO snapshots (aggregate_id, tenant_id) VALUES ('" AGG_B "', '" T_ROWS_B "')");
+    t = lookup_tenant(&f, &p, "aggregate_id", AGG_B);
+    assert_non_null(t);
+    assert_string_equal(t, T_ROWS_B);
+    sql_ok(sb, "DELETE FROM snapshots WHERE aggregate_id = '" AGG_B "'");
+    sql_ok(sb, "ALTER TABLE events RENAME COLUMN agg_old TO aggregate_id");
+    sql_ok(sb, "ALTER TABLE snapshots DROP COLUMN dummy");
+    /* The cache still names snapshots on store_b for a while (RESOLVE_TTL_MS): start afresh. */
+    stop_ctl(&p);
+    probe_free(&p);
+    start_ctl_with(&f, &p, b);
+
+    /* Many lookups in a row are quick (one connection per store, kept open). */
+    t0 = cm_now_ms();
+    for (int k = 0; k < 200; k++)
+        assert_non_null(lookup_tenant(&f, &p, "aggregate_id", AGG_B));
+    assert_true(cm_now_ms() - t0 < 5000);
+
+    /* A slow admin command does not hold lookups back: SHOW TENANTS waits on a lock. */
+    lock = db("store_b");
+    sql_ok(lock, "BEGIN");
+    sql_ok(lock, "LOCK TABLE snapshots IN ACCESS EXCLUSIVE MODE");
+    {
+        mig_cmd_t cmd = { .kind = MIG_CMD_SHOW_TENANTS };
+
+        mig_ctl_request(p.ctl, &cmd, &slow_cookie);
+    }
+    usleep(200 * 1000); /* the admin worker is now blocked on store_b */
+    t0 = cm_now_ms();
+    i = lookup(&f, &p, "aggregate_id", AGG_A, &fast_cookie, 1500);
+    assert_true(i >= 0);
+    assert_true(cm_now_ms() - t0 < 1000);
+    assert_string_equal(p.evs[i]->result->cells[1], T_ROWS_A);
+    assert_int_equal(wait_event(&f, &p, 0, MIG_EV_REPLY, &slow_cookie, 0), -1);
+    sql_ok(lock, "ROLLBACK");
+    PQfinish(lock);
+    assert_true(wait_event(&f, &p, 0, MIG_EV_REPLY, &slow_cookie, 10000) >= 0);
+    stop_ctl(&p);
+    probe_free(&p);
+
+    /* store_b unreachable: keys on store_a still resolve; others fail with the reason. */
+    start_ctl_with(&f, &p, "host=/nonexistent-dir port=1 dbname=x");
+    t = lookup_tenant(&f, &p, "aggregate_id", AGG_A);
+    assert_non_null(t);
+    assert_string_equal(t, T_ROWS_A);
+    {
+        int cookie;
+
+        i = lookup(&f, &p, "aggregate_id", AGG_NONE, &cookie, 10000);
+        assert_true(i >= 0);
+        assert_error(p.evs[i]->result, "08006", "store \"store_b\"");
+    }
+    stop_ctl(&p);
+    probe_free(&p);
+
+    /* A store that comes back is used again (reconnect after the back-off). */
+    start_ctl_with(&f, &p, b);
+    assert_int_equal(sh("%s" PG_BIN "/pg_ctl -D %s/data -m fast -w -s stop", pg_as(), pg_dir), 0);
+    {
+        int cookie;
+
+        i = lookup(&f, &p, "aggregate_id", AGG_A, &cookie, 10000);
+        assert_true(i >= 0);
+        assert_error(p.evs[i]->result, "08006", "cannot look up");
+    }
+    assert_int_equal(pg_start(), 0);
+    usleep(1100 * 1000);
+    t = lookup_tenant(&f, &p, "aggregate_id", AGG_A);
+    assert_non_null(t);
+    assert_string_equal(t, T_ROWS_A);
+    stop_ctl(&p);
+    fixture_close(&f);
+    probe_free(&p);
+    free(b);
+    PQfinish(sa);
+    PQfinish(sb);
+}
+
 static void test_ctl_start_fails(void **state)
 {
     fixture_t f;
@@ -902,6 +1092,7 @@ int main(void)
         cmocka_unit_test(test_ctl_refusals_and_tenants),
         cmocka_unit_test(test_ctl_cancel),
         cmocka_unit_test(test_ctl_reconnect),
+        cmocka_unit_test(test_ctl_lookup),
     };
     int failed;
 
