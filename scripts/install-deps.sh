@@ -59,17 +59,23 @@ else
     log "all Debian packages present"
 fi
 
-# Stop services the packages may have started (only their binaries are used).
+# Stop the system services the packages may have started (only their
+# binaries are used). Only the packaged service is touched: pgbouncer
+# processes that tests or benchmarks start have pidfiles of their own.
 stop_services() {
-    if pgrep -x pgbouncer >/dev/null 2>&1; then
-        log "stopping the system pgbouncer service"
-        "${sudo_cmd[@]}" service pgbouncer stop >/dev/null 2>&1 || true
-        if [ -f /var/run/postgresql/pgbouncer.pid ]; then
-            "${sudo_cmd[@]}" kill "$(cat /var/run/postgresql/pgbouncer.pid)" 2>/dev/null || true
-        fi
-    fi
+    local pidfile=/var/run/postgresql/pgbouncer.pid pid
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
         "${sudo_cmd[@]}" systemctl disable --now pgbouncer >/dev/null 2>&1 || true
+    fi
+    if [ -f "$pidfile" ]; then
+        pid=$(cat "$pidfile" 2>/dev/null || true)
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            log "stopping the system pgbouncer service"
+            "${sudo_cmd[@]}" service pgbouncer stop >/dev/null 2>&1 || true
+            if kill -0 "$pid" 2>/dev/null; then
+                "${sudo_cmd[@]}" kill "$pid" 2>/dev/null || true
+            fi
+        fi
     fi
     if command -v pg_lsclusters >/dev/null 2>&1; then
         # Stop the packaged cluster only when this script just installed it.

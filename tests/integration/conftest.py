@@ -11,7 +11,8 @@ Target switch (environment):
 
 Fixtures:
   pg               the session's PostgreSQL 15 cluster (harness.Cluster)
-  clusters         start more clusters: clusters.new("name") (routing tests)
+  clusters         more clusters: clusters.new("name") (fresh, yours alone) or
+                   clusters.get("name") (shared by name for the session)
   tls_cert         (cert_path, key_path) of a self-signed certificate
   endpoint         where clients connect (harness.Endpoint), shared pgshift
   pgshift_factory  start a dedicated pgshift: pgshift_factory(stores={...},
@@ -106,6 +107,14 @@ class ClusterPool:
         self.basedir = basedir
         self.tls_cert = tls_cert
         self.n = 0
+        self.by_name = {}
+
+    def get(self, name):
+        """The cluster called `name`, started on first use and then shared
+        for the session (for tests that need 2-3 stores)."""
+        if name not in self.by_name:
+            self.by_name[name] = self.new(name)
+        return self.by_name[name]
 
     def new(self, name=None):
         """Start a fresh cluster with roles and schema; stopped at session end."""
