@@ -268,6 +268,12 @@ def check_tenant(conn, tenant, res, seeded):
     }
 
 
+def event_ids(conn, tenant):
+    cur = conn.cursor()
+    cur.execute("SELECT event_id::text FROM events WHERE tenant_id = %s", (tenant,))
+    return {r[0] for r in cur.fetchall()}
+
+
 def cmd_verify(a):
     with open(a.results) as f:
         results = json.load(f)
@@ -287,27 +293,25 @@ def cmd_verify(a):
         v = check_tenant(tgt if store == "target" else src, tenant, res, seeded.get(tenant, 0))
         errs = res["n_errors"] + len(res["read_errors"])
         ok = v["ok"] and not res["read_errors"]
+        note = None
+        if tenant in moved:
+            # The source keeps its pre-cutover copy. Every row of it must be on the
+            # target too: a source row missing there was lost in the move (I1) or
+            # written to the source after the switch (I5).
+            src_ids = event_ids(src, tenant)
+            not_moved = len(src_ids - event_ids(tgt, tenant))
+            ok = ok and not_moved == 0
+            note = ("source still holds %d rows of this tenant (its pre-cutover copy); "
+                    "%d of them are not on the target" % (len(src_ids), not_moved))
         all_ok &= ok
         print("%-11s  %-5s  %4d  %6d  %5d  %9d  %7d  %5d  %10d  %11d  %9d  %6d  %s" % (
             tenant[:8] + "...", store, v["rows"], v["seeded"], v["acked"], v["uncertain"],
             v["missing"], v["duplicates"], v["unexpected"], v["bad_streams"],
             res["conflicts"], errs, "OK" if ok else "FAIL"))
+        if note:
+            print("    " + note)
         for e in res["errors"][:3] + res["read_errors"][:3]:
             print("    workload error: %s" % e)
-        if tenant in moved:
-            # The source keeps its pre-cutover copy. Every row of it must be on the
-            # target too: a source row missing there was lost in the move (I1) or
-            # written to the source after the switch (I5).
-            cur = src.cursor()
-            cur.execute("SELECT event_id::text FROM events WHERE tenant_id = %s", (tenant,))
-            src_ids = {r[0] for r in cur.fetchall()}
-            cur = tgt.cursor()
-            cur.execute("SELECT event_id::text FROM events WHERE tenant_id = %s", (tenant,))
-            not_moved = len(src_ids - {r[0] for r in cur.fetchall()})
-            print("    source still holds %d rows of this tenant (its pre-cutover copy); "
-                  "%d of them are not on the target" % (len(src_ids), not_moved))
-            if not_moved:
-                all_ok = False
     total_acked = sum(len(r["acked"]) for r in results.values())
     print("acknowledged appends checked: %d events over %d tenants: %s" % (
         total_acked, len(results), "all present exactly once" if all_ok else "PROBLEMS FOUND"))

@@ -69,6 +69,7 @@ chmod 755 "$WORK"
 PGSHIFT_PID=
 WORKLOAD_PID=
 CLUSTERS=()
+STARTERS=() # background jobs setting up a cluster
 DEMO_OK=0
 
 cleanup() {
@@ -87,6 +88,14 @@ cleanup() {
         kill -KILL "$PGSHIFT_PID" 2>/dev/null
         wait "$PGSHIFT_PID" 2>/dev/null
     fi
+    # A cluster still being set up would start after we looked: let its job end first
+    # (initdb and pg_ctl are bounded; an interrupt usually reached them as well).
+    for p in "${STARTERS[@]}"; do
+        if kill -0 "$p" 2>/dev/null; then
+            echo "demo: waiting for the PostgreSQL setup to finish, to stop it" >&2
+            wait "$p" 2>/dev/null
+        fi
+    done
     for d in "${CLUSTERS[@]}"; do
         if [ -f "$d/data/postmaster.pid" ]; then
             as_pg "$PG_BIN/pg_ctl" -D "$d/data" -m fast -w -t 20 stop >/dev/null 2>&1 ||
@@ -182,8 +191,10 @@ for c in source target; do
 done
 start_cluster source &
 SRC_JOB=$!
+STARTERS+=("$SRC_JOB")
 start_cluster target &
 TGT_JOB=$!
+STARTERS+=("$TGT_JOB")
 wait "$SRC_JOB" || fail "the source store did not start"
 wait "$TGT_JOB" || fail "the target store did not start"
 PORT_SOURCE=$(cat "$WORK/source/port")
