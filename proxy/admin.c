@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "common/log.h"
 #include "migrator/migrator.h"
@@ -62,6 +63,17 @@ static void adm_command_ok(px_client_t *c, const char *tag)
 static const char *u64s(char *buf, uint64_t v)
 {
     snprintf(buf, 24, "%llu", (unsigned long long)v);
+    return buf;
+}
+
+/* Wall-clock milliseconds as "YYYY-MM-DD HH:MM:SS" (local time). */
+static const char *fmt_time(char *buf, size_t len, uint64_t ms)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+
+    localtime_r(&t, &tm);
+    strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm);
     return buf;
 }
 
@@ -119,16 +131,16 @@ static void show_stores(px_client_t *c)
 
 static void show_clients(px_client_t *c)
 {
-    static const char *const cols[] = { "id",   "user",    "database",        "state",
-                                        "addr", "tls",     "store",           "server",
-                                        "txn",  "queries", "connect_time_ms", "application_name" };
+    static const char *const cols[] = { "id",   "user",    "database",     "state",
+                                        "addr", "tls",     "store",        "server",
+                                        "txn",  "queries", "connect_time", "application_name" };
     adm_table_t t = { .n_cols = 12, .cols = cols };
     px_proxy_t *p = c->conn.proxy;
     cm_list_t *it, *tmp;
 
     cm_list_foreach_safe(it, tmp, &p->clients) {
         px_client_t *x = cm_container_of(it, px_client_t, node);
-        char id[24], sid[24], q[24], ct[24], addr[64], txn[2] = { 0 };
+        char id[24], sid[24], q[24], ct[32], addr[64], txn[2] = { 0 };
 
         if (x->is_admin)
             continue;
@@ -138,7 +150,7 @@ static void show_clients(px_client_t *c)
                 x->is_unix ? "unix" : px_conn_peer(&x->conn, addr, sizeof(addr)),
                 x->conn.tls ? "yes" : "no", x->store ? x->store->name : "",
                 x->server ? u64s(sid, x->server->id) : NULL, txn, u64s(q, x->n_queries),
-                u64s(ct, x->connect_ms), x->app_name ? x->app_name : "");
+                fmt_time(ct, sizeof(ct), x->connect_ms), x->app_name ? x->app_name : "");
     }
     adm_send_table(c, &t, "SHOW");
 }

@@ -289,17 +289,18 @@ struct px_client {
     struct px_stmt *stmts; /* prepared statements by name ("" = unnamed) */
     size_t n_stmts;
     size_t cap_stmts;
-    cm_buf_t batch;        /* extended messages held until the batch's store is known */
-    int batch_store;       /* store of the current extended batch (since Sync), -1 = none */
-    bool batch_refused;    /* an error was reported: drop messages until Sync */
-    bool in_txn;           /* inside BEGIN ... COMMIT as the client sees it */
-    int bound_store;       /* store the transaction is bound to, -1 = none */
-    bool bound_tentative;  /* bound only by a tenant-less read; may still move */
-    char *deferred;        /* SQL held back until the transaction binds ("BEGIN ...") */
-    cm_buf_t session_sql;  /* SET statements to replay on a store the session uses later */
-    uint64_t lookup_id;    /* pending aggregate lookup, 0 = none */
-    char lookup_key[256];  /* the key value being looked up */
-    const char *local_tag; /* CommandComplete tag of a statement answered here */
+    cm_buf_t batch;         /* extended messages held until the batch's store is known */
+    int batch_store;        /* store of the current extended batch (since Sync), -1 = none */
+    bool batch_refused;     /* an error was reported: drop messages until Sync */
+    bool in_txn;            /* inside BEGIN ... COMMIT as the client sees it */
+    int bound_store;        /* store the transaction is bound to, -1 = none */
+    bool bound_tentative;   /* bound only by a tenant-less read; may still move */
+    char *deferred;         /* SQL held back until the transaction binds ("BEGIN ...") */
+    bool has_deferred_work; /* deferred holds more than the BEGIN (SET, NOTIFY, ...) */
+    cm_buf_t session_sql;   /* SET statements to replay on a store the session uses later */
+    uint64_t lookup_id;     /* pending aggregate lookup, 0 = none */
+    char lookup_key[256];   /* the key value being looked up */
+    const char *local_tag;  /* CommandComplete tag of a statement answered here */
     px_auth_step_t auth_step;
     uint8_t md5_salt[4];
     void *scram;         /* px_scram_server_t during SASL */

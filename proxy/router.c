@@ -527,6 +527,7 @@ static void defer_sql(px_client_t *c, const char *sql, size_t len)
 {
     size_t old = c->deferred ? strlen(c->deferred) : 0;
 
+    c->has_deferred_work = old > 0; /* more than the BEGIN itself */
     c->deferred = cm_xrealloc(c->deferred, old + len + 3);
     if (old > 0) {
         memcpy(c->deferred + old, "; ", 2);
@@ -562,7 +563,8 @@ static void cl_bind_txn(px_client_t *c, const route_decision_t *d, px_server_t *
 void px_router_ready(px_client_t *c, px_server_t *s, uint8_t status)
 {
     if (status == WIRE_TXN_IDLE) {
-        if (c->bound_store < 0 || c->bound_store == s->store->index) {
+        /* An unbound transaction (BEGIN held here) outlives a store's 'I'. */
+        if (c->bound_store == s->store->index || (c->bound_store < 0 && c->deferred == NULL)) {
             c->in_txn = false;
             c->bound_store = -1;
             c->bound_tentative = false;
@@ -695,6 +697,15 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
             ss.in_txn = false;
         if (d.action == ROUTE_ACT_SEND && ss.in_txn && ss.bound_store < 0)
             ss.bound_store = d.store;
+    }
+    if (all_local && cls->n_stmts == 1 && c->has_deferred_work && c->deferred != NULL &&
+        (cls->stmts[0].kind == ROUTE_KIND_TXN_COMMIT ||
+         cls->stmts[0].kind == ROUTE_KIND_TXN_ROLLBACK)) {
+        /* Statements were held with the BEGIN (NOTIFY, SET ...): they run at commit. */
+        all_local = false;
+        first.action = ROUTE_ACT_SEND;
+        first.store = p->default_store->index;
+        first.binds = true;
     }
     if (all_local && cls->n_stmts == 1) {
         /* BEGIN / SAVEPOINT / SET held back, or COMMIT of an unbound transaction. */
@@ -995,6 +1006,13 @@ static rt_rc_t rt_bind(px_client_t *c, const uint8_t *msg, size_t msg_len, const
     } else {
         d = route_decide(r->table, &ss, rs, &bp);
     }
+    if (d.action == ROUTE_ACT_LOCAL && c->has_deferred_work && c->deferred != NULL) {
+        /* Statements were held with the BEGIN (NOTIFY, SET ...): they run at commit. */
+        d.action = ROUTE_ACT_SEND;
+        d.store = ss.default_store;
+        d.binds = true;
+        d.tentative = false;
+    }
     switch (d.action) {
     case ROUTE_ACT_REFUSE:
         return cl_refuse(c, false, d.sqlstate, d.message);
@@ -1148,8 +1166,15 @@ static rt_rc_t rt_follow(px_client_t *c, uint8_t type, const uint8_t *msg, size_
             }
         }
         {
-            rt_rc_t rc = batch_start(c, store, NULL, st);
+            /* In a transaction held here, the store that answers binds it (tentatively). */
+            route_decision_t d = { .action = ROUTE_ACT_SEND, .store = store };
+            rt_rc_t rc;
 
+            if (c->in_txn && c->bound_store < 0) {
+                d.binds = true;
+                d.tentative = true;
+            }
+            rc = batch_start(c, store, &d, st);
             if (rc != RT_DONE)
                 return rc;
         }

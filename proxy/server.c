@@ -499,6 +499,12 @@ static bool rq_account(px_server_t *s, uint8_t type)
     return swallow;
 }
 
+static void sv_to_client(px_server_t *s, const uint8_t *p, size_t n)
+{
+    s->store->bytes_out += n;
+    px_conn_send(&s->client->conn, p, n);
+}
+
 /*
  * Move the store's output to the client. Bytes are forwarded in runs: a run
  * grows over every message that goes through unchanged and is sent when
@@ -558,7 +564,7 @@ static void sv_forward(px_server_t *s)
             s->store->n_errors++;
         drop = rq_account(s, h.type);
         if (drop && run < c->rpos) {
-            px_conn_send(&cl->conn, c->rbuf + run, c->rpos - run);
+            sv_to_client(s, c->rbuf + run, c->rpos - run);
             run = c->rpos;
         }
         if (!needs_body(h.type)) {
@@ -620,7 +626,7 @@ static void sv_forward(px_server_t *s)
             run = c->rpos;
     }
     if (run < c->rpos)
-        px_conn_send(&cl->conn, c->rbuf + run, c->rpos - run);
+        sv_to_client(s, c->rbuf + run, c->rpos - run);
     if (c->rpos == c->rlen)
         c->rpos = c->rlen = 0;
     else if (c->rpos > 0 && !c->is_closing) {
