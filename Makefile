@@ -100,7 +100,7 @@ check-layers:
 	@if grep -nE '#include [<"](uv\.h|libpq-fe\.h|openssl/|common/log\.h)' wire/*.[ch] routing/*.[ch]; then \
 	    echo "check-layers: wire/ or routing/ includes an I/O or logging header"; exit 1; fi
 	@bad=$$(nm -g --defined-only $(BUILD)/pgshift | awk '{print $$3}' | \
-	    grep -vE '^(px_|wire_|route_|mig_|cfg_|cm_|main$$|_|__)' || true); \
+	    grep -vE '^(px_|wire_|route_|mig_|cfg_|cm_|main$$|data_start$$|_|__)|@' || true); \
 	    if [ -n "$$bad" ]; then echo "check-layers: unprefixed global symbols: $$bad"; exit 1; fi
 
 san:
@@ -148,4 +148,4 @@ format-check:
 clean:
 	rm -rf build build-san build-tsan build-fuzz pgshift pgshift-ctl
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
