@@ -54,7 +54,6 @@ static void cl_unref(px_client_t *c)
         return;
     cm_list_del(&c->node);
     px_params_clear(&c->startup);
-    px_params_clear(&c->reported);
     px_scram_server_free(c->scram);
     free(c->user);
     free(c->database);
@@ -225,33 +224,33 @@ static void cl_send_welcome(px_client_t *c)
 
     wire_put_auth_ok(&b);
     if (c->is_admin) {
-        px_params_set(&c->reported, "server_version", 14, PGSHIFT_VERSION "/pgshift",
-                      strlen(PGSHIFT_VERSION "/pgshift"));
-        px_params_set(&c->reported, "server_encoding", 15, "UTF8", 4);
-        px_params_set(&c->reported, "client_encoding", 15, "UTF8", 4);
-        px_params_set(&c->reported, "DateStyle", 9, "ISO, MDY", 8);
-        px_params_set(&c->reported, "integer_datetimes", 17, "on", 2);
-        px_params_set(&c->reported, "standard_conforming_strings", 27, "on", 2);
+        static const char *const admin_params[][2] = {
+            { "server_version", PGSHIFT_VERSION "/pgshift" },
+            { "server_encoding", "UTF8" },
+            { "client_encoding", "UTF8" },
+            { "DateStyle", "ISO, MDY" },
+            { "integer_datetimes", "on" },
+            { "standard_conforming_strings", "on" },
+        };
+
+        for (size_t i = 0; i < CM_ARRAY_LEN(admin_params); i++)
+            wire_put_param_status(&b, admin_params[i][0], admin_params[i][1]);
     } else {
         /* The store's values, with the client's own startup settings on top:
-         * the store will agree once the session's server logs in. */
-        for (size_t i = 0; i < sp->n; i++)
-            px_params_set(&c->reported, sp->v[i].name, strlen(sp->v[i].name), sp->v[i].value,
-                          strlen(sp->v[i].value));
-        for (size_t i = 0; i < c->startup.n; i++) {
-            const char *n = c->startup.v[i].name;
+         * the session's server repeats the real ones when it logs in. */
+        const char *app = px_params_get(&c->startup, "application_name");
 
-            if (px_params_get(&c->reported, n) != NULL &&
-                strcmp(n, "client_encoding") != 0) /* PostgreSQL reports its canonical name */
-                px_params_set(&c->reported, n, strlen(n), c->startup.v[i].value,
-                              strlen(c->startup.v[i].value));
+        for (size_t i = 0; i < sp->n; i++) {
+            const char *n = sp->v[i].name, *v = sp->v[i].value;
+            const char *mine = px_params_get(&c->startup, n);
+
+            /* PostgreSQL reports its canonical client_encoding name. */
+            if (mine != NULL && strcmp(n, "client_encoding") != 0)
+                v = mine;
+            wire_put_param_status(&b, n, v);
         }
-        if (c->server != NULL && c->server->state == PX_SV_ACTIVE) {
-            /* Parameters of this very server are authoritative. */
-        }
+        wire_put_param_status(&b, "application_name", app ? app : "");
     }
-    for (size_t i = 0; i < c->reported.n; i++)
-        wire_put_param_status(&b, c->reported.v[i].name, c->reported.v[i].value);
     wire_put_backend_key(&b, (uint32_t)(c->id & 0x7fffffff), c->cancel_key);
     wire_put_ready(&b, WIRE_TXN_IDLE);
     px_conn_send(&c->conn, b.data, b.len);
@@ -288,7 +287,7 @@ static void cl_login_done(px_client_t *c)
 
 void px_client_server_ready(px_client_t *c, px_server_t *s)
 {
-    (void)s;
+    px_router_server_ready(c, s);
     if (c->state == PX_CL_WELCOME) {
         cl_send_welcome(c);
         /* Input may have arrived while we waited. */

@@ -177,9 +177,10 @@ typedef struct px_param {
     char *value;
 } px_param_t;
 
-typedef struct px_params {
+typedef struct px_params { /* zero-filled is empty */
     size_t n;
-    px_param_t v[PX_MAX_PARAMS];
+    size_t cap;
+    px_param_t *v; /* owned */
 } px_params_t;
 
 void px_params_set(px_params_t *ps, const char *name, size_t name_len, const char *value,
@@ -278,7 +279,6 @@ struct px_client {
     char *database;
     char *app_name;
     px_params_t startup;   /* startup parameters to pass to stores (no user/database) */
-    px_params_t reported;  /* ParameterStatus values the client has seen */
     uint32_t cancel_key;   /* pgshift's BackendKeyData key; the pid is the client id */
     px_server_t *server;   /* the server the latest requests went to, NULL until needed */
     px_store_t *store;     /* store of `server`; the default store before any request */
@@ -299,7 +299,7 @@ struct px_client {
     bool has_deferred_work; /* deferred holds more than the BEGIN (SET, NOTIFY, ...) */
     cm_buf_t session_sql;   /* SET statements to replay on a store the session uses later */
     uint64_t lookup_id;     /* pending aggregate lookup, 0 = none */
-    char lookup_key[256];   /* the key value being looked up */
+    char *lookup_key;       /* the key value being looked up, owned */
     const char *local_tag;  /* CommandComplete tag of a statement answered here */
     px_auth_step_t auth_step;
     uint8_t md5_salt[4];
@@ -472,6 +472,8 @@ void px_router_destroy(px_proxy_t *p);
 void px_router_input(px_client_t *c);
 /* A ReadyForQuery the client saw from s: track the transaction binding. */
 void px_router_ready(px_client_t *c, px_server_t *s, uint8_t status);
+/* A new server of the session logged in (before any request is sent to it). */
+void px_router_server_ready(px_client_t *c, px_server_t *s);
 /* s is going away: forget it. */
 void px_router_server_gone(px_client_t *c, px_server_t *s);
 /* The session ends: free its routing state. */

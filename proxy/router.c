@@ -271,6 +271,8 @@ void px_router_client_gone(px_client_t *c)
     c->deferred = NULL;
     free(c->tenant);
     c->tenant = NULL;
+    free(c->lookup_key);
+    c->lookup_key = NULL;
 }
 
 /* ---- aggregate lookups ---- */
@@ -297,7 +299,7 @@ static void router_lookup_done(px_proxy_t *p, uint64_t id, mig_result_t *res)
     cm_list_foreach_safe(it, tmp, &p->clients) {
         px_client_t *c = cm_container_of(it, px_client_t, node);
 
-        if (c->lookup_id == 0)
+        if (c->lookup_id == 0 || c->lookup_key == NULL)
             continue;
         if (key != NULL && strcmp(c->lookup_key, key) != 0)
             continue;
@@ -398,13 +400,6 @@ static px_server_t *cl_use_store(px_client_t *c, int store, rt_rc_t *rc)
             return NULL;
         }
         c->servers[store] = s;
-        if (c->session_sql.len > 0) {
-            /* Session settings made on other stores come first. */
-            char *sql = cm_xstrndup((const char *)c->session_sql.data, c->session_sql.len);
-
-            inject_query(s, sql);
-            free(sql);
-        }
     }
     if (s->state != PX_SV_ACTIVE) {
         c->is_waiting = 1;
@@ -559,6 +554,17 @@ static void cl_bind_txn(px_client_t *c, const route_decision_t *d, px_server_t *
     }
 }
 
+/* A new server of the session logged in: replay the session's settings first. */
+void px_router_server_ready(px_client_t *c, px_server_t *s)
+{
+    if (c->session_sql.len > 0 && !c->is_admin) {
+        char *sql = cm_xstrndup((const char *)c->session_sql.data, c->session_sql.len);
+
+        inject_query(s, sql);
+        free(sql);
+    }
+}
+
 /* A ReadyForQuery from `s` the client saw: track the transaction. */
 void px_router_ready(px_client_t *c, px_server_t *s, uint8_t status)
 {
@@ -605,7 +611,8 @@ static rt_rc_t cl_lookup(px_client_t *c, const route_decision_t *d)
     cmd.kind = MIG_CMD_LOOKUP_KEY;
     cmd.key_value = d->key;
     cmd.key_column = r->tenancy.key_columns[d->key_column >= 0 ? d->key_column : 0];
-    snprintf(c->lookup_key, sizeof(c->lookup_key), "%s", d->key);
+    free(c->lookup_key);
+    c->lookup_key = cm_xstrdup(d->key);
     c->lookup_id = ++r->next_lookup;
     mig_ctl_request(r->ctl, &cmd, r); /* the router itself is the cookie of lookups */
     c->is_waiting = 1;

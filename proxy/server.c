@@ -303,23 +303,17 @@ static bool sv_login_input(px_server_t *s)
         case WIRE_MSG_PARAMETER_STATUS: {
             wire_param_status_t ps;
 
-            if (wire_parse_param_status(body, h.body_len, &ps) == WIRE_OK) {
-                px_params_set(&s->store->params, ps.name.p, ps.name.len, ps.value.p, ps.value.len);
-                if (s->client != NULL && s->client->state == PX_CL_READY && !s->client->is_admin) {
-                    /* The session already got its welcome: pass on what differs. */
-                    const char *seen = NULL;
-                    char *name = cm_xstrndup(ps.name.p, ps.name.len);
-
-                    seen = px_params_get(&s->client->reported, name);
-                    if (seen == NULL || strlen(seen) != ps.value.len ||
-                        memcmp(seen, ps.value.p, ps.value.len) != 0) {
-                        px_params_set(&s->client->reported, ps.name.p, ps.name.len, ps.value.p,
-                                      ps.value.len);
-                        px_conn_send(&s->client->conn, buf, WIRE_HDR_LEN + h.body_len);
-                    }
-                    free(name);
-                }
+            if (wire_parse_param_status(body, h.body_len, &ps) != WIRE_OK) {
+                sv_fail(s, "store \"%s\" sent a malformed ParameterStatus", s->store->name);
+                return false;
             }
+            /* The first login teaches the store's defaults for welcomes. */
+            if (!s->store->has_params &&
+                !(ps.name.len == 16 && memcmp(ps.name.p, "application_name", 16) == 0))
+                px_params_set(&s->store->params, ps.name.p, ps.name.len, ps.value.p, ps.value.len);
+            /* A session past its welcome learns this store's actual values. */
+            if (s->client != NULL && s->client->state == PX_CL_READY && !s->client->is_admin)
+                px_conn_send(&s->client->conn, buf, WIRE_HDR_LEN + h.body_len);
             break;
         }
         case WIRE_MSG_BACKEND_KEY_DATA:
@@ -597,13 +591,6 @@ static void sv_forward(px_server_t *s)
                     px_router_ready(cl, s, st);
                 }
                 saw_ready = true;
-                break;
-            }
-            case WIRE_MSG_PARAMETER_STATUS: {
-                wire_param_status_t ps;
-
-                if (wire_parse_param_status(body, h.body_len, &ps) == WIRE_OK)
-                    px_params_set(&cl->reported, ps.name.p, ps.name.len, ps.value.p, ps.value.len);
                 break;
             }
             case WIRE_MSG_COPY_IN_RESPONSE:

@@ -23,6 +23,10 @@ void px_params_set(px_params_t *ps, const char *name, size_t name_len, const cha
     }
     if (ps->n == PX_MAX_PARAMS)
         return; /* more than PostgreSQL reports; the rest is not tracked */
+    if (ps->n == ps->cap) {
+        ps->cap = ps->cap ? ps->cap * 2 : 4;
+        ps->v = cm_xrealloc(ps->v, ps->cap * sizeof(*ps->v));
+    }
     ps->v[ps->n].name = cm_xstrndup(name, name_len);
     ps->v[ps->n].value = cm_xstrndup(value, value_len);
     ps->n++;
@@ -42,7 +46,9 @@ void px_params_clear(px_params_t *ps)
         free(ps->v[i].name);
         free(ps->v[i].value);
     }
-    ps->n = 0;
+    free(ps->v);
+    ps->v = NULL;
+    ps->n = ps->cap = 0;
 }
 
 static void store_clear(px_store_t *s)
