@@ -401,7 +401,7 @@ class Pgshift:
         elif self.proc is not None and not self._stopped and self.proc.poll() is not None:
             out.append("pgshift exited on its own with code %s" % self.proc.returncode)
         err = self.stderr()
-        if "BUG" in err:
+        if "pgshift: BUG at" in err:
             out.append("pgshift stderr contains BUG")
         for m in SANITIZER_MARKERS:
             if m in err:
