@@ -281,11 +281,12 @@ static void cmd_pause(px_client_t *c, const char *arg)
         px_client_send_ready(c);
         return;
     }
+    if (ms == 0)
+        ms = 1; /* "do not wait": answer on the next loop turn */
     p->is_paused = true;
     p->pause_waiter = c;
     c->is_held = 1; /* this console waits for the answer */
-    if (ms > 0)
-        uv_timer_start(&p->pause_timer, pause_timeout_cb, (uint64_t)ms, 0);
+    uv_timer_start(&p->pause_timer, pause_timeout_cb, (uint64_t)ms, 0);
     px_proxy_check_idle(p);
 }
 

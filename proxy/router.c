@@ -413,6 +413,8 @@ static px_server_t *cl_use_store(px_client_t *c, int store, rt_rc_t *rc)
 
 /* ---- local answers ---- */
 
+static void batch_answer_local(px_client_t *c);
+
 static uint8_t cl_txn_status(px_client_t *c)
 {
     px_server_t *b = c->bound_store >= 0 ? cl_server(c, c->bound_store) : NULL;
@@ -508,6 +510,8 @@ static rt_rc_t cl_refuse(px_client_t *c, bool is_simple, const char *sqlstate, c
         c->is_waiting = 1;
         return RT_WAIT;
     }
+    if (!is_simple && c->batch.len > 0)
+        batch_answer_local(c); /* held Parses were fine: their answers come first */
     px_client_error(c, sqlstate, "%s", msg);
     if (is_simple)
         cl_local_ready(c);
