@@ -191,7 +191,7 @@ class RouteEnv:
         env = ep.env(user=user)
         if options:
             env["PGOPTIONS"] = options
-        p = subprocess.run([os.path.join(PG_BIN, "psql"), "-X", "-A", "-t", "-F", "|",
+        p = subprocess.run([os.path.join(PG_BIN, "psql"), "-X", "-q", "-A", "-t", "-F", "|",
                             "-v", "VERBOSITY=verbose", "-f", "-"], input=script, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
         return p.returncode, p.stdout, p.stderr
