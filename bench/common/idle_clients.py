@@ -40,12 +40,14 @@ def rss_kb(pid):
     raise RuntimeError("no VmRSS for pid %d" % pid)
 
 
-def backends(dsn, user):
-    if not dsn:
+async def backends(conn, user):
+    """Client backends of `user` on the server behind the proxy (conn: an
+    AsyncConnection as superuser there, or None)."""
+    if conn is None:
         return None
-    with psycopg.connect(dsn, autocommit=True) as c:
-        return c.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
-                         " AND backend_type = 'client backend'", (user,)).fetchone()[0]
+    cur = await conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
+                             " AND backend_type = 'client backend'", (user,))
+    return (await cur.fetchone())[0]
 
 
 async def open_all(conninfo, n, concurrency):
@@ -88,14 +90,20 @@ async def main():
     await warm.close()
     await asyncio.sleep(args.settle)
 
+    user = os.environ.get("PGUSER", "bench")
+    counter = None
+    if args.backends_dsn:
+        counter = await psycopg.AsyncConnection.connect(args.backends_dsn, autocommit=True)
     before = rss_kb(args.pid)
-    be_before = backends(args.backends_dsn, os.environ.get("PGUSER", "bench"))
+    be_before = await backends(counter, user)
     t0 = time.monotonic()
     conns, errors = await open_all(conninfo, args.clients, args.concurrency)
     connect_s = time.monotonic() - t0
     await asyncio.sleep(args.settle)
     after = rss_kb(args.pid)
-    be_after = backends(args.backends_dsn, os.environ.get("PGUSER", "bench"))
+    be_after = await backends(counter, user)
+    if counter is not None:
+        await counter.close()
     if errors:
         print("%d of %d connections failed, first: %s" % (len(errors), args.clients, errors[0]),
               file=sys.stderr)

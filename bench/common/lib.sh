@@ -22,6 +22,7 @@
 #   PG_BIN         PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #   PGSHIFT_BIN    pgshift binary (default: <repo>/build/pgshift, built by
 #                  `make pgshift` if missing)
+#   PGSHIFT_REV    the commit PGSHIFT_BIN was built from (for the report)
 #   PGBOUNCER_BIN  default /usr/sbin/pgbouncer
 #   BENCH_AUTH     scram-sha-256 (default) or md5, for all three
 #   BENCH_KEEP=1   keep the temp directory (logs) after the run
@@ -94,8 +95,8 @@ bench_machine_info() {
     echo "postgresql: $("$PG_BIN/postgres" --version)"
     echo "pgbench: $("$PG_BIN/pgbench" --version)"
     echo "pgbouncer: $("$PGBOUNCER_BIN" --version 2>/dev/null | head -1)"
-    echo "pgshift: $("$PGSHIFT_BIN" --version 2>/dev/null | head -1)" \
-        "(git $(git -C "$BENCH_REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+    echo "pgshift: $("$PGSHIFT_BIN" --version 2>/dev/null | head -1), $PGSHIFT_BIN," \
+        "built from ${PGSHIFT_REV:-$(git -C "$BENCH_REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (repo HEAD; set PGSHIFT_REV if the binary is from elsewhere)}"
     echo "auth: $BENCH_AUTH on all three, TCP 127.0.0.1"
 }
 
@@ -186,6 +187,11 @@ EOF
     "${psql[@]}" -d "$BENCH_DB" -c "SET ROLE $BENCH_USER" \
         -f "$BENCH_REPO/tests/integration/schema.sql" >/dev/null ||
         bench_die "schema load on $name failed"
+    # The role's stored secret (SCRAM-SHA-256$... or md5...), as production
+    # setups copy it from pg_authid into the proxies' auth files: neither
+    # proxy then derives a key from a plain password at each login.
+    BENCH_SECRET=$("${psql[@]}" -At -d postgres -c \
+        "SELECT rolpassword FROM pg_authid WHERE rolname = '$BENCH_USER'")
     printf -v "PG_${name}_PORT" '%s' "$port"
     printf -v "PG_${name}_DATA" '%s' "$dir/data"
     bench_log "PostgreSQL $name on 127.0.0.1:$port"
@@ -213,13 +219,15 @@ bench_pg_super_dsn() {
 
 # bench_pgshift_start STORE [section.key=value ...]: pgshift in front of the
 # cluster STORE (one store), same auth as PostgreSQL. Extra args are passed as
-# -o overrides. Sets PGSHIFT_PORT, PGSHIFT_PID.
+# -o overrides. Its auth_file holds the role's secret from pg_authid; it logs
+# into the store with the password in the store's conninfo. Sets PGSHIFT_PORT,
+# PGSHIFT_PID.
 bench_pgshift_start() {
     local store=$1 dir="$BENCH_TMP/pgshift" port_var="PG_${1}_PORT" o
     shift
     mkdir -p "$dir"
     PGSHIFT_PORT=$(bench_free_port)
-    printf '"%s" "%s"\n' "$BENCH_USER" "$BENCH_PASSWORD" >"$dir/userlist.txt"
+    printf '"%s" "%s"\n' "$BENCH_USER" "${BENCH_SECRET:-$BENCH_PASSWORD}" >"$dir/userlist.txt"
     chmod 600 "$dir/userlist.txt"
     cat >"$dir/pgshift.ini" <<EOF
 ; written by bench/common/lib.sh
@@ -255,15 +263,15 @@ bench_pgshift_stop() {
 
 # bench_pgbouncer_start STORE [key=value ...]: PgBouncer (run as postgres) in
 # front of cluster STORE, pool_mode=session, a server per client for up to
-# 200 clients, same auth_type as PostgreSQL and pgshift (plain password in its
-# auth_file; it logs into PostgreSQL with it). Extra args are added to
+# 200 clients, same auth_type and auth_file secret as PostgreSQL and pgshift
+# (with a SCRAM secret it logs into PostgreSQL with the client's SCRAM keys). Extra args are added to
 # [pgbouncer]. Sets PGBOUNCER_PORT, PGBOUNCER_PID.
 bench_pgbouncer_start() {
     local store=$1 dir="$BENCH_TMP/pgbouncer" port_var="PG_${1}_PORT" kv
     shift
     mkdir -p "$dir"
     PGBOUNCER_PORT=$(bench_free_port)
-    printf '"%s" "%s"\n' "$BENCH_USER" "$BENCH_PASSWORD" >"$dir/userlist.txt"
+    printf '"%s" "%s"\n' "$BENCH_USER" "${BENCH_SECRET:-$BENCH_PASSWORD}" >"$dir/userlist.txt"
     {
         cat <<EOF
 ; written by bench/common/lib.sh

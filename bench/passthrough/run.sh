@@ -10,8 +10,8 @@
 # connection of pgshift and PgBouncer (bench/common/idle_clients.py).
 # Prints a Markdown report (TPS, latency, ratios, memory) on stdout.
 #
-#   bench/passthrough/run.sh            full run (~20 min on 2 cores)
-#   QUICK=1 bench/passthrough/run.sh    short run (~5 min)
+#   bench/passthrough/run.sh            full run (3 rounds x 5 s, ~20 min on 2 cores)
+#   QUICK=1 bench/passthrough/run.sh    short run (1 round x 3 s, 1,000 idle only; ~5 min)
 #
 # Knobs (environment): ROUNDS, DURATION (s per pgbench run), WORKLOADS
 # ("select-only append"), CLIENTS ("1 8 32"), MODES ("simple extended
@@ -36,13 +36,17 @@ if [ "$QUICK" = 1 ]; then
     ROUNDS=${ROUNDS:-1}
     DURATION=${DURATION:-3}
 else
-    ROUNDS=${ROUNDS:-2}
-    DURATION=${DURATION:-10}
+    ROUNDS=${ROUNDS:-3}
+    DURATION=${DURATION:-5}
 fi
 WORKLOADS=${WORKLOADS:-select-only append}
 CLIENTS=${CLIENTS:-1 8 32}
 MODES=${MODES:-simple extended prepared}
-MEM_CLIENTS=${MEM_CLIENTS-1000 10000}
+if [ "$QUICK" = 1 ]; then
+    MEM_CLIENTS=${MEM_CLIENTS-1000}
+else
+    MEM_CLIENTS=${MEM_CLIENTS-1000 10000}
+fi
 SCALE=${SCALE:-10}
 OUT=${OUT:-}
 TARGETS=(direct pgshift pgbouncer)
@@ -159,6 +163,9 @@ T_END=$(date +%s)
     echo "postgresql: fsync=off synchronous_commit=off shared_buffers=256MB"
     echo "pgbouncer: pool_mode=session default_pool_size=200 log_connections=0"
     echo "pgshift: log_level=warning, one store, defaults otherwise"
+    echo "proxy log warnings/errors during the run: pgshift" \
+        "$(cat "$BENCH_TMP"/pgshift/pgshift.log 2>/dev/null | grep -cE 'WARNING|ERROR|FATAL')," \
+        "pgbouncer $(cat "$BENCH_TMP"/pgbouncer/pgbouncer.log 2>/dev/null | grep -cE 'WARNING|ERROR|FATAL')"
     echo "wall time: $(((T_END - T_START) / 60)) min $(((T_END - T_START) % 60)) s"
     echo '```'
 } >"$HEADER"
