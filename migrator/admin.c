@@ -4,7 +4,6 @@
  * worker thread with blocking libpq against the control store and the stores.
  * Nothing here touches the loop.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,116 +17,6 @@
 /* SHOW TENANTS stays cheap: each per-table count is cut off server-side. */
 #define TENANT_COUNT_TIMEOUT_MS "2000"
 #define MAX_TENANTS_PER_TABLE   10000
-
-/* ---- parser ------------------------------------------------------------------ */
-
-typedef struct lexer {
-    const char *p;
-    char *out; /* next free byte of the caller's storage */
-} lexer_t;
-
-/*
- * Next token into lx->out: a 'quoted' literal (with '' for a quote), a word,
- * or ";". Returns the token (in storage), NULL at the end; sets *bad on an
- * unterminated literal. *quoted tells literals from words.
- */
-static const char *lex_next(lexer_t *lx, bool *quoted, bool *bad)
-{
-    char *start = lx->out;
-
-    while (isspace((unsigned char)*lx->p))
-        lx->p++;
-    *quoted = false;
-    if (*lx->p == '\0')
-        return NULL;
-    if (*lx->p == '\'') {
-        *quoted = true;
-        lx->p++;
-        for (;;) {
-            if (*lx->p == '\0') {
-                *bad = true;
-                return NULL;
-            }
-            if (*lx->p == '\'' && lx->p[1] == '\'') {
-                *lx->out++ = '\'';
-                lx->p += 2;
-            } else if (*lx->p == '\'') {
-                lx->p++;
-                break;
-            } else {
-                *lx->out++ = *lx->p++;
-            }
-        }
-    } else if (*lx->p == ';') {
-        *lx->out++ = *lx->p++;
-    } else {
-        while (*lx->p != '\0' && !isspace((unsigned char)*lx->p) && *lx->p != ';' && *lx->p != '\'')
-            *lx->out++ = *lx->p++;
-    }
-    *lx->out++ = '\0';
-    return start;
-}
-
-static bool is_kw(const char *tok, bool quoted, const char *kw)
-{
-    return tok != NULL && !quoted && strcasecmp(tok, kw) == 0;
-}
-
-/* True when only an optional ";" is left. */
-static bool lex_at_end(lexer_t *lx, bool *bad)
-{
-    bool quoted;
-    const char *t = lex_next(lx, &quoted, bad);
-
-    if (t != NULL && !quoted && strcmp(t, ";") == 0)
-        t = lex_next(lx, &quoted, bad);
-    return t == NULL && !*bad;
-}
-
-int mig_cmd_parse(const char *sql, mig_cmd_t *out, char **storage, char **err)
-{
-    lexer_t lx;
-    const char *t1, *t2, *tenant, *store;
-    bool q1, q2, qt, qs, bad = false;
-
-    *storage = cm_xmalloc(2 * strlen(sql) + 8);
-    lx.p = sql;
-    lx.out = *storage;
-    memset(out, 0, sizeof(*out));
-    t1 = lex_next(&lx, &q1, &bad);
-    t2 = lex_next(&lx, &q2, &bad);
-    if (is_kw(t1, q1, "SHOW") && (is_kw(t2, q2, "ROUTES") || is_kw(t2, q2, "TENANTS"))) {
-        if (!lex_at_end(&lx, &bad)) {
-            *err = cm_xasprintf("syntax error: SHOW %s takes no arguments", t2);
-            return -EINVAL;
-        }
-        out->kind = is_kw(t2, q2, "ROUTES") ? MIG_CMD_SHOW_ROUTES : MIG_CMD_SHOW_TENANTS;
-        return 0;
-    }
-    if (is_kw(t1, q1, "ROUTE")) {
-        const char *to;
-        bool qto;
-
-        if (!is_kw(t2, q2, "TENANT"))
-            goto route_syntax;
-        tenant = lex_next(&lx, &qt, &bad);
-        to = lex_next(&lx, &qto, &bad);
-        store = lex_next(&lx, &qs, &bad);
-        if (tenant == NULL || *tenant == '\0' || (!qt && strcmp(tenant, ";") == 0) ||
-            !is_kw(to, qto, "TO") || store == NULL || *store == '\0' ||
-            (!qs && strcmp(store, ";") == 0) || !lex_at_end(&lx, &bad))
-            goto route_syntax;
-        out->kind = MIG_CMD_ROUTE_TENANT;
-        out->tenant = tenant;
-        out->store = store;
-        return 0;
-    route_syntax:
-        *err = cm_xstrdup(bad ? "syntax error: unterminated quoted string"
-                              : "syntax error: expected ROUTE TENANT 'tenant' TO 'store'");
-        return -EINVAL;
-    }
-    return 1;
-}
 
 /* ---- helpers ----------------------------------------------------------------- */
 
@@ -173,7 +62,7 @@ char *mig_quote_ident(PGconn *c, const char *name)
  * table or column does not exist on that store, or the tenant value is not
  * valid for the column's type (a non-uuid tenant against a uuid column).
  */
-static bool is_no_rows_error(const PGresult *res)
+bool mig_is_no_rows_error(const PGresult *res)
 {
     const char *s = mig_pq_sqlstate(res);
 
@@ -182,7 +71,7 @@ static bool is_no_rows_error(const PGresult *res)
 }
 
 /* (Re)connect the worker's control connection when needed. Returns NULL or an error result. */
-static mig_result_t *ensure_control(const mig_env_t *env, PGconn **control)
+mig_result_t *mig_ensure_control(const mig_env_t *env, PGconn **control)
 {
     char *err = NULL;
     int rc;
@@ -209,12 +98,12 @@ static mig_result_t *ensure_control(const mig_env_t *env, PGconn **control)
  * Run sql on the control connection. Returns the result (owned), or NULL
  * with *fail set to an error result; a broken connection is finished.
  */
-static PGresult *control_exec(const mig_env_t *env, PGconn **control, const char *sql, int n_params,
-                              const char *const *params, mig_result_t **fail)
+PGresult *mig_control_exec(const mig_env_t *env, PGconn **control, const char *sql, int n_params,
+                           const char *const *params, mig_result_t **fail)
 {
     PGresult *res;
 
-    *fail = ensure_control(env, control);
+    *fail = mig_ensure_control(env, control);
     if (*fail != NULL)
         return NULL;
     res = mig_pq_exec(*control, env->latch, QUERY_TIMEOUT_MS, sql, n_params, params);
@@ -239,7 +128,7 @@ static PGresult *control_exec(const mig_env_t *env, PGconn **control, const char
     return res;
 }
 
-static mig_result_t *connect_store(const mig_env_t *env, int idx, PGconn **out)
+mig_result_t *mig_connect_store(const mig_env_t *env, int idx, PGconn **out)
 {
     char *err = NULL;
     mig_result_t *r;
@@ -261,10 +150,10 @@ static mig_result_t *show_routes(const mig_env_t *env, PGconn **control)
     mig_result_t *fail, *r;
     PGresult *res;
 
-    res = control_exec(env, control,
-                       "SELECT tenant, store, state, migration_id, version FROM pgshift.routes "
-                       "ORDER BY tenant",
-                       0, NULL, &fail);
+    res = mig_control_exec(env, control,
+                           "SELECT tenant, store, state, migration_id, version FROM pgshift.routes "
+                           "ORDER BY tenant",
+                           0, NULL, &fail);
     if (res == NULL)
         return fail;
     r = mig_result_new("SHOW", CM_ARRAY_LEN(cols), cols);
@@ -330,7 +219,7 @@ static bool count_store(const mig_env_t *env, int idx, fact_list_t *facts)
 {
     PGconn *c = NULL;
     PGresult *res;
-    mig_result_t *fail = connect_store(env, idx, &c);
+    mig_result_t *fail = mig_connect_store(env, idx, &c);
     bool ok = true;
 
     if (fail != NULL) {
@@ -362,7 +251,7 @@ static bool count_store(const mig_env_t *env, int idx, fact_list_t *facts)
                 f->store_idx = idx;
                 f->rows = strtoll(PQgetvalue(res, i, 1), NULL, 10);
             }
-        } else if (!is_no_rows_error(res)) {
+        } else if (!mig_is_no_rows_error(res)) {
             ok = false; /* statement timeout, permissions, ...: unknown */
         }
         PQclear(res);
@@ -381,9 +270,9 @@ static mig_result_t *show_tenants(const mig_env_t *env, PGconn **control)
     const char **cells = cm_xcalloc(n_cols, sizeof(char *));
     char **owned = cm_xcalloc(n_cols, sizeof(char *));
 
-    routes = control_exec(env, control,
-                          "SELECT tenant, store, state, migration_id::text FROM pgshift.routes", 0,
-                          NULL, &fail);
+    routes = mig_control_exec(env, control,
+                              "SELECT tenant, store, state, migration_id::text FROM pgshift.routes",
+                              0, NULL, &fail);
     if (routes == NULL) {
         r = fail;
         goto out;
@@ -462,7 +351,7 @@ out:
 static mig_result_t *refuse_if_rows(const mig_env_t *env, int idx, const char *tenant)
 {
     PGconn *c = NULL;
-    mig_result_t *r = connect_store(env, idx, &c);
+    mig_result_t *r = mig_connect_store(env, idx, &c);
 
     if (r != NULL)
         return r;
@@ -484,7 +373,7 @@ static mig_result_t *refuse_if_rows(const mig_env_t *env, int idx, const char *t
                                      "tenant \"%s\" has rows in table \"%s\" on store \"%s\": "
                                      "use MIGRATE TENANT to move a tenant that has data",
                                      tenant, env->tables[t], env->store_names[idx]);
-        } else if (!is_no_rows_error(res)) {
+        } else if (!mig_is_no_rows_error(res)) {
             char *m = mig_pq_errmsg(c, res);
 
             r = mig_result_error("55000", "cannot check table \"%s\" on store \"%s\": %s",
@@ -512,12 +401,12 @@ static mig_result_t *route_tenant(const mig_env_t *env, PGconn **control, const 
 
     if (target < 0)
         return mig_result_error("42704", "store \"%s\" does not exist", store);
-    res = control_exec(env, control,
-                       "SELECT r.store, r.state, "
-                       "       (SELECT min(id) FROM pgshift.migrations m WHERE m.tenant = $1 "
-                       "        AND m.phase NOT IN ('COMPLETED', 'ABORTED', 'FAILED')) "
-                       "FROM (SELECT 1) one LEFT JOIN pgshift.routes r ON r.tenant = $1",
-                       1, params, &fail);
+    res = mig_control_exec(env, control,
+                           "SELECT r.store, r.state, "
+                           "       (SELECT min(id) FROM pgshift.migrations m WHERE m.tenant = $1 "
+                           "        AND m.phase NOT IN ('COMPLETED', 'ABORTED', 'FAILED')) "
+                           "FROM (SELECT 1) one LEFT JOIN pgshift.routes r ON r.tenant = $1",
+                           1, params, &fail);
     if (res == NULL)
         return fail;
     if (!PQgetisnull(res, 0, 2) ||
@@ -542,16 +431,16 @@ static mig_result_t *route_tenant(const mig_env_t *env, PGconn **control, const 
     if (r != NULL)
         return r;
     /* The state guard repeats the check above against a MIGRATE that raced us. */
-    res = control_exec(env, control,
-                       "INSERT INTO pgshift.routes AS r (tenant, store) "
-                       "SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM pgshift.migrations m "
-                       "    WHERE m.tenant = $1 AND m.phase NOT IN ('COMPLETED', 'ABORTED', "
-                       "    'FAILED')) "
-                       "ON CONFLICT (tenant) DO UPDATE SET store = EXCLUDED.store, "
-                       "    version = r.version + 1, updated_at = now() "
-                       "    WHERE r.state = 'normal' "
-                       "RETURNING tenant, store, version::text",
-                       2, params, &fail);
+    res = mig_control_exec(env, control,
+                           "INSERT INTO pgshift.routes AS r (tenant, store) "
+                           "SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM pgshift.migrations m "
+                           "    WHERE m.tenant = $1 AND m.phase NOT IN ('COMPLETED', 'ABORTED', "
+                           "    'FAILED')) "
+                           "ON CONFLICT (tenant) DO UPDATE SET store = EXCLUDED.store, "
+                           "    version = r.version + 1, updated_at = now() "
+                           "    WHERE r.state = 'normal' "
+                           "RETURNING tenant, store, version::text",
+                           2, params, &fail);
     if (res == NULL)
         return fail;
     if (PQntuples(res) != 1) {
@@ -578,7 +467,16 @@ mig_result_t *mig_admin_execute(const mig_env_t *env, PGconn **control, const mi
         return show_tenants(env, control);
     case MIG_CMD_ROUTE_TENANT:
         return route_tenant(env, control, req->tenant, req->store);
-    case MIG_CMD_LOOKUP_KEY: /* the lookup worker's, never queued here */
+    case MIG_CMD_MIGRATE:
+    case MIG_CMD_SHOW_MIGRATIONS:
+    case MIG_CMD_SHOW_MIGRATION:
+    case MIG_CMD_PAUSE_MIGRATION:
+    case MIG_CMD_RESUME_MIGRATION:
+    case MIG_CMD_ABORT_MIGRATION:
+    case MIG_CMD_SHOW_AUDIT:
+        return mig_migration_execute(env, control, req);
+    case MIG_CMD_LOOKUP_KEY:      /* the lookup worker's, never queued here */
+    case MIG_CMD_WATCH_MIGRATION: /* the watch worker's */
     default:
         BUG_ON(1, "bad command kind %d", (int)req->kind);
     }

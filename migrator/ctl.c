@@ -28,16 +28,33 @@ typedef struct pending {
     uint64_t id;
     void *cookie;
     bool is_cancelled;
+    atomic_bool *cancelled; /* WATCH: tells the watch worker; owned here */
 } pending_t;
 
+/* The runner thread of one migration (copy.c). Listener thread only, and stop. */
+typedef struct runner {
+    struct runner *next;
+    struct mig_ctl *m;
+    int64_t id;
+    uv_thread_t thread;
+    atomic_bool done;
+} runner_t;
+
+typedef enum worker_kind {
+    WK_ADMIN,  /* admin commands, one at a time */
+    WK_LOOKUP, /* MIG_CMD_LOOKUP_KEY */
+    WK_WATCH,  /* WATCH MIGRATION streams */
+} worker_kind_t;
+
 /*
- * A worker thread and its request queue (loop -> worker). Two of them: the
+ * A worker thread and its request queue (loop -> worker). Three of them: the
  * admin worker runs admin commands one at a time; the lookup worker answers
- * MIG_CMD_LOOKUP_KEY, so routing never waits behind a slow admin command.
+ * MIG_CMD_LOOKUP_KEY, so routing never waits behind a slow admin command;
+ * the watch worker streams WATCH MIGRATION rows.
  */
 typedef struct worker {
     struct mig_ctl *m;
-    bool is_lookup;
+    worker_kind_t kind;
     uv_mutex_t lock; /* guards head/tail */
     uv_cond_t cond;
     mig_request_t *head;
@@ -54,7 +71,9 @@ struct mig_ctl {
 
     worker_t admin;
     worker_t lookup;
+    worker_t watch;
     atomic_bool want_stop; /* also signalled through env.latch */
+    runner_t *runners;     /* listener thread only (and mig_ctl_stop after joining it) */
 
     uv_thread_t listener;
     PGconn *listen_conn; /* handed from mig_ctl_start to the listener thread */
@@ -87,14 +106,22 @@ static void ctl_deliver(void *arg, mig_event_t *ev)
             pp = &(*pp)->next;
         p = *pp;
         BUG_ON(p == NULL, "reply to unknown request %llu", (unsigned long long)ev->request_id);
-        *pp = p->next;
         ev->cookie = p->cookie;
-        if (p->is_cancelled) {
+        if (!ev->result->more) {
+            /* The last (usually only) reply of this request. */
+            *pp = p->next;
+            if (p->is_cancelled) {
+                free(p->cancelled);
+                free(p);
+                mig_event_free(ev);
+                return;
+            }
+            free(p->cancelled);
             free(p);
+        } else if (p->is_cancelled) {
             mig_event_free(ev);
             return;
         }
-        free(p);
     }
     m->cb(m->arg, ev);
 }
@@ -160,6 +187,77 @@ static bool should_stop(mig_ctl_t *m)
     return atomic_load(&m->want_stop);
 }
 
+/* ---- runners ------------------------------------------------------------------------ */
+
+static void runner_thread(void *arg)
+{
+    runner_t *rn = arg;
+
+    mig_runner_main(&rn->m->env, rn->id);
+    atomic_store(&rn->done, true);
+}
+
+/* Join the runners that ended. */
+static void runners_reap(mig_ctl_t *m, bool all)
+{
+    runner_t **pp = &m->runners;
+
+    while (*pp != NULL) {
+        runner_t *rn = *pp;
+
+        if (all || atomic_load(&rn->done)) {
+            uv_thread_join(&rn->thread);
+            *pp = rn->next;
+            free(rn);
+        } else {
+            pp = &rn->next;
+        }
+    }
+}
+
+/*
+ * Start a runner for every migration that needs one and has none here (the
+ * runner itself makes sure only one process works on it). Listener thread.
+ * Returns 0, or -1 when c broke.
+ */
+static int runners_sync(mig_ctl_t *m, PGconn *c)
+{
+    PGresult *res;
+
+    runners_reap(m, false);
+    res = mig_pq_exec(c, m->env.latch, CONNECT_TIMEOUT_MS, MIG_RUNNABLE_SQL, 0, NULL);
+    if (res == NULL)
+        return -1;
+    if (!mig_pq_ok(res)) {
+        PQclear(res);
+        return 0;
+    }
+    for (int i = 0; i < PQntuples(res) && !should_stop(m); i++) {
+        int64_t id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+        runner_t *rn;
+
+        for (rn = m->runners; rn != NULL; rn = rn->next)
+            if (rn->id == id)
+                break;
+        if (rn != NULL)
+            continue;
+        rn = cm_xcalloc(1, sizeof(*rn));
+        rn->m = m;
+        rn->id = id;
+        atomic_init(&rn->done, false);
+        if (uv_thread_create(&rn->thread, runner_thread, rn) != 0) {
+            LOG_ERROR(LOG_CTX, "cannot start the runner of migration %lld", (long long)id);
+            free(rn);
+            continue;
+        }
+        rn->next = m->runners;
+        m->runners = rn;
+        LOG_DEBUG(LOG_CTX, "runner of migration %lld started", (long long)id);
+    }
+    PQclear(res);
+    return 0;
+}
+
 /*
  * Serve one connection until it breaks or we stop. Returns true when
  * stopping. On return the connection is finished.
@@ -168,6 +266,10 @@ static bool listen_on(mig_ctl_t *m, PGconn *c)
 {
     uint64_t last_activity = cm_now_ms();
 
+    if (runners_sync(m, c) != 0) {
+        PQfinish(c);
+        return should_stop(m);
+    }
     while (!should_stop(m)) {
         int r;
 
@@ -175,7 +277,7 @@ static bool listen_on(mig_ctl_t *m, PGconn *c)
         if (PQconsumeInput(c) == 0)
             break;
         if (drain_notifies(c)) {
-            if (publish_routes(m, c) != 0)
+            if (publish_routes(m, c) != 0 || runners_sync(m, c) != 0)
                 break;
             last_activity = cm_now_ms();
             continue; /* more may have come in during the reload */
@@ -198,6 +300,8 @@ static bool listen_on(mig_ctl_t *m, PGconn *c)
                 break;
             }
             PQclear(res);
+            if (runners_sync(m, c) != 0)
+                break;
             last_activity = cm_now_ms();
         }
     }
@@ -261,6 +365,7 @@ static void request_free(mig_request_t *r)
     free(r->reason);
     free(r->key_column);
     free(r->key_value);
+    free(r->options);
     free(r);
 }
 
@@ -284,19 +389,141 @@ static mig_request_t *worker_next(worker_t *w)
     return req;
 }
 
+/* ---- the watch worker --------------------------------------------------------------- */
+
+#define WATCH_INTERVAL_MS 1000
+
+typedef struct watch {
+    struct watch *next;
+    uint64_t request_id;
+    int64_t migration_id;
+    atomic_bool *cancelled; /* owned by the loop's pending entry */
+    uint64_t due_ms;
+} watch_t;
+
+static void watch_reply(mig_ctl_t *m, uint64_t request_id, mig_result_t *res)
+{
+    mig_event_t *ev = event_new(MIG_EV_REPLY);
+
+    ev->request_id = request_id;
+    ev->result = res;
+    mig_outbox_push(&m->outbox, ev);
+}
+
+/*
+ * WATCH MIGRATION: every active watch gets the status row once a second
+ * (more = true) until the migration is terminal (last row, more = false) or
+ * the loop cancels the cookie (an empty last event, which the loop drops).
+ */
+static void watch_main(void *arg)
+{
+    worker_t *w = arg;
+    mig_ctl_t *m = w->m;
+    PGconn *control = NULL;
+    watch_t *watches = NULL;
+
+    for (;;) {
+        mig_request_t *req;
+        uint64_t now, next_due = UINT64_MAX;
+
+        uv_mutex_lock(&w->lock);
+        while (!should_stop(m) && w->head == NULL && watches == NULL)
+            uv_cond_wait(&w->cond, &w->lock);
+        req = w->head;
+        w->head = w->tail = NULL;
+        uv_mutex_unlock(&w->lock);
+        if (should_stop(m)) {
+            while (req != NULL) {
+                mig_request_t *n = req->next;
+
+                request_free(req);
+                req = n;
+            }
+            break;
+        }
+        while (req != NULL) {
+            mig_request_t *n = req->next;
+            watch_t *wt = cm_xcalloc(1, sizeof(*wt));
+
+            wt->request_id = req->id;
+            wt->migration_id = req->migration_id;
+            wt->cancelled = req->cancelled;
+            wt->due_ms = cm_now_ms();
+            wt->next = watches;
+            watches = wt;
+            request_free(req);
+            req = n;
+        }
+        now = cm_now_ms();
+        for (watch_t **pp = &watches; *pp != NULL;) {
+            watch_t *wt = *pp;
+            bool end = false;
+
+            if (atomic_load(wt->cancelled)) {
+                mig_result_t *res = mig_result_new("WATCH", 0, NULL);
+
+                watch_reply(m, wt->request_id, res);
+                end = true;
+            } else if (now >= wt->due_ms) {
+                bool terminal = false;
+                mig_result_t *res =
+                    mig_migration_status(&m->env, &control, wt->migration_id, &terminal);
+
+                if (res->err_sqlstate == NULL) {
+                    free(res->tag);
+                    res->tag = cm_xstrdup("WATCH");
+                    res->more = !terminal;
+                }
+                end = res->err_sqlstate != NULL || terminal;
+                watch_reply(m, wt->request_id, res);
+                wt->due_ms += WATCH_INTERVAL_MS;
+                if (wt->due_ms <= now)
+                    wt->due_ms = now + WATCH_INTERVAL_MS;
+            }
+            if (end) {
+                *pp = wt->next;
+                free(wt);
+            } else {
+                next_due = CM_MIN(next_due, wt->due_ms);
+                pp = &wt->next;
+            }
+        }
+        if (watches != NULL) {
+            now = cm_now_ms();
+            uv_mutex_lock(&w->lock);
+            if (!should_stop(m) && w->head == NULL && next_due > now)
+                (void)uv_cond_timedwait(&w->cond, &w->lock,
+                                        (uint64_t)CM_MIN(next_due - now, 200) * 1000000u);
+            uv_mutex_unlock(&w->lock);
+        }
+    }
+    while (watches != NULL) {
+        watch_t *n = watches->next;
+
+        free(watches);
+        watches = n;
+    }
+    if (control != NULL)
+        PQfinish(control);
+}
+
 static void worker_main(void *arg)
 {
     worker_t *w = arg;
     mig_ctl_t *m = w->m;
     PGconn *control = NULL;
-    mig_lookup_t *lk = w->is_lookup ? mig_lookup_new(&m->env) : NULL;
+    mig_lookup_t *lk = w->kind == WK_LOOKUP ? mig_lookup_new(&m->env) : NULL;
     mig_request_t *req;
 
+    if (w->kind == WK_WATCH) {
+        watch_main(arg);
+        return;
+    }
     while ((req = worker_next(w)) != NULL) {
         mig_event_t *ev = event_new(MIG_EV_REPLY);
 
         ev->request_id = req->id;
-        if (w->is_lookup)
+        if (w->kind == WK_LOOKUP)
             ev->result = mig_lookup_execute(lk, req);
         else
             ev->result = mig_admin_execute(&m->env, &control, req);
@@ -308,12 +535,12 @@ static void worker_main(void *arg)
     mig_lookup_free(lk);
 }
 
-static int worker_init(worker_t *w, mig_ctl_t *m, bool is_lookup)
+static int worker_init(worker_t *w, mig_ctl_t *m, worker_kind_t kind)
 {
     int rc;
 
     w->m = m;
-    w->is_lookup = is_lookup;
+    w->kind = kind;
     rc = uv_mutex_init(&w->lock);
     if (rc != 0)
         return rc;
@@ -377,6 +604,8 @@ static void env_destroy(mig_env_t *e)
     free(e->tables);
     free(e->tenant_column);
     free(e->default_store);
+    free(e->position_column);
+    free(e->row_key);
     if (e->latch >= 0)
         close(e->latch);
 }
@@ -385,10 +614,12 @@ static void ctl_free(mig_ctl_t *m)
 {
     worker_destroy(&m->admin);
     worker_destroy(&m->lookup);
+    worker_destroy(&m->watch);
     while (m->pending != NULL) {
         pending_t *p = m->pending;
 
         m->pending = p->next;
+        free(p->cancelled);
         free(p);
     }
     env_destroy(&m->env);
@@ -439,17 +670,27 @@ int mig_ctl_start(uv_loop_t *loop, const char *control_conninfo, const char *con
         e->tables[i] = cm_xstrdup(tenancy->tables[i]);
     e->tenant_column = cm_xstrdup(tenancy->tenant_column);
     e->default_store = cm_xstrdup(tenancy->default_store);
+    e->position_column =
+        cm_xstrdup(tenancy->position_column ? tenancy->position_column : "global_position");
+    e->row_key = cm_xstrdup(tenancy->row_key ? tenancy->row_key : "event_id");
+    if (tenancy->defaults != NULL)
+        e->defaults = *tenancy->defaults;
+    else
+        mig_settings_default(&e->defaults);
     m->cb = cb;
     m->arg = arg;
     m->next_request_id = 1;
     atomic_init(&m->want_stop, false);
 
-    rc = worker_init(&m->admin, m, false);
+    rc = worker_init(&m->admin, m, WK_ADMIN);
     if (rc != 0)
         goto fail_mutex;
-    rc = worker_init(&m->lookup, m, true);
+    rc = worker_init(&m->lookup, m, WK_LOOKUP);
     if (rc != 0)
         goto fail_cond;
+    rc = worker_init(&m->watch, m, WK_WATCH);
+    if (rc != 0)
+        goto fail_watch;
     rc = mig_latch_new();
     if (rc < 0)
         goto fail_latch;
@@ -486,14 +727,20 @@ int mig_ctl_start(uv_loop_t *loop, const char *control_conninfo, const char *con
     if (rc == 0) {
         m->admin.is_running = true;
         rc = uv_thread_create(&m->lookup.thread, worker_main, &m->lookup);
+    }
+    if (rc == 0) {
+        m->lookup.is_running = true;
+        rc = uv_thread_create(&m->watch.thread, worker_main, &m->watch);
         if (rc == 0)
-            m->lookup.is_running = true;
+            m->watch.is_running = true;
     }
     if (rc != 0) {
         atomic_store(&m->want_stop, true);
         mig_latch_set(e->latch);
         uv_thread_join(&m->listener); /* it finishes c */
+        runners_reap(m, true);
         worker_stop(&m->admin);
+        worker_stop(&m->lookup);
         c = NULL;
         goto fail_threads;
     }
@@ -513,6 +760,8 @@ fail_setup:
 fail_connect:
     free(err);
 fail_latch:
+    worker_destroy(&m->watch);
+fail_watch:
     worker_destroy(&m->lookup);
 fail_cond:
     worker_destroy(&m->admin);
@@ -534,6 +783,7 @@ void mig_ctl_request(mig_ctl_t *m, const mig_cmd_t *cmd, void *cookie)
     r->store = cmd->store ? cm_xstrdup(cmd->store) : NULL;
     r->user = cmd->user ? cm_xstrdup(cmd->user) : NULL;
     r->reason = cmd->reason ? cm_xstrdup(cmd->reason) : NULL;
+    r->options = cmd->options ? cm_xstrdup(cmd->options) : NULL;
     r->key_column = cmd->key_column ? cm_xstrdup(cmd->key_column) : NULL;
     r->key_value = cmd->key_value ? cm_xstrdup(cmd->key_value) : NULL;
     r->migration_id = cmd->migration_id;
@@ -541,6 +791,13 @@ void mig_ctl_request(mig_ctl_t *m, const mig_cmd_t *cmd, void *cookie)
         BUG_ON(r->tenant == NULL || r->store == NULL, "ROUTE TENANT without tenant or store");
     if (cmd->kind == MIG_CMD_LOOKUP_KEY)
         BUG_ON(r->key_column == NULL || r->key_value == NULL, "LOOKUP_KEY without key");
+    if (cmd->kind == MIG_CMD_MIGRATE)
+        BUG_ON(r->tenant == NULL || r->store == NULL, "MIGRATE without tenant or store");
+    if (cmd->kind == MIG_CMD_WATCH_MIGRATION) {
+        p->cancelled = cm_xmalloc(sizeof(*p->cancelled));
+        atomic_init(p->cancelled, false);
+        r->cancelled = p->cancelled;
+    }
 
     /* Appended at the tail: replies mostly come back in order, so lookups stay short. */
     p->id = r->id;
@@ -549,14 +806,20 @@ void mig_ctl_request(mig_ctl_t *m, const mig_cmd_t *cmd, void *cookie)
         ;
     *pp = p;
 
-    worker_push(cmd->kind == MIG_CMD_LOOKUP_KEY ? &m->lookup : &m->admin, r);
+    worker_push(cmd->kind == MIG_CMD_LOOKUP_KEY        ? &m->lookup
+                : cmd->kind == MIG_CMD_WATCH_MIGRATION ? &m->watch
+                                                       : &m->admin,
+                r);
 }
 
 void mig_ctl_cancel(mig_ctl_t *m, void *cookie)
 {
     for (pending_t *p = m->pending; p != NULL; p = p->next)
-        if (p->cookie == cookie)
+        if (p->cookie == cookie) {
             p->is_cancelled = true;
+            if (p->cancelled != NULL)
+                atomic_store(p->cancelled, true);
+        }
 }
 
 void mig_ctl_stop(mig_ctl_t *m)
@@ -566,8 +829,10 @@ void mig_ctl_stop(mig_ctl_t *m)
     atomic_store(&m->want_stop, true);
     mig_latch_set(m->env.latch);
     uv_thread_join(&m->listener);
+    runners_reap(m, true); /* the latch is set: each runner ends promptly */
     worker_stop(&m->admin);
     worker_stop(&m->lookup);
+    worker_stop(&m->watch);
     /* No thread is left to push: the close callback frees what is queued, then m. */
     mig_outbox_close(&m->outbox, ctl_closed_cb);
 }

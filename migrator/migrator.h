@@ -12,6 +12,7 @@
 #ifndef PGSHIFT_MIGRATOR_H
 #define PGSHIFT_MIGRATOR_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -23,6 +24,15 @@
  * (only when n_cols > 0), DataRow * n_rows and CommandComplete(tag); or, when
  * err_sqlstate is set, into one ErrorResponse (then n_cols == n_rows == 0).
  * All cells are text.
+ *
+ * Streaming (WATCH MIGRATION): one request may be answered by several
+ * MIG_EV_REPLY events with the same cookie. Every one but the last has
+ * more == true; together they are ONE result set: each carries the same
+ * columns (send the RowDescription once, for the first), its rows are
+ * DataRows in order, and the last one (more == false) ends it with
+ * CommandComplete(tag) - it may have no rows. An error event (err_sqlstate
+ * set) is always the last one (more == false), possibly after rows were
+ * streamed. Every other command answers with exactly one event, more == false.
  */
 typedef struct mig_result {
     size_t n_cols;
@@ -32,6 +42,7 @@ typedef struct mig_result {
     char *tag;          /* owned: CommandComplete tag, e.g. "SHOW" or "ROUTE"; NULL on error */
     char *err_sqlstate; /* owned: five characters, set on failure */
     char *err_message;  /* owned: primary message, set on failure */
+    bool more;          /* another event of this result set follows (WATCH) */
 } mig_result_t;
 
 /* Frees r and everything it owns; NULL is fine. */
@@ -74,16 +85,41 @@ void mig_event_free(mig_event_t *ev);
 typedef void (*mig_event_cb)(void *arg, mig_event_t *ev);
 
 /*
+ * Per-migration settings: the [migration] section gives the defaults, and
+ * MIGRATE ... WITH (key = value, ...) overrides them for one migration.
+ */
+typedef struct mig_settings {
+    int batch_size;                 /* 1000, 1..1000000 rows per copy batch */
+    int max_bulk_copy_rate;         /* 10000 rows/s over all tenant tables, 0 = unlimited */
+    int dual_write_timeout_minutes; /* 30, 1..10080 (issue #5) */
+    int cutover_max_lag_events;     /* 100 (issue #5) */
+    int cutover_timeout_ms;         /* 500, 1..600000 (issue #5) */
+    bool position_mapping_enabled;  /* true: map positions when they could collide */
+    bool verify_consistency;        /* true (issue #5) */
+    bool migrate_subscriptions;     /* true (issue #5) */
+    bool auto_cutover;              /* false (issue #5) */
+} mig_settings_t;
+
+/* The built-in defaults above. */
+void mig_settings_default(mig_settings_t *s);
+
+/*
  * Which tables hold tenant data, and where tenants without a route live.
  * From cfg_t: tables = split(tenant_tables, ','), tenant_column,
- * default_store = the resolved default store name. Everything is borrowed
- * by mig_ctl_start, which copies it.
+ * default_store = the resolved default store name, position_column and
+ * row_key from [tenancy], defaults from [migration] (cfg->mig_*).
+ * Everything is borrowed by mig_ctl_start, which copies it. NULL for
+ * position_column / row_key / defaults means "global_position" / "event_id"
+ * / mig_settings_default().
  */
 typedef struct mig_tenancy {
     size_t n_tables;
-    const char *const *tables; /* "events", or "schema.table" */
-    const char *tenant_column; /* "tenant_id" */
-    const char *default_store; /* must be one of the store names */
+    const char *const *tables;      /* "events", or "schema.table" */
+    const char *tenant_column;      /* "tenant_id" */
+    const char *default_store;      /* must be one of the store names */
+    const char *position_column;    /* "global_position" */
+    const char *row_key;            /* "event_id" */
+    const mig_settings_t *defaults; /* [migration] */
 } mig_tenancy_t;
 
 /* Admin commands the migrator executes. */
@@ -102,7 +138,26 @@ typedef enum mig_cmd_kind {
      * other store had the key. Tag "LOOKUP".
      */
     MIG_CMD_LOOKUP_KEY,
-    /* TODO(#4): MIGRATE TENANT, SHOW MIGRATIONS, SHOW MIGRATION, PAUSE/RESUME/ABORT, SHOW AUDIT */
+    /*
+     * MIGRATE TENANT 'tenant' TO 'store' [WITH (key = value, ...)]: checks the
+     * preconditions (each refusal changes nothing), records the migration in
+     * PENDING and answers (migration_id, tenant, source_store, target_store,
+     * phase), tag "MIGRATE". The copy then runs on its own thread. options is
+     * the WITH list as "key=value,key=value" (validated by mig_cmd_parse).
+     */
+    MIG_CMD_MIGRATE,
+    MIG_CMD_SHOW_MIGRATIONS,  /* SHOW MIGRATIONS: one row per migration, newest first */
+    MIG_CMD_SHOW_MIGRATION,   /* SHOW MIGRATION id: one wide status row (see migrate.c) */
+    MIG_CMD_PAUSE_MIGRATION,  /* PAUSE MIGRATION id ['reason'] */
+    MIG_CMD_RESUME_MIGRATION, /* RESUME MIGRATION id */
+    MIG_CMD_ABORT_MIGRATION,  /* ABORT MIGRATION id ['reason']: answers once the target is clean */
+    MIG_CMD_SHOW_AUDIT,       /* SHOW AUDIT id: the audit log of one migration, oldest first */
+    /*
+     * WATCH MIGRATION id: the SHOW MIGRATION row once a second, streamed
+     * (mig_result_t.more) until the migration is terminal (then a last row and
+     * more == false, tag "WATCH") or mig_ctl_cancel drops the cookie.
+     */
+    MIG_CMD_WATCH_MIGRATION,
 } mig_cmd_kind_t;
 
 /*
@@ -111,13 +166,14 @@ typedef enum mig_cmd_kind {
  */
 typedef struct mig_cmd {
     mig_cmd_kind_t kind;
-    const char *tenant;     /* ROUTE TENANT */
-    const char *store;      /* ROUTE TENANT */
-    int64_t migration_id;   /* reserved for the migration commands */
-    const char *reason;     /* reserved: ABORT MIGRATION id 'reason' */
+    const char *tenant;     /* ROUTE TENANT, MIGRATE */
+    const char *store;      /* ROUTE TENANT, MIGRATE (the target) */
+    int64_t migration_id;   /* the ... MIGRATION id and SHOW AUDIT id commands */
+    const char *reason;     /* PAUSE / ABORT MIGRATION id 'reason'; may be NULL */
     const char *user;       /* the admin user, for the audit log; may be NULL */
     const char *key_column; /* LOOKUP_KEY: e.g. "aggregate_id" */
     const char *key_value;  /* LOOKUP_KEY: the value, as text */
+    const char *options;    /* MIGRATE: "batch_size=500,max_bulk_copy_rate=0", or NULL */
 } mig_cmd_t;
 
 /*
@@ -125,8 +181,9 @@ typedef struct mig_cmd {
  * store as 'quoted' literals or bare identifiers, an optional trailing ';').
  * Returns 0 and fills *out, whose strings point into *storage (owned by the
  * caller, free() it, even on error); 1 when the statement is not a migrator
- * command (nothing allocated); -EINVAL for a migrator command with bad
- * syntax, with *err an owned message (free()).
+ * command (nothing allocated; e.g. the proxy's own PAUSE [timeout] and
+ * RESUME); -EINVAL for a migrator command with bad syntax or a bad WITH
+ * option (the message names the key), with *err an owned message (free()).
  */
 int mig_cmd_parse(const char *sql, mig_cmd_t *out, char **storage, char **err) MUST_CHECK;
 

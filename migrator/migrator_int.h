@@ -96,7 +96,7 @@ char *mig_pq_errmsg(PGconn *c, const PGresult *res);
 
 /* ---- control schema -------------------------------------------------------- */
 
-#define MIG_SCHEMA_VERSION 1 /* the newest version this build creates */
+#define MIG_SCHEMA_VERSION 2 /* the newest version this build creates */
 #define MIG_ROUTES_CHANNEL "pgshift_routes"
 
 /*
@@ -134,8 +134,10 @@ typedef struct mig_request {
     char *user;
     int64_t migration_id;
     char *reason;
-    char *key_column; /* LOOKUP_KEY */
-    char *key_value;  /* LOOKUP_KEY */
+    char *key_column;       /* LOOKUP_KEY */
+    char *key_value;        /* LOOKUP_KEY */
+    char *options;          /* MIGRATE: "key=value,..." */
+    atomic_bool *cancelled; /* WATCH: set by the loop (mig_ctl_cancel); owned by the loop */
 } mig_request_t;
 
 /* What the worker needs to run commands; read-only once the threads run. */
@@ -148,7 +150,10 @@ typedef struct mig_env {
     char **tables;
     char *tenant_column;
     char *default_store;
-    int latch; /* the owner's stop latch */
+    char *position_column;   /* "global_position" */
+    char *row_key;           /* "event_id" */
+    mig_settings_t defaults; /* [migration] */
+    int latch;               /* the owner's stop latch */
 } mig_env_t;
 
 /* Run one request on the worker thread; *control is the worker's lazily (re)connected
@@ -162,6 +167,59 @@ int mig_env_store_index(const mig_env_t *env, const char *name);
 char *mig_quote_table(PGconn *c, const char *table);
 /* An identifier quoted for SQL. Owned. */
 char *mig_quote_ident(PGconn *c, const char *name);
+
+/* ---- settings (cmd.c) ------------------------------------------------------- */
+
+/* Set one setting by name. Returns 0, or -EINVAL with *err naming the key (owned). */
+int mig_settings_set(mig_settings_t *s, const char *key, const char *value, char **err) MUST_CHECK;
+/* Apply "key=value,key=value" (NULL or "" = nothing). Same contract. */
+int mig_settings_apply_list(mig_settings_t *s, const char *list, char **err) MUST_CHECK;
+/* The settings as a JSON object, owned. */
+char *mig_settings_json(const mig_settings_t *s);
+
+/* ---- migrations: admin side (migrate.c), on the admin and watch workers ---- */
+
+/* MIGRATE, SHOW MIGRATIONS/MIGRATION/AUDIT, PAUSE/RESUME/ABORT MIGRATION. Owned result. */
+mig_result_t *mig_migration_execute(const mig_env_t *env, PGconn **control,
+                                    const mig_request_t *req);
+/*
+ * The SHOW MIGRATION row of migration id (an owned result, maybe an error);
+ * *terminal tells whether the migration is COMPLETED/ABORTED/FAILED with
+ * nothing left to clean.
+ */
+mig_result_t *mig_migration_status(const mig_env_t *env, PGconn **control, int64_t id,
+                                   bool *terminal);
+
+/* Control connection helpers shared by admin.c and migrate.c. */
+mig_result_t *mig_ensure_control(const mig_env_t *env, PGconn **control);
+PGresult *mig_control_exec(const mig_env_t *env, PGconn **control, const char *sql, int n_params,
+                           const char *const *params, mig_result_t **fail);
+/* Connect store idx (admin use). Returns NULL or an error result. */
+mig_result_t *mig_connect_store(const mig_env_t *env, int idx, PGconn **out);
+/* True for errors that mean "this tenant cannot have rows here". */
+bool mig_is_no_rows_error(const PGresult *res);
+
+/* ---- migrations: the runner (copy.c), one thread per active migration ----- */
+
+/*
+ * Which migrations need a runner: not terminal and not yet copied, or
+ * terminal with a target still to clean. sql for the listener's sync.
+ */
+#define MIG_RUNNABLE_SQL                                                              \
+    "SELECT id FROM pgshift.migrations WHERE (phase IN ('PENDING', 'BULK_COPY') AND " \
+    "bulk_copy_completed_at IS NULL) OR cleanup_pending ORDER BY id"
+
+/*
+ * Run migration id until it needs nothing more from this process (copy
+ * complete, or cleaned after ABORT/FAILED), or the latch is set. Only one
+ * runner in all pgshift processes works on a migration at a time (a session
+ * advisory lock on the control store); the others wait for it.
+ */
+void mig_runner_main(const mig_env_t *env, int64_t id);
+
+/* Wait until c's socket is ready for events (POLLIN/POLLOUT): 1 ready, 0 timeout, -1 latch/error.
+ */
+int mig_pq_wait(PGconn *c, short events, int latch, int timeout_ms);
 
 /* ---- key lookups (lookup.c), on the lookup thread only ------------------- */
 

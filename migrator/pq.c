@@ -88,6 +88,11 @@ static int wait_socket(PGconn *c, short events, int latch, uint64_t deadline)
     }
 }
 
+int mig_pq_wait(PGconn *c, short events, int latch, int timeout_ms)
+{
+    return wait_socket(c, events, latch, cm_now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0));
+}
+
 int mig_pq_wait_readable(PGconn *c, int latch, int timeout_ms)
 {
     return wait_socket(c, POLLIN, latch, cm_now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0));

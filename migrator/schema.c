@@ -114,6 +114,24 @@ static const schema_step_t schema_steps[] = {
       "    FOR EACH STATEMENT EXECUTE FUNCTION pgshift.notify_routes();\n"
       "CREATE TRIGGER migrations_notify AFTER INSERT OR DELETE OR UPDATE OF phase, target_store\n"
       "    ON pgshift.migrations FOR EACH ROW EXECUTE FUNCTION pgshift.notify_routes();\n" },
+    { 2,
+      /*
+       * Bulk copy (issue 4): the barrier the copy started from (an xid8:
+       * every source transaction below it had ended before the copy read
+       * anything; issue 5's hand-over sweeps what committed after it), the
+       * measured rate, what the runner is doing, who runs it, and whether
+       * the target still holds rows of an ABORTED/FAILED migration.
+       */
+      "ALTER TABLE pgshift.migrations\n"
+      "    ADD COLUMN copy_barrier_xid text,\n"
+      "    ADD COLUMN copy_barrier_at timestamptz,\n"
+      "    ADD COLUMN copy_rate double precision,\n"
+      "    ADD COLUMN status_detail text,\n"
+      "    ADD COLUMN runner text,\n"
+      "    ADD COLUMN paused_at timestamptz,\n"
+      "    ADD COLUMN cleanup_pending boolean NOT NULL DEFAULT false;\n"
+      "CREATE INDEX migrations_runnable ON pgshift.migrations (id)\n"
+      "    WHERE phase IN ('PENDING', 'BULK_COPY') OR cleanup_pending;\n" },
 };
 
 /* Run sql; on failure fill *err and return -EPROTO, or -ECONNRESET/-ECANCELED when c broke. */

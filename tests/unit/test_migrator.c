@@ -247,6 +247,124 @@ static void test_cmd_parse(void **state)
     }
 }
 
+static void test_cmd_parse_migrations(void **state)
+{
+    mig_cmd_t cmd;
+    char *storage = NULL, *err = NULL;
+
+    (void)state;
+    assert_int_equal(mig_cmd_parse("MIGRATE TENANT 'acme' TO 'b'", &cmd, &storage, &err), 0);
+    assert_int_equal(cmd.kind, MIG_CMD_MIGRATE);
+    assert_string_equal(cmd.tenant, "acme");
+    assert_string_equal(cmd.store, "b");
+    assert_null(cmd.options);
+    free(storage);
+    assert_int_equal(mig_cmd_parse("migrate tenant acme to b with (Batch_Size = 500, "
+                                   "max_bulk_copy_rate=0,position_mapping_enabled='off');",
+                                   &cmd, &storage, &err),
+                     0);
+    assert_string_equal(cmd.options, "batch_size=500,max_bulk_copy_rate=0,"
+                                     "position_mapping_enabled=off");
+    assert_string_equal(cmd.store, "b");
+    free(storage);
+    assert_int_equal(mig_cmd_parse("SHOW MIGRATIONS", &cmd, &storage, &err), 0);
+    assert_int_equal(cmd.kind, MIG_CMD_SHOW_MIGRATIONS);
+    free(storage);
+    assert_int_equal(mig_cmd_parse("show migration 42;", &cmd, &storage, &err), 0);
+    assert_int_equal(cmd.kind, MIG_CMD_SHOW_MIGRATION);
+    assert_int_equal(cmd.migration_id, 42);
+    free(storage);
+    assert_int_equal(mig_cmd_parse("SHOW AUDIT 7", &cmd, &storage, &err), 0);
+    assert_int_equal(cmd.kind, MIG_CMD_SHOW_AUDIT);
+    assert_int_equal(cmd.migration_id, 7);
+    free(storage);
+    assert_int_equal(mig_cmd_parse("PAUSE MIGRATION 3 'disk is hot'", &cmd, &storage, &err), 0);
+    assert_int_equal(cmd.kind, MIG_CMD_PAUSE_MIGRATION);
+    assert_int_equal(cmd.migration_id, 3);
+    assert_string_equal(cmd.reason, "disk is hot");
+    free(storage);
+    assert_int_equal(mig_cmd_parse("RESUME MIGRATION 3", &cmd, &storage, &err), 0);
+    assert_int_equal(cmd.kind, MIG_CMD_RESUME_MIGRATION);
+    free(storage);
+    assert_int_equal(mig_cmd_parse("ABORT MIGRATION 3 'changed my mind'", &cmd, &storage, &err), 0);
+    assert_int_equal(cmd.kind, MIG_CMD_ABORT_MIGRATION);
+    assert_string_equal(cmd.reason, "changed my mind");
+    free(storage);
+    assert_int_equal(mig_cmd_parse("ABORT MIGRATION 3", &cmd, &storage, &err), 0);
+    assert_null(cmd.reason);
+    free(storage);
+    assert_int_equal(mig_cmd_parse("WATCH MIGRATION 9", &cmd, &storage, &err), 0);
+    assert_int_equal(cmd.kind, MIG_CMD_WATCH_MIGRATION);
+    assert_int_equal(cmd.migration_id, 9);
+    free(storage);
+    /* The proxy's own PAUSE [timeout] and RESUME are not ours. */
+    static const char *const theirs[] = { "PAUSE",   "PAUSE 500",  "pause;", "RESUME",
+                                          "RESUME;", "SHOW STATS", "ABORT",  "WATCH" };
+    for (size_t i = 0; i < CM_ARRAY_LEN(theirs); i++) {
+        assert_int_equal(mig_cmd_parse(theirs[i], &cmd, &storage, &err), 1);
+        free(storage);
+    }
+    /* Ours but malformed, or a bad setting (the message names the key). */
+    static const struct {
+        const char *sql, *needle;
+    } bad[] = {
+        { "MIGRATE TENANT 'x'", "syntax error" },
+        { "MIGRATE 'x' TO 'y'", "syntax error" },
+        { "MIGRATE TENANT 'x' TO 'y' WITH", "syntax error" },
+        { "MIGRATE TENANT 'x' TO 'y' WITH (batch_size)", "syntax error" },
+        { "MIGRATE TENANT 'x' TO 'y' WITH (batch_size = 5", "syntax error" },
+        { "MIGRATE TENANT 'x' TO 'y' WITH (batch_size = 0)", "batch_size" },
+        { "MIGRATE TENANT 'x' TO 'y' WITH (batch_size = ten)", "batch_size" },
+        { "MIGRATE TENANT 'x' TO 'y' WITH (max_bulk_copy_rate = -1)", "max_bulk_copy_rate" },
+        { "MIGRATE TENANT 'x' TO 'y' WITH (position_mapping_enabled = maybe)",
+          "position_mapping_enabled" },
+        { "MIGRATE TENANT 'x' TO 'y' WITH (colour = 'blue')", "colour" },
+        { "MIGRATE TENANT 'x' TO 'y' WITH (batch_size = 5, batch_size = 6)", "batch_size" },
+        { "MIGRATE TENANT 'x' TO 'y' extra", "syntax error" },
+        { "SHOW MIGRATION", "syntax error" },
+        { "SHOW MIGRATION abc", "syntax error" },
+        { "SHOW MIGRATION 0", "syntax error" },
+        { "SHOW MIGRATIONS 4", "syntax error" },
+        { "SHOW AUDIT", "syntax error" },
+        { "PAUSE MIGRATION", "syntax error" },
+        { "PAUSE MIGRATION 1 reason", "syntax error" },
+        { "RESUME MIGRATION 1 'why'", "syntax error" },
+        { "ABORT MIGRATION x", "syntax error" },
+        { "WATCH MIGRATION", "syntax error" },
+        { "ABORT MIGRATION 1 'unterminated", "unterminated" },
+    };
+    for (size_t i = 0; i < CM_ARRAY_LEN(bad); i++) {
+        err = NULL;
+        if (mig_cmd_parse(bad[i].sql, &cmd, &storage, &err) != -EINVAL)
+            fail_msg("%s: not refused", bad[i].sql);
+        assert_non_null(err);
+        if (strstr(err, bad[i].needle) == NULL)
+            fail_msg("%s: \"%s\" lacks \"%s\"", bad[i].sql, err, bad[i].needle);
+        free(err);
+        free(storage);
+    }
+    /* Settings by name: what WITH and [migration] accept. */
+    {
+        mig_settings_t st;
+
+        mig_settings_default(&st);
+        assert_int_equal(st.batch_size, 1000);
+        assert_int_equal(st.max_bulk_copy_rate, 10000);
+        assert_int_equal(st.dual_write_timeout_minutes, 30);
+        assert_int_equal(st.cutover_max_lag_events, 100);
+        assert_int_equal(st.cutover_timeout_ms, 500);
+        assert_true(st.position_mapping_enabled && st.verify_consistency &&
+                    st.migrate_subscriptions && !st.auto_cutover);
+        assert_int_equal(mig_settings_apply_list(&st, "batch_size=7,auto_cutover=yes", &err), 0);
+        assert_int_equal(st.batch_size, 7);
+        assert_true(st.auto_cutover);
+        err = NULL;
+        assert_int_equal(mig_settings_apply_list(&st, "cutover_timeout_ms=0", &err), -EINVAL);
+        assert_non_null(strstr(err, "cutover_timeout_ms"));
+        free(err);
+    }
+}
+
 /* ---- a throwaway PostgreSQL ------------------------------------------------------- */
 
 static char pg_dir[64];
@@ -399,7 +517,7 @@ static void test_schema_idempotent(void **state)
     assert_int_equal(mig_schema_upgrade(c, -1, &version, &err), 0);
     assert_int_equal(version, MIG_SCHEMA_VERSION);
     v = sql_value(c, "SELECT count(*)::text || '/' || max(version) FROM pgshift.schema_version");
-    assert_string_equal(v, "1/1");
+    assert_string_equal(v, "1/2");
     free(v);
     v = sql_value(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'pgshift'");
     assert_string_equal(v, "5"); /* schema_version routes migrations position_map audit_log */
@@ -446,7 +564,7 @@ static void test_schema_concurrent(void **state)
     }
     c = db("concur");
     v = sql_value(c, "SELECT count(*)::text || '/' || max(version) FROM pgshift.schema_version");
-    assert_string_equal(v, "1/1");
+    assert_string_equal(v, "1/2");
     free(v);
     PQfinish(c);
 }
@@ -1048,6 +1166,710 @@ static void test_ctl_lookup(void **state)
     PQfinish(sb);
 }
 
+/* ---- migrations ------------------------------------------------------------------- */
+
+#define T_MIG   "44444444-4444-4444-4444-444444444444" /* the tenant that moves */
+#define T_OTHER "55555555-5555-5555-5555-555555555555" /* a neighbour that stays */
+
+static const char *const mig_names[] = { "msrc", "mdst", "mshared" };
+static const char *const mig_dbs[] = { "mig_src", "mig_dst", "mig_shared" };
+static const char *const mig_tables[] = { "events", "event_outbox", "snapshots",
+                                          "projection_checkpoints" };
+
+/* Fresh source/target databases with the event-store shape, and a tenant of n events. */
+static void mig_dbs_reset(long n_events)
+{
+    PGconn *c = db("postgres");
+    char sql[512];
+
+    for (size_t i = 0; i < CM_ARRAY_LEN(mig_dbs); i++) {
+        snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", mig_dbs[i]);
+        sql_ok(c, sql);
+        snprintf(sql, sizeof(sql), "CREATE DATABASE %s", mig_dbs[i]);
+        sql_ok(c, sql);
+    }
+    PQfinish(c);
+    for (size_t i = 0; i < CM_ARRAY_LEN(mig_dbs); i++) {
+        c = db(mig_dbs[i]);
+        sql_ok(c, "CREATE TABLE events (global_position bigserial PRIMARY KEY, "
+                  "event_id uuid NOT NULL UNIQUE, aggregate_id uuid NOT NULL, tenant_id uuid, "
+                  "version int NOT NULL, payload jsonb NOT NULL, "
+                  "created_at timestamptz NOT NULL DEFAULT now())");
+        sql_ok(c, "CREATE INDEX ON events (tenant_id, global_position)");
+        sql_ok(c, "CREATE TABLE event_outbox (id bigserial PRIMARY KEY, event_id uuid NOT NULL, "
+                  "tenant_id uuid, payload jsonb NOT NULL)");
+        sql_ok(c, "CREATE TABLE snapshots (aggregate_id uuid, aggregate_type text, tenant_id uuid, "
+                  "state jsonb, PRIMARY KEY (aggregate_id, aggregate_type))");
+        sql_ok(c, "CREATE TABLE projection_checkpoints (projection_name text PRIMARY KEY, "
+                  "global_position bigint)");
+        PQfinish(c);
+    }
+    c = db("mig_src");
+    /* Interleaved tenants: the moving tenant's positions have gaps. */
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO events (event_id, aggregate_id, tenant_id, version, payload) "
+             "SELECT gen_random_uuid(), md5((g / 10)::text)::uuid, "
+             "  CASE WHEN g %% 3 = 0 THEN '" T_OTHER "'::uuid ELSE '" T_MIG "'::uuid END, "
+             "  g %% 10 + 1, jsonb_build_object('n', g, 's', repeat('x', g %% 50)) "
+             "FROM generate_series(1, %ld) g",
+             n_events * 3 / 2);
+    sql_ok(c, sql);
+    sql_ok(c, "INSERT INTO events (event_id, aggregate_id, tenant_id, version, payload) "
+              "VALUES (gen_random_uuid(), gen_random_uuid(), NULL, 1, '{}')");
+    sql_ok(c, "INSERT INTO event_outbox (event_id, tenant_id, payload) "
+              "SELECT event_id, tenant_id, payload FROM events WHERE global_position % 7 = 0");
+    sql_ok(c, "INSERT INTO snapshots SELECT DISTINCT ON (aggregate_id) aggregate_id, 'order', "
+              "tenant_id, payload FROM events WHERE tenant_id IS NOT NULL");
+    sql_ok(c, "INSERT INTO projection_checkpoints VALUES ('p1', 10)");
+    PQfinish(c);
+    /* The shared target already holds another tenant: positions must be mapped there. */
+    c = db("mig_shared");
+    sql_ok(c, "INSERT INTO events (event_id, aggregate_id, tenant_id, version, payload) "
+              "SELECT gen_random_uuid(), gen_random_uuid(), '" T_OTHER "', 1, '{}' "
+              "FROM generate_series(1, 5000)");
+    sql_ok(c, "INSERT INTO event_outbox (event_id, tenant_id, payload) "
+              "SELECT gen_random_uuid(), '" T_OTHER "', '{}' FROM generate_series(1, 100)");
+    PQfinish(c);
+}
+
+static void start_mig_ctl(fixture_t *f, probe_t *p, const char *dst_conninfo)
+{
+    char *ci = conninfo("control");
+    char *infos[3];
+    mig_settings_t def;
+    mig_tenancy_t ten = { .n_tables = CM_ARRAY_LEN(mig_tables),
+                          .tables = mig_tables,
+                          .tenant_column = "tenant_id",
+                          .default_store = "msrc",
+                          .position_column = "global_position",
+                          .row_key = "event_id",
+                          .defaults = &def };
+
+    mig_settings_default(&def);
+    def.batch_size = 700;
+    for (int i = 0; i < 3; i++)
+        infos[i] = conninfo(mig_dbs[i]);
+    if (dst_conninfo != NULL) {
+        free(infos[1]);
+        infos[1] = cm_xstrdup(dst_conninfo);
+    }
+    memset(p, 0, sizeof(*p));
+    assert_int_equal(mig_ctl_start(&f->loop, ci, mig_names, (const char *const *)infos, 3, &ten,
+                                   probe_cb, p, &p->ctl),
+                     0);
+    for (int i = 0; i < 3; i++)
+        free(infos[i]);
+    free(ci);
+    assert_true(wait_event(f, p, 0, MIG_EV_ROUTES, NULL, 2000) == 0);
+}
+
+/* Drop the probe's delivered events (keeps MAX_EVENTS from filling up in long tests). */
+static void probe_trim(probe_t *p)
+{
+    probe_free(p);
+}
+
+/* SHOW MIGRATION id: the value of col (owned copy). */
+static char *mig_field(fixture_t *f, probe_t *p, long id, const char *col)
+{
+    char sql[64];
+    const mig_result_t *r;
+    const char *v;
+
+    snprintf(sql, sizeof(sql), "SHOW MIGRATION %ld", id);
+    r = request(f, p, sql);
+    if (r->err_sqlstate != NULL)
+        fail_msg("%s: %s", sql, r->err_message);
+    assert_int_equal(r->n_rows, 1);
+    v = cell(r, 0, col);
+    return cm_xstrdup(v ? v : "<null>");
+}
+
+/* Wait until SHOW MIGRATION id has col = want. */
+static bool mig_wait(fixture_t *f, probe_t *p, long id, const char *col, const char *want,
+                     int timeout_ms)
+{
+    uint64_t deadline = cm_now_ms() + (uint64_t)timeout_ms;
+
+    for (;;) {
+        char *v = mig_field(f, p, id, col);
+        bool ok = strcmp(v, want) == 0;
+
+        free(v);
+        probe_trim(p);
+        if (ok)
+            return true;
+        if (cm_now_ms() > deadline)
+            return false;
+        for (uint64_t t = cm_now_ms(); cm_now_ms() - t < 50;)
+            uv_run(&f->loop, UV_RUN_ONCE);
+    }
+}
+
+static long migrate(fixture_t *f, probe_t *p, const char *sql)
+{
+    const mig_result_t *r = request(f, p, sql);
+    long id;
+
+    if (r->err_sqlstate != NULL)
+        fail_msg("%s: %s", sql, r->err_message);
+    assert_string_equal(r->tag, "MIGRATE");
+    assert_string_equal(cell(r, 0, "phase"), "PENDING");
+    id = strtol(cell(r, 0, "migration_id"), NULL, 10);
+    assert_true(id > 0);
+    probe_trim(p);
+    return id;
+}
+
+/* Every column of the tenant's rows (positions apart), in an order-independent digest. */
+static char *digest(const char *dbname, const char *table, const char *tenant, bool with_pos)
+{
+    PGconn *c = db(dbname);
+    char sql[1024];
+    char *v;
+
+    if (strcmp(table, "events") == 0)
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) || ':' || coalesce(md5(string_agg(event_id::text || "
+                 "aggregate_id || version || payload::text || created_at::text%s, ',' "
+                 "ORDER BY event_id)), '-') FROM events WHERE tenant_id %s",
+                 with_pos ? " || global_position" : "", tenant ? "= $$x$$" : "IS NULL");
+    else if (strcmp(table, "event_outbox") == 0)
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) || ':' || coalesce(md5(string_agg(event_id::text || "
+                 "payload::text, ',' ORDER BY event_id)), '-') FROM event_outbox "
+                 "WHERE tenant_id %s",
+                 tenant ? "= $$x$$" : "IS NULL");
+    else
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) || ':' || coalesce(md5(string_agg(aggregate_id::text || "
+                 "aggregate_type || state::text, ',' ORDER BY aggregate_id)), '-') "
+                 "FROM snapshots WHERE tenant_id %s",
+                 tenant ? "= $$x$$" : "IS NULL");
+    if (tenant != NULL) {
+        char *p = strstr(sql, "$$x$$");
+        char buf[1024];
+
+        snprintf(buf, sizeof(buf), "%.*s'%s'%s", (int)(p - sql), sql, tenant, p + 5);
+        snprintf(sql, sizeof(sql), "%s", buf);
+    }
+    v = sql_value(c, sql);
+    PQfinish(c);
+    return v;
+}
+
+static void assert_same(const char *table, const char *db1, const char *db2, const char *tenant,
+                        bool with_pos)
+{
+    char *a = digest(db1, table, tenant, with_pos), *b = digest(db2, table, tenant, with_pos);
+
+    if (strcmp(a, b) != 0)
+        fail_msg("%s of %s differs: %s %s, %s %s", table, tenant ? tenant : "NULL", db1, a, db2, b);
+    free(a);
+    free(b);
+}
+
+static char *db_value(const char *dbname, const char *sql)
+{
+    PGconn *c = db(dbname);
+    char *v = sql_value(c, sql);
+
+    PQfinish(c);
+    return v;
+}
+
+static void assert_db_value(const char *dbname, const char *sql, const char *want)
+{
+    char *v = db_value(dbname, sql);
+
+    if (strcmp(v, want) != 0)
+        fail_msg("%s on %s: got %s, want %s", sql, dbname, v, want);
+    free(v);
+}
+
+/* The audit event types of migration id, in order, joined by ','. */
+static char *audit_types(long id)
+{
+    char sql[256];
+
+    snprintf(sql, sizeof(sql),
+             "SELECT string_agg(event_type, ',' ORDER BY id) FROM pgshift.audit_log "
+             "WHERE migration_id = %ld",
+             id);
+    return db_value("control", sql);
+}
+
+static void test_mig_refusals(void **state)
+{
+    fixture_t f;
+    probe_t p;
+    const mig_result_t *r;
+    PGconn *c;
+    long id;
+    char *before, *after;
+
+    (void)state;
+    mig_dbs_reset(300);
+    fixture_init(&f);
+    start_mig_ctl(&f, &p, NULL);
+    before = db_value("control", "SELECT count(*) || '/' || (SELECT count(*) FROM "
+                                 "pgshift.audit_log) || '/' || (SELECT count(*) FROM "
+                                 "pgshift.routes) FROM pgshift.migrations");
+
+    r = request(&f, &p, "MIGRATE TENANT '" T_MIG "' TO 'nowhere'");
+    assert_error(r, "42704", "store \"nowhere\" does not exist");
+    r = request(&f, &p, "MIGRATE TENANT '" T_MIG "' TO 'msrc'");
+    assert_error(r, "22023", "already on store \"msrc\"");
+    r = request(&f, &p, "MIGRATE TENANT 'not-a-uuid' TO 'mdst'");
+    assert_error(r, "22023", "not a valid value");
+    /* The target already holds rows of the tenant. */
+    c = db("mig_dst");
+    sql_ok(c, "INSERT INTO snapshots VALUES (gen_random_uuid(), 'x', '" T_MIG "', '{}')");
+    r = request(&f, &p, "MIGRATE TENANT '" T_MIG "' TO 'mdst'");
+    assert_error(r, "55000", "already holds rows of tenant");
+    assert_non_null(strstr(r->err_message, "snapshots"));
+    sql_ok(c, "DELETE FROM snapshots");
+    /* Columns or types differ. */
+    sql_ok(c, "ALTER TABLE events ADD COLUMN extra int");
+    r = request(&f, &p, "MIGRATE TENANT '" T_MIG "' TO 'mdst'");
+    assert_error(r, "55000", "column \"extra\" of table \"events\" is on store \"mdst\"");
+    sql_ok(c, "ALTER TABLE events DROP COLUMN extra");
+    sql_ok(c, "ALTER TABLE snapshots ALTER COLUMN state TYPE json");
+    r = request(&f, &p, "MIGRATE TENANT '" T_MIG "' TO 'mdst'");
+    assert_error(r, "55000", "column \"state\" of table \"snapshots\" is jsonb on store \"msrc\"");
+    sql_ok(c, "ALTER TABLE snapshots ALTER COLUMN state TYPE jsonb");
+    PQfinish(c);
+    /* Positions could collide and mapping is off. */
+    r = request(&f, &p,
+                "MIGRATE TENANT '" T_MIG "' TO 'mshared' WITH (position_mapping_enabled = false)");
+    assert_error(r, "55000", "position_mapping_enabled is false");
+    after = db_value("control", "SELECT count(*) || '/' || (SELECT count(*) FROM "
+                                "pgshift.audit_log) || '/' || (SELECT count(*) FROM "
+                                "pgshift.routes) FROM pgshift.migrations");
+    assert_string_equal(before, after); /* nothing recorded by any refusal */
+    free(after);
+
+    /* Already migrating: a paused migration holds the tenant. */
+    id = migrate(&f, &p, "MIGRATE TENANT '" T_MIG "' TO 'mdst' WITH (max_bulk_copy_rate = 50)");
+    r = request(&f, &p, "PAUSE MIGRATION 999999");
+    assert_error(r, "42704", "does not exist");
+    r = request(&f, &p, "MIGRATE TENANT '" T_MIG "' TO 'mshared'");
+    assert_error(r, "55000", "already being migrated");
+    r = request(&f, &p, "ROUTE TENANT '" T_MIG "' TO 'mshared'");
+    assert_error(r, "55000", "being migrated");
+    {
+        char sql[64];
+
+        snprintf(sql, sizeof(sql), "ABORT MIGRATION %ld 'test over'", id);
+        r = request(&f, &p, sql);
+        assert_null(r->err_sqlstate);
+        assert_string_equal(cell(r, 0, "target_cleaned"), "true");
+        r = request(&f, &p, sql);
+        assert_error(r, "55000", "it is ABORTED");
+        snprintf(sql, sizeof(sql), "RESUME MIGRATION %ld", id);
+        r = request(&f, &p, sql);
+        assert_error(r, "55000", "it is ABORTED");
+    }
+    stop_ctl(&p);
+    probe_free(&p);
+
+    /* The target is unreachable. */
+    start_mig_ctl(&f, &p, "host=/nonexistent-dir port=1 dbname=x connect_timeout=2");
+    r = request(&f, &p, "MIGRATE TENANT '" T_MIG "' TO 'mdst'");
+    assert_error(r, "08006", "target store \"mdst\" is unreachable");
+    after = db_value("control", "SELECT count(*) FROM pgshift.migrations WHERE phase <> 'ABORTED' "
+                                "AND tenant = '" T_MIG "'");
+    assert_string_equal(after, "0");
+    free(after);
+    stop_ctl(&p);
+    probe_free(&p);
+    fixture_close(&f);
+    free(before);
+}
+
+static void test_mig_copy_and_abort(void **state)
+{
+    fixture_t f;
+    probe_t p;
+    const mig_result_t *r;
+    long id;
+    char sql[128], *v;
+    long i;
+
+    (void)state;
+    mig_dbs_reset(20000);
+    fixture_init(&f);
+    start_mig_ctl(&f, &p, NULL);
+    id = migrate(&f, &p, "MIGRATE TENANT '" T_MIG "' TO 'mdst' WITH (max_bulk_copy_rate = 0)");
+    /* The route shows the migration at once; the tenant still lives on its source. */
+    i = wait_event(&f, &p, 0, MIG_EV_ROUTES, NULL, 2000);
+    assert_true(i >= 0);
+    assert_true(mig_wait(&f, &p, id, "copy_complete", "true", 60000));
+    v = mig_field(&f, &p, id, "phase");
+    assert_string_equal(v, "BULK_COPY");
+    free(v);
+    v = mig_field(&f, &p, id, "status");
+    assert_string_equal(v, "copy complete, waiting for dual-write");
+    free(v);
+    v = mig_field(&f, &p, id, "progress_percent");
+    assert_string_equal(v, "100.0");
+    free(v);
+    v = mig_field(&f, &p, id, "events_remaining");
+    assert_string_equal(v, "0");
+    free(v);
+    v = mig_field(&f, &p, id, "position_mode");
+    assert_string_equal(v, "preserve");
+    free(v);
+    probe_trim(&p);
+    r = request(&f, &p, "SHOW ROUTES");
+    {
+        long row = find_row(r, T_MIG);
+
+        assert_true(row >= 0);
+        assert_string_equal(cell(r, (size_t)row, "store"), "msrc");
+        assert_string_equal(cell(r, (size_t)row, "state"), "migrating");
+    }
+    probe_trim(&p);
+    /* Every column of every row, positions included; nothing else on the target. */
+    assert_same("events", "mig_src", "mig_dst", T_MIG, true);
+    assert_same("event_outbox", "mig_src", "mig_dst", T_MIG, false);
+    assert_same("snapshots", "mig_src", "mig_dst", T_MIG, false);
+    assert_db_value(
+        "mig_dst", "SELECT count(*) FROM events WHERE tenant_id IS DISTINCT FROM '" T_MIG "'", "0");
+    assert_db_value("mig_dst", "SELECT count(*) FROM projection_checkpoints", "0");
+    v = digest("mig_src", "events", T_MIG, false);
+    assert_non_null(strstr(v, "20000:"));
+    free(v);
+    /* The target's sequence is past every source position. */
+    assert_db_value("mig_dst",
+                    "SELECT nextval('events_global_position_seq') > "
+                    "(SELECT max(global_position) FROM events)",
+                    "t");
+    /* The audit trail. */
+    v = audit_types(id);
+    if (strncmp(v, "migration_started,phase_changed", 31) != 0 ||
+        strstr(v, "progress_checkpoint") == NULL)
+        fail_msg("audit: %s", v);
+    free(v);
+    snprintf(sql, sizeof(sql), "SHOW AUDIT %ld", id);
+    r = request(&f, &p, sql);
+    assert_null(r->err_sqlstate);
+    assert_true(r->n_rows >= 3);
+    assert_string_equal(cell(r, 0, "event_type"), "migration_started");
+    assert_non_null(strstr(cell(r, 0, "details"), "\"target_store\": \"mdst\""));
+    probe_trim(&p);
+    r = request(&f, &p, "SHOW MIGRATIONS");
+    assert_null(r->err_sqlstate);
+    assert_true(r->n_rows >= 1);
+    probe_trim(&p);
+
+    /* ABORT: the target loses what the copy put there, the source keeps everything. */
+    v = digest("mig_src", "events", T_MIG, true);
+    snprintf(sql, sizeof(sql), "ABORT MIGRATION %ld", id);
+    r = request(&f, &p, sql);
+    assert_null(r->err_sqlstate);
+    assert_string_equal(cell(r, 0, "phase"), "ABORTED");
+    assert_string_equal(cell(r, 0, "target_cleaned"), "true");
+    probe_trim(&p);
+    assert_db_value("mig_dst", "SELECT count(*) FROM events", "0");
+    assert_db_value("mig_dst", "SELECT count(*) FROM snapshots", "0");
+    assert_db_value("mig_dst", "SELECT count(*) FROM event_outbox", "0");
+    assert_db_value("mig_dst", "SELECT count(*) FROM pgshift.target_copy_state", "0");
+    {
+        char *w = digest("mig_src", "events", T_MIG, true);
+
+        assert_string_equal(v, w);
+        free(w);
+    }
+    free(v);
+    r = request(&f, &p, "SHOW ROUTES");
+    {
+        long row = find_row(r, T_MIG);
+
+        assert_true(row >= 0);
+        assert_string_equal(cell(r, (size_t)row, "state"), "normal");
+        assert_string_equal(cell(r, (size_t)row, "store"), "msrc");
+    }
+    probe_trim(&p);
+    v = audit_types(id);
+    if (strstr(v, "migration_aborted") == NULL)
+        fail_msg("audit: %s", v);
+    free(v);
+    v = mig_field(&f, &p, id, "status");
+    assert_string_equal(v, "aborted, target cleaned");
+    free(v);
+    /* And the tenant can be migrated again. */
+    id = migrate(&f, &p, "MIGRATE TENANT '" T_MIG "' TO 'mdst' WITH (max_bulk_copy_rate = 0)");
+    assert_true(mig_wait(&f, &p, id, "copy_complete", "true", 60000));
+    assert_same("events", "mig_src", "mig_dst", T_MIG, true);
+    snprintf(sql, sizeof(sql), "ABORT MIGRATION %ld", id);
+    r = request(&f, &p, sql);
+    assert_null(r->err_sqlstate);
+    stop_ctl(&p);
+    probe_free(&p);
+    fixture_close(&f);
+}
+
+/* Positions mapped on a shared target: increasing in source order, recorded in both stores. */
+static void test_mig_map_positions(void **state)
+{
+    fixture_t f;
+    probe_t p;
+    long id;
+    char sql[512], *v;
+
+    (void)state;
+    mig_dbs_reset(5000);
+    fixture_init(&f);
+    start_mig_ctl(&f, &p, NULL);
+    id = migrate(&f, &p,
+                 "MIGRATE TENANT '" T_MIG "' TO 'mshared' WITH (max_bulk_copy_rate = 0, "
+                 "batch_size = 333)");
+    v = mig_field(&f, &p, id, "position_mode");
+    assert_string_equal(v, "map");
+    free(v);
+    assert_true(mig_wait(&f, &p, id, "copy_complete", "true", 60000));
+    assert_same("events", "mig_src", "mig_shared", T_MIG, false);
+    assert_same("event_outbox", "mig_src", "mig_shared", T_MIG, false);
+    assert_same("snapshots", "mig_src", "mig_shared", T_MIG, false);
+    /* The neighbour's rows on the target are untouched. */
+    assert_db_value("mig_shared", "SELECT count(*) FROM events WHERE tenant_id = '" T_OTHER "'",
+                    "5000");
+    assert_db_value("mig_shared",
+                    "SELECT count(*) FROM event_outbox WHERE tenant_id = '" T_OTHER "'", "100");
+    /* One pair per event, target positions increasing with source positions. */
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) || '/' || bool_and(ok) FROM (SELECT target_position > lag("
+             "target_position, 1, 0::bigint) OVER (ORDER BY source_position) AS ok "
+             "FROM pgshift.target_position_map WHERE migration_id = %ld) s",
+             id);
+    v = db_value("mig_shared", sql);
+    assert_string_equal(v, "5000/true");
+    free(v);
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pgshift.position_map WHERE migration_id = %ld",
+             id);
+    assert_db_value("control", sql, "5000");
+    /* The pairs point at the same rows. */
+    {
+        PGconn *s = db("mig_src"), *t = db("mig_shared");
+        PGresult *a =
+            PQexec(s, "SELECT global_position, event_id FROM events WHERE tenant_id = '" T_MIG
+                      "' ORDER BY global_position LIMIT 50");
+        assert_int_equal(PQresultStatus(a), PGRES_TUPLES_OK);
+        for (int k = 0; k < PQntuples(a); k++) {
+            snprintf(sql, sizeof(sql),
+                     "SELECT e.event_id FROM pgshift.target_position_map m JOIN events e ON "
+                     "e.global_position = m.target_position WHERE m.migration_id = %ld AND "
+                     "m.source_position = %s",
+                     id, PQgetvalue(a, k, 0));
+            v = sql_value(t, sql);
+            assert_string_equal(v, PQgetvalue(a, k, 1));
+            free(v);
+        }
+        PQclear(a);
+        PQfinish(s);
+        PQfinish(t);
+    }
+    snprintf(sql, sizeof(sql), "ABORT MIGRATION %ld", id);
+    {
+        const mig_result_t *r = request(&f, &p, sql);
+
+        assert_null(r->err_sqlstate);
+        assert_string_equal(cell(r, 0, "target_cleaned"), "true");
+    }
+    assert_db_value("mig_shared", "SELECT count(*) FROM events", "5000");
+    assert_db_value("mig_shared", "SELECT count(*) FROM event_outbox", "100");
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pgshift.position_map WHERE migration_id = %ld",
+             id);
+    assert_db_value("control", sql, "0");
+    stop_ctl(&p);
+    probe_free(&p);
+    fixture_close(&f);
+}
+
+/* The rate limit, PAUSE / RESUME, a stop mid-copy and a restart that resumes exactly. */
+static void test_mig_rate_pause_restart(void **state)
+{
+    fixture_t f;
+    probe_t p;
+    const mig_result_t *r;
+    long id;
+    char sql[128], *v, *w;
+    long long c1, c2;
+    uint64_t t0;
+    double rate;
+
+    (void)state;
+    mig_dbs_reset(12000);
+    fixture_init(&f);
+    start_mig_ctl(&f, &p, NULL);
+    id = migrate(&f, &p,
+                 "MIGRATE TENANT '" T_MIG "' TO 'mdst' WITH (max_bulk_copy_rate = 3000, "
+                 "batch_size = 300)");
+    assert_true(mig_wait(&f, &p, id, "status", "copying", 10000));
+    v = mig_field(&f, &p, id, "events_copied");
+    t0 = cm_now_ms();
+    c1 = atoll(v);
+    free(v);
+    for (uint64_t t = cm_now_ms(); cm_now_ms() - t < 2000;)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    v = mig_field(&f, &p, id, "events_copied");
+    c2 = atoll(v);
+    free(v);
+    rate = (double)(c2 - c1) * 1000.0 / (double)(cm_now_ms() - t0);
+    if (rate < 2000 || rate > 3600)
+        fail_msg("rate %.0f rows/s, limit 3000", rate);
+    v = mig_field(&f, &p, id, "rate_events_per_s");
+    assert_true(atoi(v) > 1500 && atoi(v) < 4000);
+    free(v);
+    v = mig_field(&f, &p, id, "eta_seconds");
+    assert_true(strcmp(v, "<null>") != 0 && atoi(v) > 0);
+    free(v);
+
+    /* PAUSE: nothing more is copied until RESUME. */
+    snprintf(sql, sizeof(sql), "PAUSE MIGRATION %ld 'maintenance'", id);
+    r = request(&f, &p, sql);
+    assert_null(r->err_sqlstate);
+    assert_string_equal(cell(r, 0, "paused"), "true");
+    r = request(&f, &p, sql);
+    assert_error(r, "55000", "already paused");
+    probe_trim(&p);
+    assert_true(mig_wait(&f, &p, id, "status", "paused", 5000));
+    v = mig_field(&f, &p, id, "events_copied");
+    for (uint64_t t = cm_now_ms(); cm_now_ms() - t < 1000;)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    w = mig_field(&f, &p, id, "events_copied");
+    assert_string_equal(v, w);
+    free(v);
+    free(w);
+    v = mig_field(&f, &p, id, "pause_reason");
+    assert_string_equal(v, "maintenance");
+    free(v);
+    snprintf(sql, sizeof(sql), "RESUME MIGRATION %ld", id);
+    r = request(&f, &p, sql);
+    assert_null(r->err_sqlstate);
+    r = request(&f, &p, sql);
+    assert_error(r, "55000", "not paused");
+    probe_trim(&p);
+    assert_true(mig_wait(&f, &p, id, "status", "copying", 5000));
+
+    /* Stop pgshift mid-copy; a new one resumes from the target's state. */
+    stop_ctl(&p);
+    probe_free(&p);
+    v = db_value("mig_dst", "SELECT count(*) FROM events");
+    assert_true(atoll(v) > 0 && atoll(v) < 12000);
+    free(v);
+    start_mig_ctl(&f, &p, NULL);
+    {
+        char q[128];
+
+        snprintf(q, sizeof(q),
+                 "UPDATE pgshift.migrations SET config = config || "
+                 "'{\"max_bulk_copy_rate\": 0}' WHERE id = %ld",
+                 id);
+        PGconn *c = db("control");
+
+        sql_ok(c, q); /* the rest at full speed */
+        PQfinish(c);
+    }
+    assert_true(mig_wait(&f, &p, id, "copy_complete", "true", 60000));
+    assert_same("events", "mig_src", "mig_dst", T_MIG, true);
+    assert_same("event_outbox", "mig_src", "mig_dst", T_MIG, false);
+    assert_same("snapshots", "mig_src", "mig_dst", T_MIG, false);
+    v = audit_types(id);
+    if (strstr(v, "migration_paused") == NULL || strstr(v, "migration_resumed") == NULL)
+        fail_msg("audit: %s", v);
+    free(v);
+    snprintf(sql, sizeof(sql), "ABORT MIGRATION %ld", id);
+    r = request(&f, &p, sql);
+    assert_null(r->err_sqlstate);
+    stop_ctl(&p);
+    probe_free(&p);
+    fixture_close(&f);
+}
+
+/* WATCH streams a row a second (more = true) and ends with the terminal row (more = false). */
+static void test_mig_watch(void **state)
+{
+    fixture_t f;
+    probe_t p;
+    mig_cmd_t cmd = { .kind = MIG_CMD_WATCH_MIGRATION };
+    int cookie, cancelled_cookie;
+    long id, last = -1;
+    size_t rows = 0;
+    char sql[64];
+    uint64_t t0;
+
+    (void)state;
+    mig_dbs_reset(3000);
+    fixture_init(&f);
+    start_mig_ctl(&f, &p, NULL);
+    id = migrate(&f, &p, "MIGRATE TENANT '" T_MIG "' TO 'mdst' WITH (max_bulk_copy_rate = 500)");
+    cmd.migration_id = id;
+    mig_ctl_request(p.ctl, &cmd, &cookie);
+    mig_ctl_request(p.ctl, &cmd, &cancelled_cookie);
+    t0 = cm_now_ms();
+    /* Three streamed rows, about a second apart. */
+    while (rows < 3) {
+        long i = wait_event(&f, &p, (size_t)(last + 1), MIG_EV_REPLY, &cookie, 3000);
+
+        assert_true(i >= 0);
+        assert_null(p.evs[i]->result->err_sqlstate);
+        assert_true(p.evs[i]->result->more);
+        assert_int_equal(p.evs[i]->result->n_rows, 1);
+        assert_string_equal(p.evs[i]->result->tag, "WATCH");
+        assert_non_null(cell(p.evs[i]->result, 0, "progress_percent"));
+        last = i;
+        rows++;
+    }
+    assert_true(cm_now_ms() - t0 >= 1500);
+    /* The client of the second watch leaves: nothing more for it. */
+    mig_ctl_cancel(p.ctl, &cancelled_cookie);
+    snprintf(sql, sizeof(sql), "ABORT MIGRATION %ld", id);
+    {
+        mig_cmd_t ab = { .kind = MIG_CMD_ABORT_MIGRATION, .migration_id = id };
+        int ab_cookie;
+        long i;
+
+        mig_ctl_request(p.ctl, &ab, &ab_cookie);
+        assert_true(wait_event(&f, &p, 0, MIG_EV_REPLY, &ab_cookie, 20000) >= 0);
+        /* The watch ends with the terminal row. */
+        for (;;) {
+            i = wait_event(&f, &p, (size_t)(last + 1), MIG_EV_REPLY, &cookie, 5000);
+            assert_true(i >= 0);
+            last = i;
+            if (!p.evs[i]->result->more)
+                break;
+        }
+        assert_int_equal(p.evs[i]->result->n_rows, 1);
+        assert_string_equal(cell(p.evs[i]->result, 0, "phase"), "ABORTED");
+    }
+    {
+        size_t cancelled_rows_after = 0;
+
+        for (uint64_t t = cm_now_ms(); cm_now_ms() - t < 1500;)
+            uv_run(&f.loop, UV_RUN_ONCE);
+        for (size_t k = 0; k < p.n; k++)
+            if (p.evs[k]->kind == MIG_EV_REPLY && p.evs[k]->cookie == &cancelled_cookie &&
+                !p.evs[k]->result->more)
+                cancelled_rows_after++;
+        assert_int_equal(cancelled_rows_after, 0);
+    }
+    /* WATCH of an unknown migration: one error, the last event. */
+    cmd.migration_id = 987654;
+    mig_ctl_request(p.ctl, &cmd, &cookie);
+    {
+        long i = wait_event(&f, &p, (size_t)(last + 1), MIG_EV_REPLY, &cookie, 5000);
+
+        assert_true(i >= 0);
+        assert_false(p.evs[i]->result->more);
+        assert_error(p.evs[i]->result, "42704", "does not exist");
+    }
+    stop_ctl(&p);
+    probe_free(&p);
+    fixture_close(&f);
+}
+
 static void test_ctl_start_fails(void **state)
 {
     fixture_t f;
@@ -1078,10 +1900,9 @@ static void test_ctl_start_fails(void **state)
 int main(void)
 {
     const struct CMUnitTest local[] = {
-        cmocka_unit_test(test_outbox_threads),
-        cmocka_unit_test(test_outbox_coalesce),
-        cmocka_unit_test(test_outbox_close_in_deliver),
-        cmocka_unit_test(test_cmd_parse),
+        cmocka_unit_test(test_outbox_threads),          cmocka_unit_test(test_outbox_coalesce),
+        cmocka_unit_test(test_outbox_close_in_deliver), cmocka_unit_test(test_cmd_parse),
+        cmocka_unit_test(test_cmd_parse_migrations),
     };
     const struct CMUnitTest pg[] = {
         cmocka_unit_test(test_schema_idempotent),
@@ -1093,6 +1914,11 @@ int main(void)
         cmocka_unit_test(test_ctl_cancel),
         cmocka_unit_test(test_ctl_reconnect),
         cmocka_unit_test(test_ctl_lookup),
+        cmocka_unit_test(test_mig_refusals),
+        cmocka_unit_test(test_mig_copy_and_abort),
+        cmocka_unit_test(test_mig_map_positions),
+        cmocka_unit_test(test_mig_rate_pause_restart),
+        cmocka_unit_test(test_mig_watch),
     };
     int failed;
 
