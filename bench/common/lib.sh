@@ -217,13 +217,14 @@ bench_pg_super_dsn() {
     echo "host=$BENCH_TMP/$1/sock port=${!port_var} user=postgres dbname=$BENCH_DB"
 }
 
-# bench_pgshift_start STORE [section.key=value ...]: pgshift in front of the
-# cluster STORE (one store), same auth as PostgreSQL. Extra args are passed as
-# -o overrides. Its auth_file holds the role's secret from pg_authid; it logs
+# bench_pgshift_start STORES [section.key=value ...]: pgshift in front of the
+# clusters STORES (comma-separated cluster names, each a store of that name;
+# the first is the default store), same auth as PostgreSQL. Extra args are
+# passed as -o overrides. Its auth_file holds the role's secret from pg_authid; it logs
 # into the store with the password in the store's conninfo. Sets PGSHIFT_PORT,
 # PGSHIFT_PID.
 bench_pgshift_start() {
-    local store=$1 dir="$BENCH_TMP/pgshift" port_var="PG_${1}_PORT" o
+    local stores=$1 dir="$BENCH_TMP/pgshift" o st port_var
     shift
     mkdir -p "$dir"
     PGSHIFT_PORT=$(bench_free_port)
@@ -243,8 +244,12 @@ log_level = warning
 max_client_conn = $((BENCH_MAX_CLIENTS + 100))
 
 [stores]
-$store = host=127.0.0.1 port=${!port_var} dbname=$BENCH_DB user=$BENCH_USER password=$BENCH_PASSWORD
 EOF
+    for st in ${stores//,/ }; do
+        port_var="PG_${st}_PORT"
+        echo "$st = host=127.0.0.1 port=${!port_var} dbname=$BENCH_DB user=$BENCH_USER" \
+            "password=$BENCH_PASSWORD" >>"$dir/pgshift.ini"
+    done
     local args=(-c "$dir/pgshift.ini")
     for o in "$@"; do args+=(-o "$o"); done
     "$PGSHIFT_BIN" "${args[@]}" </dev/null >>"$dir/pgshift.log" 2>&1 &
