@@ -399,15 +399,24 @@ void px_admin_reply(px_proxy_t *p, void *cookie, mig_result_t *res)
         wire_put_error(&b, false, "ERROR", res->err_sqlstate,
                        res->err_message ? res->err_message : "command failed", NULL);
     } else {
-        if (res->n_cols > 0)
+        /* A streamed result (WATCH) sends its RowDescription once. */
+        if (res->n_cols > 0 && !c->is_streaming)
             wire_put_row_description(&b, (const char *const *)res->cols, NULL, res->n_cols);
         for (size_t i = 0; i < res->n_rows; i++)
             wire_put_data_row(&b, (const char *const *)res->cells + i * res->n_cols, res->n_cols);
-        wire_put_command_complete(&b, res->tag ? res->tag : "OK");
+        if (!res->more)
+            wire_put_command_complete(&b, res->tag ? res->tag : "OK");
     }
     px_conn_send(&c->conn, b.data, b.len);
     cm_buf_free(&b);
+    if (res->more && res->err_sqlstate == NULL) {
+        c->is_streaming = 1;
+        px_conn_flush(&c->conn);
+        mig_result_free(res);
+        return;
+    }
     mig_result_free(res);
+    c->is_streaming = 0;
     c->is_waiting = 0;
     px_client_send_ready(c);
     px_client_kick(c);

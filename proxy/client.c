@@ -686,7 +686,7 @@ static void cl_admin_input(px_client_t *c)
     px_conn_t *conn = &c->conn;
     px_proxy_t *p = conn->proxy;
 
-    while (conn->rpos < conn->rlen && c->state == PX_CL_READY && !c->is_held) {
+    while (conn->rpos < conn->rlen && c->state == PX_CL_READY && !c->is_held && !c->is_waiting) {
         wire_hdr_t h;
         wire_rc_t rc =
             wire_hdr_decode(conn->rbuf + conn->rpos, conn->rlen - conn->rpos, &p->limits, &h);

@@ -318,6 +318,7 @@ struct px_client {
     unsigned in_copy_in : 1;      /* streaming CopyData to the server */
     unsigned is_waiting : 1;      /* a message waits: server login, a busy store, a lookup */
     unsigned is_local_portal : 1; /* the batch's portal is answered here (held BEGIN) */
+    unsigned is_streaming : 1;    /* admin: a streamed result set (WATCH) is being sent */
     char ctx[96];                 /* log prefix: "C#12 app@127.0.0.1:5000" */
 };
 
