@@ -48,11 +48,12 @@ UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/t
 
 all: pgshift pgshift-ctl
 
+# cp + mv: a running ./pgshift keeps its old inode ("text file busy" otherwise).
 pgshift: $(BUILD)/pgshift
-	cp $< $@
+	cp $< $@.tmp && mv -f $@.tmp $@
 
 pgshift-ctl: $(BUILD)/pgshift-ctl
-	cp $< $@
+	cp $< $@.tmp && mv -f $@.tmp $@
 
 $(BUILD)/pgshift: $(BUILD)/proxy/main.o $(CORE_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)

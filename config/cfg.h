@@ -61,7 +61,6 @@ typedef struct cfg {
     int server_connect_timeout_ms; /* 15000 */
     int shutdown_timeout_ms;       /* 30000: SIGTERM drain budget */
     int pause_timeout_ms;          /* 10000: default PAUSE wait on the admin console */
-    int server_lifetime_ms;        /* unused yet; 0 */
 
     /* TLS towards clients */
     cfg_tls_mode_t client_tls_mode; /* disable */
@@ -74,11 +73,13 @@ typedef struct cfg {
     cfg_store_t *stores;
 
     /* [tenancy] */
-    char *tenant_tables;   /* "events,event_outbox,snapshots,projection_checkpoints" */
-    char *tenant_column;   /* "tenant_id" */
-    char *key_columns;     /* "aggregate_id" */
-    char *position_column; /* "global_position" */
-    char *row_key;         /* "event_id" */
+    char *tenant_tables;      /* "events,event_outbox,snapshots,projection_checkpoints" */
+    char *tenant_column;      /* "tenant_id" */
+    char *key_columns;        /* "aggregate_id" */
+    char *position_column;    /* "global_position" */
+    char *row_key;            /* "event_id" */
+    int statement_cache_size; /* 4096: classified query texts kept (LRU) */
+    int key_map_size;         /* 1000000: learned key -> tenant entries (aggregate_id) */
 
     /* [migration] defaults for MIGRATE ... WITH (...) */
     int mig_batch_size;                 /* 1000 */

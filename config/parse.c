@@ -138,7 +138,6 @@ static const cfg_key_t keys[] = {
          INT_MAX),
     K_MS("pgshift", "shutdown_timeout_ms", shutdown_timeout_ms, "30000", CFG_RELOAD, 0, INT_MAX),
     K_MS("pgshift", "pause_timeout_ms", pause_timeout_ms, "10000", CFG_RELOAD, 1, INT_MAX),
-    K_MS("pgshift", "server_lifetime_ms", server_lifetime_ms, "0", CFG_RELOAD, 0, INT_MAX),
 
     K_ENUM("pgshift", client_tls_mode, cfg_tls_mode_t, "disable", CFG_RELOAD, tls_names),
     K_STR("pgshift", client_tls_cert_file, "", CFG_RELOAD, NULL),
@@ -154,6 +153,9 @@ static const cfg_key_t keys[] = {
     K_STR("tenancy", key_columns, "aggregate_id", CFG_RESTART, check_ident_list),
     K_STR("tenancy", position_column, "global_position", CFG_RESTART, check_ident),
     K_STR("tenancy", row_key, "event_id", CFG_RESTART, check_ident),
+    K_INT("tenancy", "statement_cache_size", statement_cache_size, "4096", CFG_RESTART, 1,
+          10000000),
+    K_INT("tenancy", "key_map_size", key_map_size, "1000000", CFG_RESTART, 1, 100000000),
 
     K_INT("migration", "batch_size", mig_batch_size, "1000", CFG_RELOAD, 1, 1000000),
     K_INT("migration", "max_bulk_copy_rate", mig_max_bulk_copy_rate, "10000", CFG_RELOAD, 0,

@@ -175,8 +175,8 @@ int px_router_init(px_proxy_t *p, char **err)
     p->router = r;
     route_tenancy_init(&r->tenancy, cfg->tenant_tables, cfg->tenant_column, cfg->key_columns,
                        cfg->position_column, cfg->row_key);
-    r->cache = route_cache_new(4096, &r->tenancy);
-    r->aggs = route_aggmap_new(1u << 20);
+    r->cache = route_cache_new((size_t)cfg->statement_cache_size, &r->tenancy);
+    r->aggs = route_aggmap_new((size_t)cfg->key_map_size);
     r->table = empty_table(p);
     for (size_t i = 0; i < p->n_stores; i++) {
         names[i] = p->stores[i]->name;

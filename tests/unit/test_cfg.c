@@ -84,7 +84,8 @@ static void test_defaults(void **state)
     assert_int_equal(c->server_connect_timeout_ms, 15000);
     assert_int_equal(c->shutdown_timeout_ms, 30000);
     assert_int_equal(c->pause_timeout_ms, 10000);
-    assert_int_equal(c->server_lifetime_ms, 0);
+    assert_int_equal(c->statement_cache_size, 4096);
+    assert_int_equal(c->key_map_size, 1000000);
     assert_int_equal(c->client_tls_mode, CFG_TLS_DISABLE);
     assert_string_equal(c->client_tls_cert_file, "");
     assert_string_equal(c->client_tls_key_file, "");
