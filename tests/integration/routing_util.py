@@ -220,6 +220,28 @@ def routing2(clusters, pgshift_factory):
     return RouteEnv(stores, eps)
 
 
+N_EVENTS = 3
+
+
+def place_tenants(env):
+    """Three fresh tenants: one unrouted (default store), one on b, one on c.
+    Returns [(tenant, home store)]."""
+    ta, tb, tc = new_tenant(), new_tenant(), new_tenant()
+    env.route(tb, "b")
+    env.route(tc, "c")
+    return [(ta, DEFAULT_STORE), (tb, "b"), (tc, "c")]
+
+
+def check_tenant_rows(env, tenant, home, events=N_EVENTS, outbox=N_EVENTS, snapshots=1,
+                      checkpoint=None):
+    """Every row of tenant on its home store, none elsewhere."""
+    env.expect_only_on(home, "events", "tenant_id", tenant, events)
+    env.expect_only_on(home, "event_outbox", "tenant_id", tenant, outbox)
+    env.expect_only_on(home, "snapshots", "tenant_id", tenant, snapshots)
+    if checkpoint is not None:
+        env.expect_only_on(home, "projection_checkpoints", "projection_name", checkpoint, 1)
+
+
 def pgshift_log(ep, tail=4000):
     """The tail of pgshift's stderr, for failure messages."""
     return ep.pgshift.stderr()[-tail:] if ep.pgshift else ""

@@ -10,32 +10,11 @@ and without a session tenant. Afterwards every store is read directly."""
 import psycopg
 import pytest
 
-from routing_util import (AGG_TYPE, DEFAULT_STORE, SQL, lit, literal_sql, new_id, new_tenant,
-                          payload, pgshift_log, routing)  # noqa: F401 (fixture)
+from routing_util import (AGG_TYPE, DEFAULT_STORE, N_EVENTS, SQL, check_tenant_rows, lit,
+                          literal_sql, new_id, payload, pgshift_log, place_tenants,
+                          routing)  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.proxy_only, pytest.mark.feature("routing")]
-
-N_EVENTS = 3
-
-
-def place_tenants(env):
-    """Three fresh tenants: one unrouted (default store), one on b, one on c.
-    Returns [(tenant, home store)]."""
-    ta, tb, tc = new_tenant(), new_tenant(), new_tenant()
-    env.route(tb, "b")
-    env.route(tc, "c")
-    return [(ta, DEFAULT_STORE), (tb, "b"), (tc, "c")]
-
-
-def check_tenant_rows(env, tenant, home, events=N_EVENTS, outbox=N_EVENTS, snapshots=1,
-                      checkpoint=None):
-    """Every row of tenant on its home store, none elsewhere."""
-    env.expect_only_on(home, "events", "tenant_id", tenant, events)
-    env.expect_only_on(home, "event_outbox", "tenant_id", tenant, outbox)
-    env.expect_only_on(home, "snapshots", "tenant_id", tenant, snapshots)
-    if checkpoint is not None:
-        env.expect_only_on(home, "projection_checkpoints", "projection_name", checkpoint, 1)
-
 
 # -- psycopg -------------------------------------------------------------
 
