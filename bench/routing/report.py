@@ -3,8 +3,9 @@
 
     report.py RAW.tsv HEADER.md CHECKS.md CLASSIFY.json ADMIN.txt
 
-RAW lines: variant clients mode target round tps latency_ms transactions log
-(tps and latency are "fail" for a failed run; log names its pgbench log).
+RAW lines: variant clients mode target round tps latency_ms transactions
+pgshift_cpu_us_per_txn log (tps and latency are "fail" for a failed run, the
+CPU "-" for direct; log names the pgbench log of a failed run).
 """
 import json
 import statistics
@@ -41,7 +42,8 @@ def main():
                 "round": int(p[4]), "ok": p[5] != "fail",
                 "tps": float(p[5]) if p[5] != "fail" else None,
                 "lat": float(p[6]) if p[6] != "fail" else None,
-                "txns": p[7], "log": p[8] if len(p) > 8 else "-",
+                "txns": p[7], "cpu": float(p[8]) if len(p) > 8 and p[8] != "-" else None,
+                "log": p[9] if len(p) > 9 else "-",
             })
 
     cells = []
@@ -60,8 +62,9 @@ def main():
     out.append("### Append TPS (mean of rounds) and mean latency")
     out.append("")
     out.append("| variant | clients | mode | direct TPS | one TPS | two TPS | **two/one** "
-               "| two/one per round (min..max) | one/direct | latency direct / one / two ms |")
-    out.append("|---|---:|---|---:|---:|---:|---:|---|---:|---|")
+               "| two/one per round: median (min..max) | one/direct "
+               "| latency direct / one / two ms | pgshift CPU us/txn one / two |")
+    out.append("|---|---:|---|---:|---:|---:|---:|---|---:|---|---|")
     ratios = []
     below = []
     failures = [r for r in runs if not r["ok"]]
@@ -71,6 +74,10 @@ def main():
         ok = {t: [r for r in sel[t] if r["ok"]] for t in TARGETS}
         tps = {t: statistics.mean(r["tps"] for r in ok[t]) if ok[t] else None for t in TARGETS}
         lat = {t: statistics.mean(r["lat"] for r in ok[t]) if ok[t] else None for t in TARGETS}
+        cpu = {}
+        for t in ("one", "two"):
+            xs = [r["cpu"] for r in ok[t] if r["cpu"] is not None]
+            cpu[t] = "%.0f" % statistics.mean(xs) if xs else "-"
         per_round = []
         for rnd in sorted({r["round"] for r in ok["two"]}):
             a = [r["tps"] for r in ok["two"] if r["round"] == rnd]
@@ -87,14 +94,20 @@ def main():
         def f(t):
             return fmt_tps(tps[t]) if tps[t] is not None else "failed"
 
-        out.append("| %s | %d | %s | %s | %s | %s | **%s**%s | %s | %s | %s |" % (
+        out.append("| %s | %d | %s | %s | %s | %s | **%s**%s | %s | %s | %s | %s |" % (
             cell[0], cell[1], cell[2], f("direct"), f("one"), f("two"),
             "%.2f" % ratio if ratio is not None else "n/a",
             " (below %.1f)" % TARGET_RATIO if ratio is not None and ratio < TARGET_RATIO else "",
-            "%.2f..%.2f" % (min(per_round), max(per_round)) if per_round else "n/a",
+            "%.2f (%.2f..%.2f)" % (statistics.median(per_round), min(per_round), max(per_round))
+            if per_round else "n/a",
             "%.2f" % (tps["one"] / tps["direct"]) if tps["one"] and tps["direct"] else "n/a",
             " / ".join("%.2f" % lat[t] if lat[t] is not None else "-" for t in TARGETS)
-            + (" (%d failed runs)" % nfail if nfail else "")))
+            + (" (%d failed runs)" % nfail if nfail else ""),
+            "%s / %s" % (cpu["one"], cpu["two"])))
+    out.append("")
+    out.append("pgshift CPU us/txn: user + system CPU time of the pgshift process during the "
+               "run (/proc/PID/stat) divided by the transactions pgbench completed (10 ms clock ticks); it varies "
+               "less with the machine's other load than TPS does, but not nothing.")
     out.append("")
     if ratios:
         gm = statistics.geometric_mean(ratios)

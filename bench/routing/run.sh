@@ -61,19 +61,20 @@ CLASSIFY_ITERS=${CLASSIFY_ITERS:-200000}
 OUT=${OUT:-}
 TARGETS=(direct one two)
 ROUTED_DB=routed
-ADMIN_USER=admin
-ADMIN_PASSWORD=admin-secret
+ADMIN_USER="admin"
+ADMIN_PASSWORD="admin-secret"
 CLASSIFY_BIN=${CLASSIFY_BIN:-$BENCH_REPO/build/bench/classify_bench}
 
 max_clients=0
 for n in $CLIENTS; do ((n > max_clients)) && max_clients=$n; done
-BENCH_MAX_CLIENTS=1000
+export BENCH_MAX_CLIENTS=1000 # fd limit bench_init raises (we need ~200)
+CLK_TCK=$(getconf CLK_TCK)
 
 GEN=("$BENCH_PY" "$HERE/gen.py")
 
 # ---- pgshift processes of this benchmark (bench/common starts one only) ----
 
-declare -A PGS_PID PGS_PORT PGS_ADMIN PGS_DB
+declare -A PGS_PID PGS_PORT PGS_ADMIN
 
 # routing_pgshift_start NAME DB CLUSTER...: pgshift NAME whose stores are
 # database DB on each CLUSTER (store name = cluster name; the first is the
@@ -85,7 +86,6 @@ routing_pgshift_start() {
     mkdir -p "$dir"
     PGS_PORT[$name]=$(bench_free_port)
     PGS_ADMIN[$name]=$(bench_free_port)
-    PGS_DB[$name]=$db
     {
         printf '"%s" "%s"\n' "$BENCH_USER" "${BENCH_SECRET:-$BENCH_PASSWORD}"
         printf '"%s" "%s"\n' "$ADMIN_USER" "$ADMIN_PASSWORD"
@@ -114,9 +114,10 @@ EOF
     } >"$dir/pgshift.ini"
     "$PGSHIFT_BIN" -c "$dir/pgshift.ini" </dev/null >>"$dir/pgshift.log" 2>&1 &
     PGS_PID[$name]=$!
-    bench_wait_port "${PGS_PORT[$name]}" 15 "${PGS_PID[$name]}" &&
-        bench_wait_port "${PGS_ADMIN[$name]}" 15 "${PGS_PID[$name]}" ||
+    if ! bench_wait_port "${PGS_PORT[$name]}" 15 "${PGS_PID[$name]}" ||
+        ! bench_wait_port "${PGS_ADMIN[$name]}" 15 "${PGS_PID[$name]}"; then
         bench_die "pgshift $name did not start: $(tail -20 "$dir/pgshift.log")"
+    fi
     bench_log "pgshift $name (stores: $*, database $db) on 127.0.0.1:${PGS_PORT[$name]}," \
         "admin ${PGS_ADMIN[$name]}"
 }
@@ -150,9 +151,13 @@ routing_psql_db() {
         -U postgres -d "$db" "$@"
 }
 
+# CPU time (user + system) of a process so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 port_of() {
+    local port_var=PG_a_PORT # set by bench_pg_start a
     case $1 in
-    direct) echo "$PG_a_PORT" ;;
+    direct) echo "${!port_var}" ;;
     one | two) echo "${PGS_PORT[$1]}" ;;
     esac
 }
@@ -233,26 +238,34 @@ for c in a b; do routing_psql_db "$c" "$ROUTED_DB" -c "VACUUM ANALYZE" >/dev/nul
 bench_log "warm-up done: $((max_clients * PER_CLIENT)) aggregates per target and variant"
 
 # run_pgbench TARGET VARIANT CLIENTS MODE ROUND: one pgbench run, one TSV line
-# (tps and latency, or "fail" with the log kept for the report).
+# (tps, latency, transactions, pgshift's CPU microseconds per transaction or
+# "-" for direct; tps and latency "fail" with the log named for the report).
 run_pgbench() {
     local target=$1 variant=$2 clients=$3 mode=$4 round=$5 jobs=1 tps lat txns
+    local pid=${PGS_PID[$target]:-} c0=0 c1=0 cpu=-
     ((clients > 1)) && jobs=2
+    [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
     local log="$BENCH_TMP/pgbench-$variant-$clients-$mode-$target-$round.log"
     "$PG_BIN/pgbench" -n -T "$DURATION" -c "$clients" -j "$jobs" -M "$mode" -h 127.0.0.1 \
         -p "$(port_of "$target")" -D inited=0 -f "$BENCH_TMP/$variant-$target-$mode.sql" \
         "$(db_of "$target")" >"$log" 2>&1
     local rc=$?
+    [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
     tps=$(awk '/^tps = .*without initial connection time/ {print $3}' "$log")
     lat=$(awk '/^latency average = / {print $4}' "$log")
     txns=$(awk '/^number of transactions actually processed:/ {print $6}' "$log")
     if [ "$rc" != 0 ] || [ -z "$tps" ] || [ -z "$lat" ] ||
         grep -q 'aborted\|ERROR' "$log"; then
         bench_log "FAILED round $round $variant c=$clients $mode $target: $(tail -3 "$log")"
-        echo "$variant $clients $mode $target $round fail fail ${txns:-0} $log" >>"$RAW"
+        echo "$variant $clients $mode $target $round fail fail ${txns:-0} - $log" >>"$RAW"
         return
     fi
-    echo "$variant $clients $mode $target $round $tps $lat $txns -" >>"$RAW"
-    bench_log "round $round $variant c=$clients $mode $target: $tps tps, $lat ms"
+    if [ -n "$pid" ] && ((txns > 0)); then
+        cpu=$(((c1 - c0) * 1000000 / CLK_TCK / txns))
+    fi
+    echo "$variant $clients $mode $target $round $tps $lat $txns $cpu -" >>"$RAW"
+    bench_log "round $round $variant c=$clients $mode $target: $tps tps, $lat ms," \
+        "pgshift CPU $cpu us/txn"
 }
 
 ncells=0
