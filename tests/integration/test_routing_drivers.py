@@ -151,6 +151,35 @@ def test_asyncpg_one_off_queries(routing):
         env.expect_only_on(home, "event_outbox", "tenant_id", tenant, 2)
 
 
+@pytest.mark.parametrize("first_use", ["plain", "after-simple-query", "in-transaction"])
+def test_asyncpg_prepare_then_first_use_on_another_store(routing, first_use):
+    """conn.prepare() (Parse, Describe, Flush: no Sync, answered by the
+    default store) and then the statement's first Bind for a tenant on store
+    b: directly, after a simple Query, or inside a transaction."""
+    env = routing
+    tb = new_tenant()
+    env.route(tb, "b")
+    eid = uuid.uuid4()
+
+    async def main():
+        conn = await aconnect(env.ep)
+        try:
+            stmt = await conn.prepare(pg_sql("outbox"))
+            args = (eid, uuid.uuid4(), AGG_TYPE, "Ev", uuid.UUID(tb), payload())
+            if first_use == "after-simple-query":
+                await conn.execute("SELECT 1")
+            if first_use == "in-transaction":
+                async with conn.transaction():
+                    await stmt.fetch(*args)
+            else:
+                await stmt.fetch(*args)
+        finally:
+            await conn.close()
+
+    run(main())
+    env.expect_only_on("b", "event_outbox", "event_id", str(eid), 1)
+
+
 def test_asyncpg_session_tenant_from_startup(routing):
     """pgshift.tenant as a startup parameter (asyncpg server_settings), one
     connection per tenant; the tenantless checkpoint follows the session."""
