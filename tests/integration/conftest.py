@@ -65,6 +65,8 @@ def pgshift_bin():
 def pytest_configure(config):
     config.addinivalue_line("markers", "proxy_only: behaviour that only pgshift has "
                             "(skipped, with the reason, when PGSHIFT_TARGET=postgres)")
+    config.addinivalue_line("markers", "slow: takes tens of seconds; left out of the sanitizer "
+                            "pass in CI (PGSHIFT_SKIP_SLOW=1), run everywhere else")
     config.addinivalue_line("markers", "feature(name): the proxy feature a test exercises "
                             "(informational; such tests fail until the feature works)")
 
