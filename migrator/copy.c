@@ -1273,6 +1273,7 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
     run_rc_t rc;
     PGresult *res;
     bool map = strcmp(t->mode, "map") == 0;
+    uint64_t t_start = cm_now_us(), t_bound = 0, t_stream = 0;
 
     *finished = false;
     /* 1. The last key of this batch (an index-only walk of at most batch_size keys). */
@@ -1346,7 +1347,9 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
                            order ? order : "");
     in_sql = map ? cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", t->stage, t->all_cols)
                  : cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", t->q, t->copy_cols);
+    t_bound = cm_now_us();
     rc = stream(r, out_sql, in_sql, &rows);
+    t_stream = cm_now_us();
     free(out_sql);
     free(in_sql);
     free(order);
@@ -1398,6 +1401,10 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
         r->copied += rows;
         t->done = t->n_key == 0 || expected < r->batch_size;
         *finished = t->done;
+        LOG_DEBUG(LOG_CTX,
+                  "migration %s: %s: %lld rows, bound %.1f ms, copy %.1f ms, commit %.1f ms",
+                  r->ids, t->name, rows, (double)(t_bound - t_start) / 1000.0,
+                  (double)(t_stream - t_bound) / 1000.0, (double)(cm_now_us() - t_stream) / 1000.0);
     }
 out:
     free(where);
