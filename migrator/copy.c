@@ -139,6 +139,7 @@ typedef struct run {
     size_t win_n;
     double rate_now;
     char *mirror_from; /* map mode: source positions above this are not yet in the control store */
+    char *barrier_xid; /* X0, as the target's plan recorded it */
 
     /* the last error */
     char sqlstate[6];
@@ -767,7 +768,8 @@ static run_rc_t read_plan(run_t *r, bool *found)
     const char *params[] = { r->ids };
     run_rc_t rc;
     PGresult *res = q(r, r->dst, "target store",
-                      "SELECT table_name, mode, hi_bound, last_key, rows_total, rows_copied, done "
+                      "SELECT table_name, mode, hi_bound, last_key, rows_total, rows_copied, done, "
+                      "  barrier_xid "
                       "FROM pgshift.target_copy_state WHERE migration_id = $1::bigint",
                       1, params, &rc);
 
@@ -802,6 +804,10 @@ static run_rc_t read_plan(run_t *r, bool *found)
             t.total = strtoll(PQgetvalue(res, row, 4), NULL, 10);
             t.copied = strtoll(PQgetvalue(res, row, 5), NULL, 10);
             t.done = strcmp(PQgetvalue(res, row, 6), "t") == 0;
+            if (!PQgetisnull(res, row, 7)) {
+                free(r->barrier_xid);
+                r->barrier_xid = cm_xstrdup(PQgetvalue(res, row, 7));
+            }
             r->tabs = cm_xrealloc(r->tabs, (r->n_tabs + 1) * sizeof(*r->tabs));
             r->tabs[r->n_tabs++] = t;
             r->total += t.total;
@@ -989,16 +995,18 @@ static run_rc_t publish(run_t *r, const char *detail, verdict_t *v)
     snprintf(total, sizeof(total), "%lld", r->total);
     snprintf(rate, sizeof(rate), "%.1f", r->rate_now);
     {
-        const char *params[] = { r->ids, copied, total, rate, detail, (const char *)js.data, high };
+        const char *params[] = { r->ids, copied,        total, rate, detail, (const char *)js.data,
+                                 high,   r->barrier_xid };
 
         res = q(r, r->ctl, "control store",
                 "UPDATE pgshift.migrations SET events_copied = $2::bigint, "
                 "  rows_copied = $2::bigint, events_total = $3::bigint, rows_total = $3::bigint, "
                 "  copy_rate = $4::float8, status_detail = $5, copy_progress = $6::jsonb, "
                 "  source_high_water = coalesce($7::bigint, source_high_water), "
-                "  updated_at = now() "
+                "  copy_barrier_xid = coalesce(copy_barrier_xid, $8), "
+                "  copy_barrier_at = coalesce(copy_barrier_at, now()), updated_at = now() "
                 "WHERE id = $1::bigint RETURNING phase, paused, cleanup_pending",
-                7, params, &rc);
+                8, params, &rc);
     }
     cm_buf_free(&js);
     if (res == NULL)
@@ -1818,5 +1826,6 @@ out:
     free(r.tenant_lit);
     free(r.tcol);
     free(r.mirror_from);
+    free(r.barrier_xid);
     free(r.err);
 }

@@ -1540,6 +1540,18 @@ static void test_mig_copy_and_abort(void **state)
     v = digest("mig_src", "events", T_MIG, false);
     assert_non_null(strstr(v, "20000:"));
     free(v);
+    /* The barrier and the copy's upper bound are recorded for the dual-write hand-over. */
+    {
+        char *hw = db_value(
+            "mig_src", "SELECT max(global_position) FROM events WHERE tenant_id = '" T_MIG "'");
+
+        snprintf(sql, sizeof(sql),
+                 "SELECT copy_barrier_xid ~ '^[0-9]+$' AND source_high_water = %s "
+                 "FROM pgshift.migrations WHERE id = %ld",
+                 hw, id);
+        assert_db_value("control", sql, "t");
+        free(hw);
+    }
     /* The target's sequence is past every source position. */
     assert_db_value("mig_dst",
                     "SELECT nextval('events_global_position_seq') > "
