@@ -1,7 +1,16 @@
 /*
  * migrator/migrator.h - the migrator's public face: the control store
  * (schema pgshift: routes, migrations, audit log), its LISTEN/NOTIFY feed of
- * route changes, and the admin commands that need blocking libpq.
+ * route changes, the admin commands that need blocking libpq, key lookups for
+ * routing, and migrations (issue #4: PENDING -> BULK_COPY and the resumable
+ * bulk copy, whose hand-over contract with dual-write is described at the top
+ * of migrator/copy.c).
+ *
+ * Migrations and routes: MIGRATE records the migration and sets the tenant's
+ * route to state "migrating" (store = the source, phase/target_store from the
+ * migration); while PENDING and BULK_COPY the tenant keeps routing to its
+ * source. Every phase change is written to the control store (and audited)
+ * before it takes effect, and reaches every pgshift process as MIG_EV_ROUTES.
  *
  * Threads: every blocking call runs on threads owned by mig_ctl_t. Those
  * threads never touch the loop; they hand heap-allocated mig_event_t values
@@ -196,8 +205,13 @@ typedef struct mig_ctl mig_ctl_t;
  * start at once), load the routes and LISTEN on channel pgshift_routes. Then
  * start the threads: a listener that delivers MIG_EV_ROUTES after every
  * change and reconnects with backoff (MIG_EV_CONTROL_DOWN / _UP), a
- * worker that runs mig_ctl_request admin commands one at a time, and a
- * lookup worker that answers MIG_CMD_LOOKUP_KEY (its own queue).
+ * worker that runs mig_ctl_request admin commands one at a time, a lookup
+ * worker that answers MIG_CMD_LOOKUP_KEY (its own queue), a watch worker
+ * for WATCH MIGRATION, and one runner thread per migration that needs work
+ * (started by the listener from the control store, so a restarted pgshift
+ * resumes every unfinished migration, and a migration started by another
+ * pgshift process is taken over when that process dies; a session advisory
+ * lock makes sure only one process copies a migration at a time).
  *
  * The first MIG_EV_ROUTES is delivered on a later loop turn, never during
  * this call. Stores: store_names[i] is reached through store_conninfos[i];
