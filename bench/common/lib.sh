@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/common/lib.sh - shared helpers for the benchmarks under bench/.
 #
 # Source it from a bench/NAME/run.sh (bash). It starts throwaway PostgreSQL 15
@@ -269,10 +270,11 @@ bench_pgshift_stop() {
 # bench_pgbouncer_start STORE [key=value ...]: PgBouncer (run as postgres) in
 # front of cluster STORE, pool_mode=session, a server per client for up to
 # 200 clients, same auth_type and auth_file secret as PostgreSQL and pgshift
-# (with a SCRAM secret it logs into PostgreSQL with the client's SCRAM keys). Extra args are added to
-# [pgbouncer]. Sets PGBOUNCER_PORT, PGBOUNCER_PID.
+# (with a SCRAM secret it logs into PostgreSQL with the client's SCRAM keys).
+# Extra args are added to [pgbouncer]. Sets PGBOUNCER_PORT, PGBOUNCER_PID.
 bench_pgbouncer_start() {
-    local store=$1 dir="$BENCH_TMP/pgbouncer" port_var="PG_${1}_PORT" kv
+    local store=$1 dir="$BENCH_TMP/pgbouncer" kv
+    local port_var="PG_${store}_PORT"
     shift
     mkdir -p "$dir"
     PGBOUNCER_PORT=$(bench_free_port)

@@ -10,7 +10,8 @@
 # connection of pgshift and PgBouncer (bench/common/idle_clients.py).
 # Prints a Markdown report (TPS, latency, ratios, memory) on stdout.
 #
-#   bench/passthrough/run.sh            full run (3 rounds x 5 s, ~20 min on 2 cores)
+#   bench/passthrough/run.sh            full run (3 rounds x 4 s; ~20 min on 2 cores,
+#                                       25 when the machine is busy)
 #   QUICK=1 bench/passthrough/run.sh    short run (1 round x 3 s, 1,000 idle only; ~5 min)
 #
 # Knobs (environment): ROUNDS, DURATION (s per pgbench run), WORKLOADS
@@ -21,7 +22,7 @@
 
 set -u -o pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=../common/lib.sh
+# shellcheck source=bench/common/lib.sh
 . "$HERE/../common/lib.sh"
 
 # The command line as given (only the knobs that were set), for the report.
@@ -37,7 +38,7 @@ if [ "$QUICK" = 1 ]; then
     DURATION=${DURATION:-3}
 else
     ROUNDS=${ROUNDS:-3}
-    DURATION=${DURATION:-5}
+    DURATION=${DURATION:-4}
 fi
 WORKLOADS=${WORKLOADS:-select-only append}
 CLIENTS=${CLIENTS:-1 8 32}
@@ -53,7 +54,7 @@ TARGETS=(direct pgshift pgbouncer)
 
 max_mem=0
 for n in $MEM_CLIENTS; do ((n > max_mem)) && max_mem=$n; done
-BENCH_MAX_CLIENTS=$((max_mem > 1000 ? max_mem : 1000))
+export BENCH_MAX_CLIENTS=$((max_mem > 1000 ? max_mem : 1000))
 
 bench_init
 RAW_TPS=$BENCH_TMP/tps.tsv
@@ -80,7 +81,7 @@ port_of() {
 
 # run_pgbench TARGET WORKLOAD CLIENTS MODE ROUND: one pgbench run, one TSV line.
 run_pgbench() {
-    local target=$1 workload=$2 clients=$3 mode=$4 round=$5 jobs=1 out tps lat
+    local target=$1 workload=$2 clients=$3 mode=$4 round=$5 jobs=1 tps lat
     ((clients > 1)) && jobs=2
     local args=(-n -T "$DURATION" -c "$clients" -j "$jobs" -M "$mode" -h 127.0.0.1
         -p "$(port_of "$target")")
@@ -95,7 +96,7 @@ run_pgbench() {
     fi
     tps=$(awk '/^tps = .*without initial connection time/ {print $3}' "$log")
     lat=$(awk '/^latency average = / {print $4}' "$log")
-    [ -n "$tps" ] && [ -n "$lat" ] || bench_die "cannot parse $log"
+    if [ -z "$tps" ] || [ -z "$lat" ]; then bench_die "cannot parse $log"; fi
     echo "$workload $clients $mode $target $round $tps $lat" >>"$RAW_TPS"
     bench_log "round $round $workload c=$clients $mode $target: $tps tps, $lat ms"
 }
@@ -164,8 +165,8 @@ T_END=$(date +%s)
     echo "pgbouncer: pool_mode=session default_pool_size=200 log_connections=0"
     echo "pgshift: log_level=warning, one store, defaults otherwise"
     echo "proxy log warnings/errors during the run: pgshift" \
-        "$(cat "$BENCH_TMP"/pgshift/pgshift.log 2>/dev/null | grep -cE 'WARNING|ERROR|FATAL')," \
-        "pgbouncer $(cat "$BENCH_TMP"/pgbouncer/pgbouncer.log 2>/dev/null | grep -cE 'WARNING|ERROR|FATAL')"
+        "$(grep -cE 'WARNING|ERROR|FATAL' "$BENCH_TMP/pgshift/pgshift.log" 2>/dev/null)," \
+        "pgbouncer $(grep -cE 'WARNING|ERROR|FATAL' "$BENCH_TMP/pgbouncer/pgbouncer.log" 2>/dev/null)"
     echo "wall time: $(((T_END - T_START) / 60)) min $(((T_END - T_START) % 60)) s"
     echo '```'
 } >"$HEADER"
