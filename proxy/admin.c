@@ -353,6 +353,10 @@ void px_admin_query(px_client_t *c, const char *sql)
             return; /* the migrator answers (px_admin_reply) */
         } else
             px_client_error(c, "42601", "unknown SHOW command: %s", q);
+    } else if (px_router_admin(c, q)) {
+        /* Migration commands (PAUSE MIGRATION id, ...) before the proxy's own PAUSE. */
+        free(q);
+        return; /* the migrator answers (px_admin_reply) */
     } else if (word_is(&s, "RELOAD") && !*s) {
         if (px_proxy_reload(p, &err) < 0) {
             px_client_error(c, "F0000", "reload failed: %s", err);
@@ -375,9 +379,6 @@ void px_admin_query(px_client_t *c, const char *sql)
         free(q);
         px_proxy_shutdown(p, false);
         return;
-    } else if (px_router_admin(c, q)) {
-        free(q);
-        return; /* the migrator answers (px_admin_reply) */
     } else {
         px_client_error(c, "42601", "unknown command: %s", q);
     }

@@ -292,6 +292,7 @@ struct px_client {
     cm_buf_t batch;         /* extended messages held until the batch's store is known */
     int batch_store;        /* store of the current extended batch (since Sync), -1 = none */
     bool batch_refused;     /* an error was reported: drop messages until Sync */
+    bool batch_effects;     /* the batch sent more than Parse/Describe to its store */
     bool in_txn;            /* inside BEGIN ... COMMIT as the client sees it */
     int bound_store;        /* store the transaction is bound to, -1 = none */
     bool bound_tentative;   /* bound only by a tenant-less read; may still move */

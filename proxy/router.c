@@ -595,12 +595,14 @@ void px_router_ready(px_client_t *c, px_server_t *s, uint8_t status)
 static void cl_session(px_client_t *c, route_session_t *ss)
 {
     px_proxy_t *p = c->conn.proxy;
-    int bound = c->bound_store >= 0 ? c->bound_store : c->batch_store;
+    /* A batch binds like a transaction once it did more than Parse/Describe. */
+    int batch = c->batch_effects ? c->batch_store : -1;
+    int bound = c->bound_store >= 0 ? c->bound_store : batch;
 
     ss->tenant = c->tenant;
     ss->bound_store = bound;
     ss->bound_tentative = c->bound_store >= 0 ? c->bound_tentative : false;
-    ss->in_txn = c->in_txn || c->batch_store >= 0;
+    ss->in_txn = c->in_txn || batch >= 0;
     ss->default_store = p->default_store->index;
     ss->aggs = p->router->aggs;
 }
@@ -1081,6 +1083,27 @@ static rt_rc_t rt_bind(px_client_t *c, const uint8_t *msg, size_t msg_len, const
     }
     if (d.action != ROUTE_ACT_SEND)
         d.store = c->batch_store; /* DEFER/LOCAL inside a running batch */
+    if (c->batch_store >= 0 && d.store != c->batch_store && !c->batch_effects &&
+        c->bound_store < 0) {
+        /*
+         * Only Parse/Describe went to the batch's store so far (asyncpg sends
+         * Parse, Describe, Flush, reads the answers, then Bind): they change
+         * nothing, so the batch moves to the Bind's store once they are
+         * answered. The old store gets a quiet Sync to end its batch.
+         */
+        px_server_t *old = cl_server(c, c->batch_store);
+
+        if (old != NULL && px_server_visible_pending(old) == 0) {
+            cm_buf_t b = { 0 };
+
+            wire_put_sync(&b);
+            px_conn_send(&old->conn, b.data, b.len);
+            cm_buf_free(&b);
+            px_server_expect(old, WIRE_MSG_SYNC, true);
+            px_conn_flush(&old->conn);
+            c->batch_store = -1;
+        }
+    }
     if (c->batch_store >= 0 && d.store != c->batch_store) {
         char m[256];
 
@@ -1109,6 +1132,7 @@ static rt_rc_t rt_bind(px_client_t *c, const uint8_t *msg, size_t msg_len, const
         route_learn_rows(r->aggs, rs, &bp);
     px_conn_send(&s->conn, msg, msg_len);
     px_server_expect(s, WIRE_MSG_BIND, false);
+    c->batch_effects = true;
     return RT_DONE;
 }
 
@@ -1219,6 +1243,8 @@ static rt_rc_t rt_follow(px_client_t *c, uint8_t type, const uint8_t *msg, size_
     px_conn_send(&s->conn, msg, msg_len);
     if (type != WIRE_MSG_FLUSH)
         px_server_expect(s, type, false);
+    if (type != WIRE_MSG_DESCRIBE)
+        c->batch_effects = true;
     return RT_DONE;
 }
 
@@ -1246,6 +1272,7 @@ static rt_rc_t rt_sync(px_client_t *c, const uint8_t *msg, size_t msg_len)
     px_server_expect(s, WIRE_MSG_SYNC, false);
     c->batch_store = -1;
     c->batch_refused = false;
+    c->batch_effects = false;
     return RT_DONE;
 }
 
