@@ -170,6 +170,7 @@ int px_router_init(px_proxy_t *p, char **err)
     const char **names = cm_xcalloc(p->n_stores, sizeof(*names));
     const char **infos = cm_xcalloc(p->n_stores, sizeof(*infos));
     mig_tenancy_t mt = { 0 };
+    mig_settings_t defaults;
     int rc;
 
     p->router = r;
@@ -186,6 +187,19 @@ int px_router_init(px_proxy_t *p, char **err)
     mt.tables = (const char *const *)r->tenancy.tables;
     mt.tenant_column = r->tenancy.tenant_column;
     mt.default_store = p->default_store->name;
+    mt.position_column = r->tenancy.position_column;
+    mt.row_key = r->tenancy.row_key;
+    mig_settings_default(&defaults);
+    defaults.batch_size = cfg->mig_batch_size;
+    defaults.max_bulk_copy_rate = cfg->mig_max_bulk_copy_rate;
+    defaults.dual_write_timeout_minutes = cfg->mig_dual_write_timeout_minutes;
+    defaults.cutover_max_lag_events = cfg->mig_cutover_max_lag_events;
+    defaults.cutover_timeout_ms = cfg->mig_cutover_timeout_ms;
+    defaults.position_mapping_enabled = cfg->mig_position_mapping_enabled;
+    defaults.verify_consistency = cfg->mig_verify_consistency;
+    defaults.migrate_subscriptions = cfg->mig_migrate_subscriptions;
+    defaults.auto_cutover = cfg->mig_auto_cutover;
+    mt.defaults = &defaults;
     BUG_ON(ctl_store == NULL, "control store %s missing", cfg->control_store);
     rc = mig_ctl_start(p->loop, ctl_store->conninfo, names, infos, p->n_stores, &mt,
                        router_event_cb, p, &r->ctl);
