@@ -61,11 +61,6 @@ static void cl_unref(px_client_t *c)
     free(c);
 }
 
-static void cl_timer_closed(uv_handle_t *h)
-{
-    cl_unref(h->data);
-}
-
 static void cl_conn_closed(px_conn_t *conn)
 {
     cl_unref(conn->owner);
@@ -106,8 +101,6 @@ static void cl_detach(px_client_t *c)
     if (p->pause_waiter == c)
         p->pause_waiter = NULL;
     cl_set_state(c, PX_CL_CLOSING);
-    uv_timer_stop(&c->timer);
-    uv_close((uv_handle_t *)&c->timer, cl_timer_closed);
 }
 
 void px_client_close(px_client_t *c, const char *reason)
@@ -190,35 +183,30 @@ bool px_client_is_idle(const px_client_t *c)
     return true;
 }
 
-/* ---- timers ---- */
+/* ---- timeouts (the proxy's janitor calls this once a second) ---- */
 
-static void cl_timer_cb(uv_timer_t *t)
+void px_client_check_timeouts(px_client_t *c, uint64_t now_ms)
 {
-    px_client_t *c = t->data;
     px_proxy_t *p = c->conn.proxy;
 
+    if (c->state == PX_CL_CLOSING)
+        return;
     if (c->state != PX_CL_READY) {
-        px_client_fail(c, "08P01", "login timeout after %d ms", p->cfg->client_login_timeout_ms);
+        if (p->cfg->client_login_timeout_ms > 0 &&
+            now_ms - c->last_active_ms >= (uint64_t)p->cfg->client_login_timeout_ms)
+            px_client_fail(c, "08P01", "login timeout after %d ms",
+                           p->cfg->client_login_timeout_ms);
         return;
     }
-    if (p->cfg->client_idle_timeout_ms > 0 && px_client_is_idle(c)) {
-        uint64_t idle = cm_now_ms() - c->last_active_ms;
-
-        if (idle >= (uint64_t)p->cfg->client_idle_timeout_ms) {
-            px_client_fail(c, "57P05", "terminating connection due to idle timeout");
-            return;
-        }
-        uv_timer_start(&c->timer, cl_timer_cb, (uint64_t)p->cfg->client_idle_timeout_ms - idle, 0);
-    } else if (p->cfg->client_idle_timeout_ms > 0) {
-        uv_timer_start(&c->timer, cl_timer_cb, (uint64_t)p->cfg->client_idle_timeout_ms, 0);
-    }
+    if (p->cfg->client_idle_timeout_ms > 0 && !c->is_admin && px_client_is_idle(c) &&
+        now_ms - c->last_active_ms >= (uint64_t)p->cfg->client_idle_timeout_ms)
+        px_client_fail(c, "57P05", "terminating connection due to idle timeout");
 }
 
 /* ---- welcome ---- */
 
 static void cl_send_welcome(px_client_t *c)
 {
-    px_proxy_t *p = c->conn.proxy;
     cm_buf_t b = { 0 };
     const px_params_t *sp = &c->store->params;
 
@@ -259,9 +247,6 @@ static void cl_send_welcome(px_client_t *c)
     c->txn_status = WIRE_TXN_IDLE;
     cl_set_state(c, PX_CL_READY);
     c->last_active_ms = cm_now_ms();
-    uv_timer_stop(&c->timer);
-    if (p->cfg->client_idle_timeout_ms > 0)
-        uv_timer_start(&c->timer, cl_timer_cb, (uint64_t)p->cfg->client_idle_timeout_ms, 0);
     LOG_DEBUG(c->ctx, "login ok");
 }
 
@@ -904,9 +889,8 @@ void px_client_accept(px_proxy_t *p, uv_stream_t *listener, bool is_admin, bool 
     }
     c->conn.h.handle.data = &c->conn;
     c->conn.is_open = 1;
-    uv_timer_init(p->loop, &c->timer);
-    c->timer.data = c;
-    c->n_handles = 2;
+    c->n_handles = 1;
+    c->last_active_ms = cm_now_ms(); /* login timeout counts from here */
     cm_list_append(&p->clients, &c->node);
     if (is_admin)
         p->n_admin_clients++;
@@ -926,6 +910,4 @@ void px_client_accept(px_proxy_t *p, uv_stream_t *listener, bool is_admin, bool 
         px_client_close(c, "cannot read");
         return;
     }
-    if (p->cfg->client_login_timeout_ms > 0)
-        uv_timer_start(&c->timer, cl_timer_cb, (uint64_t)p->cfg->client_login_timeout_ms, 0);
 }

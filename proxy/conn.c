@@ -275,28 +275,31 @@ static void conn_close_now(px_conn_t *c)
 static void write_cb(uv_write_t *req, int status)
 {
     px_conn_t *c = req->data;
-    size_t mark = c->proxy->cfg->max_buffer_len;
-    bool was_full = px_conn_pending(c) > mark;
 
-    c->is_writing = 0;
-    cm_buf_reset(&c->sendbuf);
-    if (c->is_closing)
-        return;
-    if (status < 0) {
-        conn_fail(c, status);
-        return;
-    }
-    px_conn_flush(c);
-    if (c->is_closing)
-        return;
-    if (px_conn_pending(c) == 0) {
-        if (c->sendbuf.cap > 65536)
+    free(req);
+    c->wreq = NULL;
+    {
+        size_t mark = c->proxy->cfg->max_buffer_len;
+        bool was_full = px_conn_pending(c) > mark;
+
+        c->is_writing = 0;
+        cm_buf_reset(&c->sendbuf);
+        if (c->is_closing)
+            return;
+        if (status < 0) {
+            conn_fail(c, status);
+            return;
+        }
+        px_conn_flush(c);
+        if (c->is_closing)
+            return;
+        if (px_conn_pending(c) == 0) {
             cm_buf_free(&c->sendbuf);
-        if (c->out.cap > 65536)
             cm_buf_free(&c->out);
+        }
+        if (was_full || px_conn_pending(c) <= mark)
+            conn_ops(c)->on_drain(c);
     }
-    if (was_full || px_conn_pending(c) <= mark)
-        conn_ops(c)->on_drain(c);
 }
 
 void px_conn_flush(px_conn_t *c)
@@ -330,7 +333,10 @@ void px_conn_flush(px_conn_t *c)
     b = uv_buf_init((char *)c->sendbuf.data, (unsigned)c->sendbuf.len);
     n = uv_try_write(&c->h.stream, &b, 1);
     if (n == (int)c->sendbuf.len) {
-        cm_buf_reset(&c->sendbuf);
+        /* Everything left: an idle connection keeps no output buffer. */
+        cm_buf_free(&c->sendbuf);
+        if (c->out.len == 0)
+            cm_buf_free(&c->out);
         if (c->close_after_flush && c->out.len == 0)
             conn_close_now(c);
         return;
@@ -343,9 +349,12 @@ void px_conn_flush(px_conn_t *c)
     if (n > 0)
         cm_buf_consume(&c->sendbuf, (size_t)n);
     b = uv_buf_init((char *)c->sendbuf.data, (unsigned)c->sendbuf.len);
-    c->wreq.data = c;
-    n = uv_write(&c->wreq, &c->h.stream, &b, 1, write_cb);
+    c->wreq = cm_xmalloc(sizeof(*c->wreq));
+    c->wreq->data = c;
+    n = uv_write(c->wreq, &c->h.stream, &b, 1, write_cb);
     if (n < 0) {
+        free(c->wreq);
+        c->wreq = NULL;
         cm_buf_reset(&c->sendbuf);
         conn_fail(c, n);
         return;

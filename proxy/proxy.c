@@ -158,6 +158,18 @@ fail:
     return -1;
 }
 
+/* Once a second: timeouts of sessions (cheaper than a timer per session). */
+static void janitor_cb(uv_timer_t *t)
+{
+    px_proxy_t *p = t->data;
+    uint64_t now = cm_now_ms();
+    cm_list_t *it, *tmp;
+
+    cm_list_foreach_safe(it, tmp, &p->clients) {
+        px_client_check_timeouts(cm_container_of(it, px_client_t, node), now);
+    }
+}
+
 int px_proxy_init(px_proxy_t *p, uv_loop_t *loop, cfg_t *cfg, char **err)
 {
     memset(p, 0, sizeof(*p));
@@ -178,6 +190,9 @@ int px_proxy_init(px_proxy_t *p, uv_loop_t *loop, cfg_t *cfg, char **err)
     p->pause_timer.data = p;
     uv_timer_init(loop, &p->shutdown_timer);
     p->shutdown_timer.data = p;
+    uv_timer_init(loop, &p->janitor);
+    p->janitor.data = p;
+    uv_timer_start(&p->janitor, janitor_cb, 1000, 1000);
     return 0;
 }
 
@@ -311,6 +326,7 @@ static void shutdown_finish(px_proxy_t *p)
     LOG_INFO(NULL, "shutdown complete");
     close_if_open((uv_handle_t *)&p->pause_timer);
     close_if_open((uv_handle_t *)&p->shutdown_timer);
+    close_if_open((uv_handle_t *)&p->janitor);
     close_if_open((uv_handle_t *)&p->sig_term);
     close_if_open((uv_handle_t *)&p->sig_int);
     close_if_open((uv_handle_t *)&p->sig_hup);

@@ -94,7 +94,7 @@ struct px_conn {
 
     cm_buf_t out;       /* plaintext queued by the owner, not yet handed to the socket */
     cm_buf_t sendbuf;   /* bytes owned by the in-flight uv_write */
-    uv_write_t wreq;    /* one write in flight at a time */
+    uv_write_t *wreq;   /* the write in flight, allocated per asynchronous write */
     px_tls_t *tls;      /* NULL for plaintext */
     uint64_t bytes_in;  /* plaintext bytes received */
     uint64_t bytes_out; /* plaintext bytes queued */
@@ -307,8 +307,7 @@ struct px_client {
     void *scram;         /* px_scram_server_t during SASL */
     uint8_t txn_status;  /* as last reported to the client */
     size_t fwd_left;     /* bytes of the current message still to stream to the server */
-    uv_timer_t timer;    /* login and idle timeouts */
-    int n_handles;       /* open uv handles: conn + timer */
+    int n_handles;       /* open uv handles: the conn */
     uint64_t connect_ms; /* wall-clock ms at accept, for SHOW CLIENTS */
     uint64_t last_active_ms;
     uint64_t n_queries;
@@ -320,7 +319,7 @@ struct px_client {
     unsigned is_waiting : 1;      /* a message waits: server login, a busy store, a lookup */
     unsigned is_local_portal : 1; /* the batch's portal is answered here (held BEGIN) */
     unsigned is_streaming : 1;    /* admin: a streamed result set (WATCH) is being sent */
-    char ctx[96];                 /* log prefix: "C#12 app@127.0.0.1:5000" */
+    char ctx[72];                 /* log prefix: "C#12 db/app@127.0.0.1:5000" */
 };
 
 /* ---- the process ---- */
@@ -386,6 +385,7 @@ struct px_proxy {
     uv_timer_t pause_timer;
     px_client_t *pause_waiter; /* admin client waiting for PAUSE to complete */
     uv_timer_t shutdown_timer;
+    uv_timer_t janitor; /* once a second: client login and idle timeouts */
     uv_signal_t sig_term, sig_int, sig_hup;
     uint8_t mock_key[32];               /* keys the mock SCRAM salts of unknown users */
     struct px_scram_cache *scram_cache; /* SCRAM secrets derived from plain passwords */
@@ -444,6 +444,8 @@ void px_client_server_idle(px_client_t *c, px_server_t *s);
 void px_client_kick(px_client_t *c);
 bool px_client_is_idle(const px_client_t *c);
 void px_client_cancel(px_proxy_t *p, uint32_t pid, uint32_t key);
+/* Login and idle timeouts; the janitor calls it once a second. */
+void px_client_check_timeouts(px_client_t *c, uint64_t now_ms);
 const char *px_cl_state_name(px_cl_state_t s);
 
 /* proxy/server.c */
