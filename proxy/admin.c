@@ -150,7 +150,10 @@ static void show_clients(px_client_t *c)
                 x->is_unix ? "unix" : px_conn_peer(&x->conn, addr, sizeof(addr)),
                 x->conn.tls ? "yes" : "no", x->store ? x->store->name : "",
                 x->server ? u64s(sid, x->server->id) : NULL, txn, u64s(q, x->n_queries),
-                fmt_time(ct, sizeof(ct), x->connect_ms), x->app_name ? x->app_name : "");
+                fmt_time(ct, sizeof(ct), x->connect_ms),
+                px_params_get(&x->startup, "application_name")
+                    ? px_params_get(&x->startup, "application_name")
+                    : "");
     }
     adm_send_table(c, &t, "SHOW");
 }

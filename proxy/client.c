@@ -57,7 +57,6 @@ static void cl_unref(px_client_t *c)
     px_scram_server_free(c->scram);
     free(c->user);
     free(c->database);
-    free(c->app_name);
     free(c);
 }
 
@@ -504,7 +503,6 @@ static void cl_startup_message(px_client_t *c, const wire_startup_t *st)
             continue; /* protocol extensions: none supported */
         px_params_set(&c->startup, n->p, n->len, st->values[i].p, st->values[i].len);
         if (n->len == 16 && memcmp(n->p, "application_name", 16) == 0) {
-            free(c->app_name);
             c->app_name = cm_xstrndup(st->values[i].p, st->values[i].len);
         }
     }

@@ -277,7 +277,6 @@ struct px_client {
     bool is_admin;  /* connected through the admin port */
     char *user;
     char *database;
-    char *app_name;
     px_params_t startup;   /* startup parameters to pass to stores (no user/database) */
     uint32_t cancel_key;   /* pgshift's BackendKeyData key; the pid is the client id */
     px_server_t *server;   /* the server the latest requests went to, NULL until needed */
