@@ -502,9 +502,6 @@ static void cl_startup_message(px_client_t *c, const wire_startup_t *st)
         if (n->len >= 5 && memcmp(n->p, "_pq_.", 5) == 0)
             continue; /* protocol extensions: none supported */
         px_params_set(&c->startup, n->p, n->len, st->values[i].p, st->values[i].len);
-        if (n->len == 16 && memcmp(n->p, "application_name", 16) == 0) {
-            c->app_name = cm_xstrndup(st->values[i].p, st->values[i].len);
-        }
     }
     cl_startup_tenant(c);
     want_db = c->is_admin ? "pgshift" : p->cfg->database;
