@@ -1082,7 +1082,12 @@ static void test_ctl_lookup(void **state)
     assert_non_null(t);
     assert_string_equal(t, T_ROWS_B);
     assert_null(lookup_tenant(&f, &p, "aggregate_id\"; DROP TABLE events; --", AGG_A));
-    assert_string_equal(sql_value(sa, "SELECT count(*) > 0 FROM events"), "t");
+    {
+        char *v = sql_value(sa, "SELECT count(*) > 0 FROM events");
+
+        assert_string_equal(v, "t");
+        free(v);
+    }
 
     /* The cached table survives a schema change: the column moves, the lookup follows. */
     sql_ok(sb, "ALTER TABLE events RENAME COLUMN aggregate_id TO agg_old");
