@@ -3,9 +3,11 @@
 
     report.py RAW.tsv HEADER.md CHECKS.md CLASSIFY.json ADMIN.txt
 
-RAW lines: variant clients mode target round tps latency_ms transactions
-pgshift_cpu_us_per_txn log (tps and latency are "fail" for a failed run, the
-CPU "-" for direct; log names the pgbench log of a failed run).
+RAW lines (run.sh run_pgbench): variant clients mode target round tps
+latency_ms transactions cpu_pgshift cpu_all steady_tps cpu_pgshift_steady
+cpu_all_steady log. tps and latency are "fail" for a failed run; CPU fields
+(us per transaction) are "-" where they do not apply; log names the pgbench
+log of a failed run.
 """
 import json
 import statistics
@@ -32,18 +34,20 @@ def fmt_tps(x):
 def main():
     raw, header, checks, classify, admin = sys.argv[1:6]
     runs = []
+
+    def num(x):
+        return None if x in ("-", "fail") else float(x)
+
     with open(raw) as f:
         for line in f:
             p = line.split()
-            if len(p) < 8:
+            if len(p) < 14:
                 continue
             runs.append({
                 "variant": p[0], "clients": int(p[1]), "mode": p[2], "target": p[3],
-                "round": int(p[4]), "ok": p[5] != "fail",
-                "tps": float(p[5]) if p[5] != "fail" else None,
-                "lat": float(p[6]) if p[6] != "fail" else None,
-                "txns": p[7], "cpu": float(p[8]) if len(p) > 8 and p[8] != "-" else None,
-                "log": p[9] if len(p) > 9 else "-",
+                "round": int(p[4]), "ok": p[5] != "fail", "tps": num(p[5]), "lat": num(p[6]),
+                "txns": p[7], "cpu": num(p[8]), "stack": num(p[9]), "steady": num(p[10]),
+                "cpu_s": num(p[11]), "stack_s": num(p[12]), "log": p[13],
             })
 
     cells = []
@@ -59,65 +63,106 @@ def main():
     out.append("Variants: " + "; ".join("`%s` = %s" % (v, d) for v, d in VARIANT_DOC.items()
                                          if any(c[0] == v for c in cells)) + ".")
     out.append("")
-    out.append("### Append TPS (mean of rounds) and mean latency")
+    out.append("### Append TPS and latency (mean of rounds)")
+    out.append("")
+    out.append("TPS = pgbench's (without its connection time); steady = mean of pgbench's "
+               "per-second progress after the first second, i.e. once pgshift has logged its "
+               "server connections in (it opens them at a client's first statement for each "
+               "store, inside the timed window, so the two-store pgshift does twice as many "
+               "logins per client there).")
     out.append("")
     out.append("| variant | clients | mode | direct TPS | one TPS | two TPS | **two/one** "
-               "| two/one per round: median (min..max) | one/direct "
-               "| latency direct / one / two ms | pgshift CPU us/txn one / two |")
-    out.append("|---|---:|---|---:|---:|---:|---:|---|---:|---|---|")
-    ratios = []
+               "| two/one per round: median (min..max) | steady direct / one / two | "
+               "**steady two/one** | latency direct / one / two ms |")
+    out.append("|---|---:|---|---:|---:|---:|---:|---|---|---:|---|")
+    cpu_rows = []
+    summary = {"tps": [], "steady": [], "cpu": []}
     below = []
     failures = [r for r in runs if not r["ok"]]
+
+    def mean_of(rs, k):
+        xs = [r[k] for r in rs if r[k] is not None]
+        return statistics.mean(xs) if xs else None
+
+    def f0(x):
+        return "%.0f" % x if x is not None else "-"
+
+    def ratio(x, y):
+        return x / y if x is not None and y else None
+
+    def f2(x):
+        return "%.2f" % x if x is not None else "n/a"
+
     for cell in cells:
         sel = {t: [r for r in runs if (r["variant"], r["clients"], r["mode"]) == cell
                    and r["target"] == t] for t in TARGETS}
         ok = {t: [r for r in sel[t] if r["ok"]] for t in TARGETS}
-        tps = {t: statistics.mean(r["tps"] for r in ok[t]) if ok[t] else None for t in TARGETS}
-        lat = {t: statistics.mean(r["lat"] for r in ok[t]) if ok[t] else None for t in TARGETS}
-        cpu = {}
-        for t in ("one", "two"):
-            xs = [r["cpu"] for r in ok[t] if r["cpu"] is not None]
-            cpu[t] = "%.0f" % statistics.mean(xs) if xs else "-"
+        tps = {t: mean_of(ok[t], "tps") for t in TARGETS}
+        steady = {t: mean_of(ok[t], "steady") for t in TARGETS}
+        lat = {t: mean_of(ok[t], "lat") for t in TARGETS}
+        cpu = {t: mean_of(ok[t], "cpu") for t in TARGETS}
+        stack = {t: mean_of(ok[t], "stack") for t in TARGETS}
+        cpu_s = {t: mean_of(ok[t], "cpu_s") for t in TARGETS}
+        stack_s = {t: mean_of(ok[t], "stack_s") for t in TARGETS}
         per_round = []
         for rnd in sorted({r["round"] for r in ok["two"]}):
-            a = [r["tps"] for r in ok["two"] if r["round"] == rnd]
-            b = [r["tps"] for r in ok["one"] if r["round"] == rnd]
-            if a and b:
-                per_round.append(a[0] / b[0])
-        ratio = tps["two"] / tps["one"] if tps["two"] and tps["one"] else None
-        if ratio is not None:
-            ratios.append(ratio)
-            if ratio < TARGET_RATIO:
-                below.append((cell, ratio))
+            x = [r["tps"] for r in ok["two"] if r["round"] == rnd]
+            y = [r["tps"] for r in ok["one"] if r["round"] == rnd]
+            if x and y:
+                per_round.append(x[0] / y[0])
+        r_tps = ratio(tps["two"], tps["one"])
+        r_steady = ratio(steady["two"], steady["one"])
+        r_cpu = ratio(stack_s["one"], stack_s["two"])
+        for k, v in (("tps", r_tps), ("steady", r_steady), ("cpu", r_cpu)):
+            if v is not None:
+                summary[k].append(v)
+        if r_tps is not None and r_tps < TARGET_RATIO:
+            below.append((cell, r_tps))
         nfail = sum(len(sel[t]) - len(ok[t]) for t in TARGETS)
-
-        def f(t):
-            return fmt_tps(tps[t]) if tps[t] is not None else "failed"
-
-        out.append("| %s | %d | %s | %s | %s | %s | **%s**%s | %s | %s | %s | %s |" % (
-            cell[0], cell[1], cell[2], f("direct"), f("one"), f("two"),
-            "%.2f" % ratio if ratio is not None else "n/a",
-            " (below %.1f)" % TARGET_RATIO if ratio is not None and ratio < TARGET_RATIO else "",
+        out.append("| %s | %d | %s | %s | %s | %s | **%s** | %s | %s | **%s** | %s%s |" % (
+            cell[0], cell[1], cell[2], f0(tps["direct"]), f0(tps["one"]), f0(tps["two"]),
+            f2(r_tps),
             "%.2f (%.2f..%.2f)" % (statistics.median(per_round), min(per_round), max(per_round))
             if per_round else "n/a",
-            "%.2f" % (tps["one"] / tps["direct"]) if tps["one"] and tps["direct"] else "n/a",
-            " / ".join("%.2f" % lat[t] if lat[t] is not None else "-" for t in TARGETS)
-            + (" (%d failed runs)" % nfail if nfail else ""),
-            "%s / %s" % (cpu["one"], cpu["two"])))
+            " / ".join(f0(steady[t]) for t in TARGETS), f2(r_steady),
+            " / ".join("%.2f" % lat[t] if lat[t] is not None else "-" for t in TARGETS),
+            " (%d failed runs)" % nfail if nfail else ""))
+        cpu_rows.append("| %s | %d | %s | %s / %s | %s / %s / %s | **%s** | %s / %s | %s / %s / %s |"
+                        % (cell[0], cell[1], cell[2], f0(cpu_s["one"]), f0(cpu_s["two"]),
+                           f0(stack_s["direct"]), f0(stack_s["one"]), f0(stack_s["two"]),
+                           f2(r_cpu), f0(cpu["one"]), f0(cpu["two"]), f0(stack["direct"]),
+                           f0(stack["one"]), f0(stack["two"])))
     out.append("")
-    out.append("pgshift CPU us/txn: user + system CPU time of the pgshift process during the "
-               "run (/proc/PID/stat) divided by the transactions pgbench completed (10 ms clock ticks); it varies "
-               "less with the machine's other load than TPS does, but not nothing.")
+    for k, doc in (("tps", "pgbench TPS"), ("steady", "steady TPS"),
+                   ("cpu", "CPU-bound estimate (steady all-CPU one / two)")):
+        xs = summary[k]
+        if xs:
+            out.append("- two/one by %s: geometric mean %.2f over %d cells, lowest %.2f, "
+                       "highest %.2f" % (doc, statistics.geometric_mean(xs), len(xs), min(xs),
+                                         max(xs)))
+    out.append("- target: two/one >= %.1f. %s" % (
+        TARGET_RATIO, "Every cell meets it by pgbench TPS." if not below else
+        "Below it by pgbench TPS: " + ", ".join("%s c=%d %s (%.2f)" % (c[0], c[1], c[2], x)
+                                               for c, x in below) + "."))
     out.append("")
-    if ratios:
-        gm = statistics.geometric_mean(ratios)
-        out.append("Routed two-store TPS / one-store pass-through TPS: geometric mean %.2f over "
-                   "%d cells, lowest %.2f, highest %.2f (target >= %.1f). %s" % (
-                       gm, len(ratios), min(ratios), max(ratios), TARGET_RATIO,
-                       "Every cell meets it." if not below else
-                       "Below the target: " + ", ".join("%s c=%d %s (%.2f)" % (c[0], c[1], c[2], x)
-                                                        for c, x in below) + "."))
-        out.append("")
+    out.append("### CPU per transaction")
+    out.append("")
+    out.append("User + system CPU time (/proc/PID/stat, 10 ms ticks) divided by the "
+               "transactions pgbench completed, mean of rounds; *steady* counts from pgbench's "
+               "first progress line (1 s into the run) to its end, *run* the whole run with "
+               "the logins. pgshift = the target's pgshift process; all = both PostgreSQL "
+               "clusters (postmaster, its children, reaped backends) + the target's pgshift + "
+               "pgbench. Where these processes are alone and CPU-bound, TPS is about cores / "
+               "all-CPU per transaction, so steady all(one) / all(two) estimates two/one "
+               "without depending much on what else the machine runs (contention still "
+               "inflates CPU time: lock spinning, cache misses).")
+    out.append("")
+    out.append("| variant | clients | mode | steady pgshift us/txn one / two | steady all us/txn "
+               "direct / one / two | **estimate two/one** | run pgshift one / two | run all "
+               "direct / one / two |")
+    out.append("|---|---:|---|---|---|---:|---|---|")
+    out += cpu_rows
+    out.append("")
     if failures:
         out.append("Failed runs (pgbench exit status, client aborts or ERROR lines):")
         out.append("")

@@ -20,12 +20,13 @@
 # build/bench/classify_bench gives the classifier's cost per statement (cache
 # miss, cache hit, route decision). Prints a Markdown report on stdout.
 #
-#   bench/routing/run.sh            full run (3 rounds x 4 s x 24 cells x 3 targets, ~8 min)
-#   QUICK=1 bench/routing/run.sh    1 round x 3 s, variant agg only (~1.5 min)
+#   bench/routing/run.sh            full run (12 cells x 3 targets x 3 rounds x 4 s, ~9 min)
+#   QUICK=1 bench/routing/run.sh    1 round x 3 s, variant agg only (6 cells, ~2 min)
 #
 # Knobs (environment): ROUNDS, DURATION (s per pgbench run), VARIANTS
 # ("agg session"), CLIENTS ("8 32"), MODES ("simple extended prepared"),
-# TENANTS (8), PER_CLIENT (aggregates per client, 16), LOG_LEVEL (pgshift's,
+# TENANTS (8), PER_CLIENT (aggregates per client, 8), HISTORY (events per
+# aggregate written before the timing besides its first, 20), LOG_LEVEL (pgshift's,
 # warning; debug shows every routing decision), CLASSIFY_ITERS (classify_bench
 # iterations, 200000), OUT (also write the report to this file), plus
 # PGSHIFT_BIN, BENCH_AUTH, BENCH_KEEP and the others of bench/common/lib.sh.
@@ -36,7 +37,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../common/lib.sh"
 
 BENCH_CMD=""
-for v in QUICK ROUNDS DURATION VARIANTS CLIENTS MODES TENANTS PER_CLIENT LOG_LEVEL \
+for v in QUICK ROUNDS DURATION VARIANTS CLIENTS MODES TENANTS PER_CLIENT HISTORY LOG_LEVEL \
     CLASSIFY_ITERS BENCH_AUTH PGSHIFT_BIN; do
     if [ -n "${!v+x}" ]; then BENCH_CMD+="$v=\"${!v}\" "; fi
 done
@@ -55,7 +56,8 @@ fi
 CLIENTS=${CLIENTS:-8 32}
 MODES=${MODES:-simple extended prepared}
 TENANTS=${TENANTS:-8}
-PER_CLIENT=${PER_CLIENT:-16}
+PER_CLIENT=${PER_CLIENT:-8}
+HISTORY=${HISTORY:-20}
 LOG_LEVEL=${LOG_LEVEL:-warning}
 CLASSIFY_ITERS=${CLASSIFY_ITERS:-200000}
 OUT=${OUT:-}
@@ -233,39 +235,102 @@ for v in $VARIANTS; do
             bench_die "warm-up of $v through $t failed"
     done
 done
-for c in a b; do bench_psql_super "$c" -c "VACUUM ANALYZE" >/dev/null; done
-for c in a b; do routing_psql_db "$c" "$ROUTED_DB" -c "VACUUM ANALYZE" >/dev/null; done
-bench_log "warm-up done: $((max_clients * PER_CLIENT)) aggregates per target and variant"
+# HISTORY more events per aggregate, written straight into the store that
+# holds the aggregate (next to its first event), so that the planner's
+# statistics see streams of realistic length and the version probe is an
+# index-only backward scan with LIMIT 1 from the start, not a scan of the
+# whole stream that gets slower as the run appends.
+for db in "a $BENCH_DB" "a $ROUTED_DB" "b $ROUTED_DB"; do
+    # shellcheck disable=SC2086 # "cluster database"
+    routing_psql_db $db -c "INSERT INTO events (event_id, aggregate_id, aggregate_type,
+            event_type, tenant_id, actor_id, version, timestamp, payload)
+        SELECT gen_random_uuid(), e.aggregate_id, e.aggregate_type, 'History', e.tenant_id,
+            'bench', e.version + v, now(), '{}'
+        FROM (SELECT aggregate_id, aggregate_type, tenant_id, max(version) AS version
+              FROM events GROUP BY 1, 2, 3) e, generate_series(1, $HISTORY) v" \
+        -c "VACUUM ANALYZE events" >/dev/null || bench_die "history rows on $db failed"
+done
+bench_log "warm-up done: $((max_clients * PER_CLIENT)) aggregates per target and variant," \
+    "$((HISTORY + 1)) events each"
 
-# run_pgbench TARGET VARIANT CLIENTS MODE ROUND: one pgbench run, one TSV line
-# (tps, latency, transactions, pgshift's CPU microseconds per transaction or
-# "-" for direct; tps and latency "fail" with the log named for the report).
+# CPU time (clock ticks) of PostgreSQL cluster NAME: the postmaster, its
+# live children, and the children it has reaped (cutime/cstime).
+cluster_ticks() {
+    local pm
+    pm=$(head -1 "$BENCH_TMP/$1/data/postmaster.pid")
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '{
+        pid = $1; sub(/^[^(]*\(.*\) /, "")
+        if (pid == pm) s += $12 + $13 + $14 + $15; else if ($2 == pm) s += $12 + $13
+    } END { print s + 0 }'
+}
+# CPU ticks of this shell's reaped children (pgbench runs as one).
+self_child_ticks() { awk '{sub(/^[^(]*\(.*\) /, ""); print $14 + $15}' "/proc/$$/stat"; }
+# CPU ticks of everything a run uses: both clusters, the target's pgshift
+# (none for direct), pgbench.
+stack_ticks() {
+    local pid=$1 p=0
+    [ -n "$pid" ] && p=$(cpu_ticks "$pid")
+    echo "$p $(($(cluster_ticks a) + $(cluster_ticks b) + $(self_child_ticks)))"
+}
+
+# run_pgbench TARGET VARIANT CLIENTS MODE ROUND: one pgbench run, one TSV line:
+#   tps        pgbench's, without its connection time
+#   latency    pgbench's average, ms
+#   txns       transactions completed
+#   cpu_pgs    CPU us per transaction of the target's pgshift ("-" for direct)
+#   cpu_all    CPU us per transaction of both clusters + pgshift + pgbench
+#   steady     mean of pgbench's per-second progress after the first second,
+#              when pgshift has logged in its server connections (it opens
+#              them at a client's first statement for each store, inside the
+#              timed window) and prepared the client's statements there
+#   cpu_pgs_s, cpu_all_s  the same CPU figures over that steady part only
+#   log        the pgbench log of a failed run ("-" otherwise)
+# tps and latency are "fail" for a failed run.
 run_pgbench() {
-    local target=$1 variant=$2 clients=$3 mode=$4 round=$5 jobs=1 tps lat txns
-    local pid=${PGS_PID[$target]:-} c0=0 c1=0 cpu=-
+    local target=$1 variant=$2 clients=$3 mode=$4 round=$5 jobs=1 tps lat txns steady first
+    local pid=${PGS_PID[$target]:-} s0 s1 s2 cpu=- all=- cpu_s=- all_s=- i
     ((clients > 1)) && jobs=2
-    [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
     local log="$BENCH_TMP/pgbench-$variant-$clients-$mode-$target-$round.log"
-    "$PG_BIN/pgbench" -n -T "$DURATION" -c "$clients" -j "$jobs" -M "$mode" -h 127.0.0.1 \
-        -p "$(port_of "$target")" -D inited=0 -f "$BENCH_TMP/$variant-$target-$mode.sql" \
-        "$(db_of "$target")" >"$log" 2>&1
+    read -ra s0 <<<"$(stack_ticks "$pid")"
+    "$PG_BIN/pgbench" -n -T "$DURATION" -P 1 -c "$clients" -j "$jobs" -M "$mode" \
+        -h 127.0.0.1 -p "$(port_of "$target")" -D inited=0 \
+        -f "$BENCH_TMP/$variant-$target-$mode.sql" "$(db_of "$target")" >"$log" 2>&1 &
+    local pgbench_pid=$!
+    # The first progress line: one second of benchmark behind us.
+    for ((i = 0; i < 600; i++)); do
+        grep -q '^progress: ' "$log" && break
+        kill -0 "$pgbench_pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    read -ra s1 <<<"$(stack_ticks "$pid")"
+    wait "$pgbench_pid"
     local rc=$?
-    [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
+    sleep 0.2 # let the backends of the run exit (their CPU moves to cutime)
+    read -ra s2 <<<"$(stack_ticks "$pid")"
     tps=$(awk '/^tps = .*without initial connection time/ {print $3}' "$log")
     lat=$(awk '/^latency average = / {print $4}' "$log")
     txns=$(awk '/^number of transactions actually processed:/ {print $6}' "$log")
+    first=$(awk '/^progress: / {printf "%.0f", $4; exit}' "$log")
+    steady=$(awk '/^progress: / && $2 + 0 >= 2 {s += $4; n++} END {
+        if (n) printf "%.1f", s / n; else print "-" }' "$log")
     if [ "$rc" != 0 ] || [ -z "$tps" ] || [ -z "$lat" ] ||
         grep -q 'aborted\|ERROR' "$log"; then
         bench_log "FAILED round $round $variant c=$clients $mode $target: $(tail -3 "$log")"
-        echo "$variant $clients $mode $target $round fail fail ${txns:-0} - $log" >>"$RAW"
+        echo "$variant $clients $mode $target $round fail fail ${txns:-0} - - - - - $log" >>"$RAW"
         return
     fi
-    if [ -n "$pid" ] && ((txns > 0)); then
-        cpu=$(((c1 - c0) * 1000000 / CLK_TCK / txns))
+    if ((txns > 0)); then
+        [ -n "$pid" ] && cpu=$(((s2[0] - s0[0]) * 1000000 / CLK_TCK / txns))
+        all=$(((s2[0] - s0[0] + s2[1] - s0[1]) * 1000000 / CLK_TCK / txns))
     fi
-    echo "$variant $clients $mode $target $round $tps $lat $txns $cpu -" >>"$RAW"
-    bench_log "round $round $variant c=$clients $mode $target: $tps tps, $lat ms," \
-        "pgshift CPU $cpu us/txn"
+    if [ -n "$first" ] && ((txns - first > 0)); then
+        [ -n "$pid" ] && cpu_s=$(((s2[0] - s1[0]) * 1000000 / CLK_TCK / (txns - first)))
+        all_s=$(((s2[0] - s1[0] + s2[1] - s1[1]) * 1000000 / CLK_TCK / (txns - first)))
+    fi
+    echo "$variant $clients $mode $target $round $tps $lat $txns $cpu $all $steady" \
+        "$cpu_s $all_s -" >>"$RAW"
+    bench_log "round $round $variant c=$clients $mode $target: $tps tps (steady $steady)," \
+        "$lat ms, CPU us/txn: pgshift $cpu (steady $cpu_s), all $all (steady $all_s)"
 }
 
 ncells=0
@@ -309,11 +374,14 @@ for ((i = 0; i < TENANTS; i++)); do
 done
 two_txns=$(awk '$4 == "two" && $8 ~ /^[0-9]+$/ {s += $8} END {print s + 0}' "$RAW")
 two_warm=0
-for v in $VARIANTS; do two_warm=$((two_warm + $(wc -l <"$BENCH_TMP/warmup-$v-two.sql"))); done
+for v in $VARIANTS; do
+    two_warm=$((two_warm + (HISTORY + 1) * $(wc -l <"$BENCH_TMP/warmup-$v-two.sql")))
+done
 {
     echo "rows in database $ROUTED_DB: a $(awk '$1 == "a" {s += $3} END {print s + 0}' \
         "$placement"), b $(awk '$1 == "b" {s += $3} END {print s + 0}' "$placement");" \
-        "expected $((two_txns + two_warm)) (pgbench transactions through two + warm-up rows)," \
+        "expected $((two_txns + two_warm)) (pgbench transactions through two + warm-up and" \
+        "history rows)," \
         "found $routed_total"
     echo "rows on the wrong store (tenant on b with row on a, or the reverse): $misplaced"
     echo "pgshift warnings/errors in the logs: one" \
@@ -342,8 +410,8 @@ T_END=$(date +%s)
     echo "command: $BENCH_CMD"
     echo "settings: rounds=$ROUNDS duration=${DURATION}s variants=[$VARIANTS]" \
         "clients=[$CLIENTS] modes=[$MODES] tenants=$TENANTS (odd ones on b)" \
-        "aggregates/client=$PER_CLIENT"
-    echo "pgbench: -n -T $DURATION -j min(clients,2) -h 127.0.0.1, on the same machine"
+        "aggregates/client=$PER_CLIENT history=$HISTORY events/aggregate"
+    echo "pgbench: -n -T $DURATION -P 1 -j min(clients,2) -h 127.0.0.1, on the same machine"
     echo "cpu: $(nproc) cores shared by both PostgreSQL clusters, pgshift and pgbench;" \
         "nothing pinned; load average at start $LOAD_START, at end" \
         "$(cut -d' ' -f1-3 /proc/loadavg)"
