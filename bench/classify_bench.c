@@ -1,7 +1,9 @@
 /*
  * bench/classify_bench.c - what routing costs per statement: a classifier
  * miss (libpg_query parse + extraction), a cache hit, and one route decision,
- * for each statement shape of the event store.
+ * for each statement shape of the event store; then, for literal statements
+ * on non-tenant tables (pgbench), a new text each time: the full classifier,
+ * the fast path and what route_cache_get costs on such a miss.
  *
  *   build/bench/classify_bench [iterations] [--json]
  *
@@ -62,6 +64,32 @@ static const shape_t shapes[] = {
 
 #define N_SHAPES (sizeof(shapes) / sizeof(shapes[0]))
 
+/*
+ * Literal, non-tenant statements (pgbench's simple protocol): every text is
+ * new, so each one is a cache miss. A varying value goes between head and tail.
+ */
+typedef struct lit_shape {
+    const char *name;
+    const char *head;
+    const char *tail;
+} lit_shape_t;
+
+static const lit_shape_t lit_shapes[] = {
+    { "pgbench_select", "SELECT abalance FROM pgbench_accounts WHERE aid = ", ";" },
+    { "pgbench_update", "UPDATE pgbench_accounts SET abalance = abalance + -4 WHERE aid = ", ";" },
+    { "pgbench_insert", "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, ",
+      ", 4, CURRENT_TIMESTAMP);" },
+};
+
+#define N_LIT   (sizeof(lit_shapes) / sizeof(lit_shapes[0]))
+#define N_TEXTS 1024 /* distinct texts per shape, more than the cache holds */
+
+typedef struct lit_result {
+    double full_ns;  /* route_classify: libpg_query parse + JSON walk */
+    double fast_ns;  /* route_classify_fast */
+    double cache_ns; /* route_cache_get on a new text: what the proxy pays */
+} lit_result_t;
+
 typedef struct result {
     double miss_ns;
     double hit_ns;
@@ -118,6 +146,57 @@ static result_t run_shape(const shape_t *s, long iters, const route_tenancy_t *t
     return r;
 }
 
+static lit_result_t run_literal(const lit_shape_t *s, long iters, const route_tenancy_t *ten)
+{
+    char *texts[N_TEXTS];
+    size_t lens[N_TEXTS];
+    route_cache_t *cache = route_cache_new(64, ten);
+    route_class_t *cl;
+    lit_result_t r;
+    uint64_t t0;
+    long full_iters = iters / 10 > 0 ? iters / 10 : 1;
+
+    for (int i = 0; i < N_TEXTS; i++) {
+        texts[i] = cm_xasprintf("%s%d%s", s->head, 100000 + i * 7919, s->tail);
+        lens[i] = strlen(texts[i]);
+    }
+    cl = route_classify_fast(texts[0], lens[0], ten);
+    if (cl == NULL) {
+        fprintf(stderr, "classify_bench: %s does not take the fast path\n", s->name);
+        exit(1);
+    }
+    route_class_unref(cl);
+    t0 = cm_now_us();
+    for (long i = 0; i < full_iters; i++) {
+        cl = route_classify(texts[i % N_TEXTS], lens[i % N_TEXTS], ten);
+        sink += cl->n_stmts;
+        route_class_unref(cl);
+    }
+    r.full_ns = (double)(cm_now_us() - t0) * 1000.0 / (double)full_iters;
+    t0 = cm_now_us();
+    for (long i = 0; i < iters; i++) {
+        cl = route_classify_fast(texts[i % N_TEXTS], lens[i % N_TEXTS], ten);
+        sink += cl->n_stmts;
+        route_class_unref(cl);
+    }
+    r.fast_ns = (double)(cm_now_us() - t0) * 1000.0 / (double)iters;
+    t0 = cm_now_us();
+    for (long i = 0; i < iters; i++) {
+        cl = route_cache_get(cache, texts[i % N_TEXTS], lens[i % N_TEXTS]);
+        sink += cl->n_stmts;
+        route_class_unref(cl);
+    }
+    r.cache_ns = (double)(cm_now_us() - t0) * 1000.0 / (double)iters;
+    if (route_cache_stats(cache).fast != (uint64_t)iters) {
+        fprintf(stderr, "classify_bench: %s: cache misses did not take the fast path\n", s->name);
+        exit(1);
+    }
+    route_cache_free(cache);
+    for (int i = 0; i < N_TEXTS; i++)
+        free(texts[i]);
+    return r;
+}
+
 int main(int argc, char **argv)
 {
     static const char *const names[] = { "main", "east" };
@@ -127,6 +206,7 @@ int main(int argc, char **argv)
     route_table_t *table;
     route_aggmap_t *aggs;
     result_t res[N_SHAPES], mean = { 0, 0, 0 };
+    lit_result_t lit[N_LIT];
     route_entry_t e = { .tenant = "aaaaaaaa-0000-4000-8000-00000000000a",
                         .store = 1,
                         .target_store = -1,
@@ -163,8 +243,15 @@ int main(int argc, char **argv)
         mean.hit_ns += res[i].hit_ns / (double)N_SHAPES;
         mean.decide_ns += res[i].decide_ns / (double)N_SHAPES;
     }
+    for (size_t i = 0; i < N_LIT; i++)
+        lit[i] = run_literal(&lit_shapes[i], iters, &ten);
     if (json) {
-        printf("{\"iterations\": %ld, \"shapes\": {", iters);
+        printf("{\"iterations\": %ld, \"fast_path\": {", iters);
+        for (size_t i = 0; i < N_LIT; i++)
+            printf("%s\"%s\": {\"full_ns\": %.0f, \"fast_ns\": %.0f, \"cache_miss_ns\": %.0f}",
+                   i ? ", " : "", lit_shapes[i].name, lit[i].full_ns, lit[i].fast_ns,
+                   lit[i].cache_ns);
+        printf("}, \"shapes\": {");
         for (size_t i = 0; i < N_SHAPES; i++)
             printf("%s\"%s\": {\"miss_ns\": %.0f, \"hit_ns\": %.0f, \"decide_ns\": %.0f}",
                    i ? ", " : "", shapes[i].name, res[i].miss_ns, res[i].hit_ns, res[i].decide_ns);
@@ -176,6 +263,11 @@ int main(int argc, char **argv)
             printf("%-18s %12.0f %12.0f %12.0f\n", shapes[i].name, res[i].miss_ns, res[i].hit_ns,
                    res[i].decide_ns);
         printf("%-18s %12.0f %12.0f %12.0f\n", "mean", mean.miss_ns, mean.hit_ns, mean.decide_ns);
+        printf("\nliteral, non-tenant statements, a new text each time (cache miss):\n");
+        printf("%-18s %12s %12s %12s\n", "shape", "full ns", "fast ns", "cache ns");
+        for (size_t i = 0; i < N_LIT; i++)
+            printf("%-18s %12.0f %12.0f %12.0f\n", lit_shapes[i].name, lit[i].full_ns,
+                   lit[i].fast_ns, lit[i].cache_ns);
     }
     route_aggmap_free(aggs);
     route_table_unref(table);

@@ -5,7 +5,10 @@
  * two texts never share a classification. At most `capacity` entries are
  * kept, the least recently used evicted first. Entries hold a reference on
  * their route_class_t and hand out new ones, so a classification the proxy
- * still uses (a prepared statement) outlives its eviction. Loop thread only.
+ * still uses (a prepared statement) outlives its eviction. A miss tries
+ * route_classify_fast first; its answers are returned without an entry, so
+ * one-off texts with literal values do not evict the texts that repeat.
+ * Loop thread only.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +33,7 @@ struct route_cache {
     size_t n_buckets; /* power of two */
     centry_t *head;   /* most recently used */
     centry_t *tail;   /* least recently used */
-    uint64_t hits, misses, evictions;
+    uint64_t hits, misses, fast, evictions;
 };
 
 /* 64-bit hash of the text: 8 bytes a step, multiply-xorshift mixing. */
@@ -137,6 +140,7 @@ route_class_t *route_cache_get(route_cache_t *c, const char *sql, size_t len)
 {
     uint64_t h = text_hash(sql, len);
     centry_t **bucket = &c->buckets[h & (c->n_buckets - 1)], *e;
+    route_class_t *cls;
 
     for (e = *bucket; e != NULL; e = e->chain) {
         if (e->hash == h && e->len == len && memcmp(e->text, sql, len) == 0) {
@@ -149,6 +153,11 @@ route_class_t *route_cache_get(route_cache_t *c, const char *sql, size_t len)
         }
     }
     c->misses++;
+    /* Provably tenant-free texts (literal values: rarely seen twice) skip the parse and the LRU. */
+    if ((cls = route_classify_fast(sql, len, c->ten)) != NULL) {
+        c->fast++;
+        return cls;
+    }
     if (c->n >= c->capacity)
         evict_tail(c);
     e = cm_xcalloc(1, sizeof(*e));
@@ -172,6 +181,7 @@ route_cache_stats_t route_cache_stats(const route_cache_t *c)
     route_cache_stats_t s = {
         .hits = c->hits,
         .misses = c->misses,
+        .fast = c->fast,
         .evictions = c->evictions,
         .n_entries = c->n,
         .capacity = c->capacity,

@@ -912,6 +912,16 @@ out:
     return cl;
 }
 
+bool route_parse_is_one_stmt(const char *text)
+{
+    /* The same raw parser as pg_query_parse, without the JSON output. */
+    PgQuerySplitResult r = pg_query_split_with_parser(text);
+    bool ok = r.error == NULL && r.n_stmts == 1;
+
+    pg_query_free_split_result(r);
+    return ok;
+}
+
 route_class_t *route_class_ref(route_class_t *c)
 {
     BUG_ON(c->refcount <= 0, "route_class_ref on a freed class");

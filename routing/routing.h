@@ -152,6 +152,21 @@ typedef struct route_class {
  * Borrows sql and ten. Returns owned, refcount 1; free with route_class_unref.
  */
 route_class_t *route_classify(const char *sql, size_t len, const route_tenancy_t *ten);
+/*
+ * The fast path: the classification of sql[0..len) without the parse tree,
+ * or NULL when it cannot prove it (then use route_classify). It answers
+ * only for one SELECT, VALUES, TABLE, WITH (read-only), INSERT, UPDATE or
+ * DELETE statement of at most ROUTE_FAST_MAX_LEN bytes that names no tenant
+ * table, tenant / key / position / row-key column, tenant setting,
+ * set_config or $n, with no '"', '$' or '\' anywhere, and that PostgreSQL's
+ * grammar accepts (checked with the raw parser, without the JSON output).
+ * A non-NULL result equals route_classify's on everything but the table
+ * list: n_stmts 1, kind READ or WRITE, is_write, loc, len, max_param 0, no
+ * tenants, keys, rows, position, RETURNING or setting; tables[] and target
+ * are left empty. Borrows sql and ten. Returns owned, refcount 1.
+ */
+#define ROUTE_FAST_MAX_LEN 1024
+route_class_t *route_classify_fast(const char *sql, size_t len, const route_tenancy_t *ten);
 route_class_t *route_class_ref(route_class_t *c);
 void route_class_unref(route_class_t *c); /* NULL is a no-op */
 
@@ -163,7 +178,8 @@ typedef struct route_cache route_cache_t;
 
 typedef struct route_cache_stats {
     uint64_t hits;
-    uint64_t misses;
+    uint64_t misses; /* texts not in the cache, whether parsed or answered by the fast path */
+    uint64_t fast;   /* misses answered by route_classify_fast (never inserted) */
     uint64_t evictions;
     size_t n_entries;
     size_t capacity;
@@ -179,8 +195,11 @@ route_cache_t *route_cache_new(size_t capacity, const route_tenancy_t *ten);
 void route_cache_free(route_cache_t *c);
 /*
  * The classification of sql[0..len), parsed only on a miss (the text is
- * compared in full on a hash hit). Returns a new reference: the caller
- * route_class_unref()s it, e.g. when its prepared statement is closed.
+ * compared in full on a hash hit). A miss first tries route_classify_fast;
+ * its answers are not inserted (texts with literals rarely repeat, and they
+ * would evict entries that do), so only parsed texts take cache slots.
+ * Returns a new reference: the caller route_class_unref()s it, e.g. when its
+ * prepared statement is closed.
  */
 route_class_t *route_cache_get(route_cache_t *c, const char *sql, size_t len);
 route_cache_stats_t route_cache_stats(const route_cache_t *c);

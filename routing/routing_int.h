@@ -63,4 +63,11 @@ char *route_json_str_dup(const route_jdoc_t *d, uint32_t i);
 /* Node type helper: a "Node" is {"TypeName": {...}}; returns the inner object or 0. */
 uint32_t route_json_node(const route_jdoc_t *d, uint32_t i, const char **type, size_t *type_len);
 
+/*
+ * Whether libpg_query's grammar accepts `text` (NUL-terminated) as exactly
+ * one statement, without building its parse tree (routing/fast.c confirms
+ * its answers with it). Borrows text. Defined in routing/classify.c.
+ */
+bool route_parse_is_one_stmt(const char *text);
+
 #endif

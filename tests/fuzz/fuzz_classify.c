@@ -6,10 +6,14 @@
  * - an unparseable text is exactly one UNKNOWN statement with a message;
  * - statement spans lie inside the text;
  * - tenant and key values are literals or $n within max_param;
- * - the cache returns the same classification for the same text, and a
- *   fresh parse agrees with it;
+ * - the cache returns the same classification for the same text (a new
+ *   one each time when the fast path answered), and a fresh parse agrees;
  * - every decision is well formed (a store in range for SEND, an SQLSTATE
- *   for REFUSE, a key for NEED_LOOKUP).
+ *   for REFUSE, a key for NEED_LOOKUP);
+ * - whenever route_classify_fast answers (for the default tenancy and for
+ *   one with one-letter names, which random text hits often), its answer
+ *   equals route_classify's on every field but the table list, and every
+ *   decision on it equals the decision on the full classification.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -92,10 +96,63 @@ static void check_decision(const route_decision_t *d, const route_table_t *t)
     (void)route_action_str(d->action);
 }
 
+static void check_decisions_equal(const route_table_t *t, const route_stmt_t *a,
+                                  const route_stmt_t *b)
+{
+    static const char *const tenants[] = { NULL, "ta", "tcut" };
+
+    for (int s = 0; s < 12; s++) {
+        route_session_t sess = { .tenant = tenants[s % 3],
+                                 .bound_store = (s / 3) >= 2 ? 1 : -1,
+                                 .bound_tentative = (s / 3) == 3,
+                                 .in_txn = (s / 3) >= 1,
+                                 .default_store = 0 };
+        route_decision_t da = route_decide(t, &sess, a, NULL);
+        route_decision_t db = route_decide(t, &sess, b, NULL);
+        CHECK(da.action == db.action && da.reason == db.reason && da.store == db.store);
+        CHECK(da.binds == db.binds && da.tentative == db.tentative && da.rebind == db.rebind);
+        CHECK(da.route == db.route && strcmp(da.tenant, db.tenant) == 0);
+        CHECK(strcmp(da.sqlstate, db.sqlstate) == 0);
+    }
+}
+
+/* The fast path, when it answers, against the full classifier. */
+static void check_fast(const char *text, size_t size, const route_tenancy_t *ten,
+                       const route_table_t *t, const route_class_t *known_full)
+{
+    route_class_t *fast = route_classify_fast(text, size, ten), *full;
+    const route_stmt_t *a, *b;
+
+    if (fast == NULL)
+        return;
+    full =
+        known_full ? route_class_ref((route_class_t *)known_full) : route_classify(text, size, ten);
+    CHECK(!full->is_error && !fast->is_error && fast->error == NULL);
+    CHECK(full->n_stmts == 1 && fast->n_stmts == 1);
+    CHECK(fast->max_param == full->max_param && fast->refcount == 1);
+    a = &fast->stmts[0];
+    b = &full->stmts[0];
+    CHECK(a->kind == b->kind);
+    CHECK(a->is_write == b->is_write);
+    CHECK(a->has_returning == b->has_returning);
+    CHECK(a->touches_tenant_table == b->touches_tenant_table);
+    CHECK(a->has_tenant_info == b->has_tenant_info);
+    CHECK(a->loc == b->loc && a->len == b->len);
+    CHECK(a->n_tenants == b->n_tenants && a->n_keys == b->n_keys && a->n_rows == b->n_rows);
+    CHECK(a->position_min.kind == b->position_min.kind);
+    CHECK(a->set_op == b->set_op && a->set_value.kind == b->set_value.kind);
+    CHECK(a->set_is_local == b->set_is_local && a->is_tenant_show == b->is_tenant_show);
+    CHECK(a->txn_chain == b->txn_chain);
+    CHECK(a->n_tables == 0 && a->target == NULL);
+    check_decisions_equal(t, a, b);
+    route_class_unref(full);
+    route_class_unref(fast);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const char *const names[] = { "main", "east" };
-    route_tenancy_t ten;
+    route_tenancy_t ten, ten1;
     route_table_t *t;
     route_aggmap_t *aggs;
     route_cache_t *cache;
@@ -108,6 +165,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     route_params_t bind = { .n = 4, .v = p };
 
     route_tenancy_init(&ten, NULL, NULL, NULL, NULL, NULL);
+    route_tenancy_init(&ten1, "t, s.u", "c", "k, kk", "p", "r");
     t = route_table_new(2, names);
     route_table_put(t, &e);
     e.tenant = "tcut", e.state = ROUTE_STATE_MIGRATING, e.phase = ROUTE_PHASE_CUTOVER;
@@ -121,7 +179,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cl = route_cache_get(cache, text, size);
     check_class(cl, text_len);
     again = route_cache_get(cache, text, size);
-    CHECK(again == cl);
+    if (route_cache_stats(cache).fast == 0) {
+        CHECK(again == cl); /* parsed and cached */
+    } else {
+        CHECK(route_cache_stats(cache).fast == 2); /* fast answers are never cached */
+        CHECK(again != cl && again->refcount == 1 && cl->refcount == 1);
+    }
     fresh = route_classify(text, size, &ten);
     CHECK(fresh->n_stmts == cl->n_stmts && fresh->is_error == cl->is_error);
     for (size_t i = 0; i < cl->n_stmts; i++) {
@@ -129,6 +192,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(fresh->stmts[i].n_tenants == cl->stmts[i].n_tenants);
         CHECK(fresh->stmts[i].n_rows == cl->stmts[i].n_rows);
     }
+    check_fast(text, size, &ten, t, fresh);
+    check_fast(text, size, &ten1, t, NULL);
 
     /* Parameters drawn from the input itself, text and binary. */
     for (int i = 0; i < 4; i++) {
@@ -162,6 +227,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     route_cache_free(cache);
     route_aggmap_free(aggs);
     route_table_unref(t);
+    route_tenancy_destroy(&ten1);
     route_tenancy_destroy(&ten);
     return 0;
 }

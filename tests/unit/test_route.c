@@ -1168,6 +1168,367 @@ static void test_append_transaction_flow(void **state)
     route_class_unref(cl);
 }
 
+/* ---- fast path ------------------------------------------------------------------ */
+
+/*
+ * The fast path against the full classifier: whenever route_classify_fast
+ * answers, every field of its answer but tables[] / target equals
+ * route_classify's, and so does every decision on it. Returns whether the
+ * fast path answered.
+ */
+/* Fail naming the text and the field (cmocka alone would name only the line). */
+#define SAME(field, a, b)                                                                 \
+    do {                                                                                  \
+        if ((long long)(a) != (long long)(b)) {                                           \
+            print_error("fast path disagrees on %s (%lld, full %lld) for: %.*s\n", field, \
+                        (long long)(a), (long long)(b), (int)len, sql);                   \
+            fail();                                                                       \
+        }                                                                                 \
+    } while (0)
+
+static bool fast_agrees(const char *sql, size_t len, const route_tenancy_t *ten,
+                        const route_table_t *table)
+{
+    route_class_t *fast = route_classify_fast(sql, len, ten);
+    route_class_t *full;
+    const route_stmt_t *a, *b;
+
+    if (fast == NULL)
+        return false;
+    full = route_classify(sql, len, ten);
+    SAME("is_error", fast->is_error, full->is_error);
+    SAME("n_stmts", fast->n_stmts, full->n_stmts);
+    SAME("n_stmts", fast->n_stmts, 1);
+    SAME("max_param", fast->max_param, full->max_param);
+    SAME("error", fast->error != NULL, 0);
+    SAME("refcount", fast->refcount, 1);
+    a = &fast->stmts[0];
+    b = &full->stmts[0];
+    SAME("kind", a->kind, b->kind);
+    SAME("is_write", a->is_write, b->is_write);
+    SAME("has_returning", a->has_returning, b->has_returning);
+    SAME("touches_tenant_table", a->touches_tenant_table, b->touches_tenant_table);
+    SAME("has_tenant_info", a->has_tenant_info, b->has_tenant_info);
+    SAME("loc", a->loc, b->loc);
+    SAME("len", a->len, b->len);
+    SAME("n_tenants", a->n_tenants, b->n_tenants);
+    SAME("n_keys", a->n_keys, b->n_keys);
+    SAME("n_rows", a->n_rows, b->n_rows);
+    SAME("position_min", a->position_min.kind, b->position_min.kind);
+    SAME("set_op", a->set_op, b->set_op);
+    SAME("set_value", a->set_value.kind, b->set_value.kind);
+    SAME("set_is_local", a->set_is_local, b->set_is_local);
+    SAME("is_tenant_show", a->is_tenant_show, b->is_tenant_show);
+    SAME("txn_chain", a->txn_chain, b->txn_chain);
+    SAME("n_tables (not filled)", a->n_tables, 0);
+    SAME("target (not filled)", a->target != NULL, 0);
+    /* and so the decisions, in every kind of session */
+    for (int s = 0; s < 24; s++) {
+        static const char *const tenants[] = { NULL, "ta", "tcut" };
+        route_session_t sess = { .tenant = tenants[s % 3],
+                                 .bound_store = (s / 3) % 4 >= 2 ? S_EAST : -1,
+                                 .bound_tentative = (s / 3) % 4 == 3,
+                                 .in_txn = (s / 3) % 4 >= 1,
+                                 .default_store = s >= 12 ? S_WEST : S_MAIN,
+                                 .aggs = NULL };
+        route_decision_t da = route_decide(table, &sess, a, NULL);
+        route_decision_t db = route_decide(table, &sess, b, NULL);
+        SAME("action", da.action, db.action);
+        SAME("reason", da.reason, db.reason);
+        SAME("store", da.store, db.store);
+        SAME("binds", da.binds, db.binds);
+        SAME("tentative", da.tentative, db.tentative);
+        SAME("rebind", da.rebind, db.rebind);
+        SAME("route", da.route == db.route, 1);
+        SAME("tenant", strcmp(da.tenant, db.tenant), 0);
+        SAME("sqlstate", strcmp(da.sqlstate, db.sqlstate), 0);
+    }
+    route_class_unref(full);
+    route_class_unref(fast);
+    return true;
+}
+
+#define FAST_NO  0
+#define FAST_YES 1
+
+typedef struct fcase {
+    const char *sql;
+    int fast; /* FAST_NO, FAST_YES or ANY: whether the fast path must answer */
+} fcase_t;
+
+static const fcase_t fcases[] = {
+    /* pgbench's TPC-B-like script, simple protocol: literals everywhere */
+    { "BEGIN;", FAST_NO },
+    { "UPDATE pgbench_accounts SET abalance = abalance + -4 WHERE aid = 5;", FAST_YES },
+    { "SELECT abalance FROM pgbench_accounts WHERE aid = 123;", FAST_YES },
+    { "UPDATE pgbench_tellers SET tbalance = tbalance + 4872 WHERE tid = 7;", FAST_YES },
+    { "UPDATE pgbench_branches SET bbalance = bbalance + -1234 WHERE bid = 1;", FAST_YES },
+    { "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, "
+      "CURRENT_TIMESTAMP);",
+      FAST_YES },
+    { "END;", FAST_NO },
+    { "SELECT abalance FROM pgbench_accounts WHERE aid = 123", FAST_YES },
+    { "\n  select abalance from PGBENCH_ACCOUNTS where aid = 9 ;  \n", FAST_YES },
+    /* plain statements on non-tenant tables */
+    { "SELECT 1", FAST_YES },
+    { "SELECT now()", FAST_YES },
+    { "SELECT * FROM accounts WHERE id = 3 AND name = 'x'", FAST_YES },
+    { "SELECT a.id, b.v FROM accounts a JOIN balances b ON b.id = a.id WHERE a.id IN (1, 2)",
+      FAST_YES },
+    { "SELECT count(*) FROM accounts GROUP BY kind HAVING count(*) > 1 ORDER BY 1 LIMIT 5",
+      FAST_YES },
+    { "VALUES (1, 'a'), (2, 'b')", FAST_YES },
+    { "TABLE accounts", FAST_YES },
+    { "WITH t AS (SELECT 1 AS x) SELECT x FROM t", FAST_YES },
+    { "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * "
+      "FROM r",
+      FAST_YES },
+    { "INSERT INTO accounts (id, name) VALUES (1, 'a'), (2, 'b')", FAST_YES },
+    { "INSERT INTO accounts VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET name = "
+      "EXCLUDED.name",
+      FAST_YES },
+    { "INSERT INTO accounts SELECT * FROM staging", FAST_YES },
+    { "UPDATE accounts SET name = 'b' WHERE id = 1", FAST_YES },
+    { "DELETE FROM accounts WHERE id = 1", FAST_YES },
+    { "SELECT * FROM accounts WHERE id = 1 FOR SHARE", FAST_YES },
+    { "SELECT set_config('search_path', 'x', false)", FAST_NO },
+    /* semicolons in strings and comments, several statements */
+    { "SELECT ';' FROM accounts", FAST_YES },
+    { "SELECT 'a;b', 'it''s;' FROM accounts WHERE name = ';'", FAST_YES },
+    { "SELECT 1 /* ; */", FAST_YES },
+    { "SELECT 1 /* nested /* ; */ still a comment; */ + 2", FAST_YES },
+    { "/* DELETE FROM accounts; */ SELECT 1", FAST_YES },
+    { "/* /* */ DELETE FROM accounts */ SELECT 1", FAST_YES },
+    { "SELECT 1 -- ;\n", FAST_YES },
+    { "SELECT 1 -- ; DELETE FROM accounts", FAST_YES },
+    { "-- comment\nSELECT 1", FAST_YES },
+    { "SELECT 1; -- trailing comment", FAST_YES },
+    { "SELECT 1; /* trailing */ ", FAST_YES },
+    { "SELECT 1;", FAST_YES },
+    { "SELECT 1;;", FAST_NO },
+    { "SELECT 1; SELECT 2", FAST_NO },
+    { "SELECT 1; DELETE FROM accounts", FAST_NO },
+    { "SELECT 'a'; SELECT 'b;'", FAST_NO },
+    { "SELECT 1 /* unterminated", FAST_NO },
+    { "SELECT 'unterminated", FAST_NO },
+    { "SELECT 'x' -- ; \n; SELECT 2", FAST_NO },
+    { "UPDATE accounts SET name = 'a''; DELETE FROM events; --' WHERE id = 1", FAST_YES },
+    /* dollar quotes, parameters, escapes, quoted identifiers: left to the parser */
+    { "SELECT $$;$$", FAST_NO },
+    { "SELECT $tag$ events $tag$ FROM accounts", FAST_NO },
+    { "SELECT * FROM accounts WHERE id = $1", FAST_NO },
+    { "SELECT E'\\';' FROM accounts", FAST_NO },
+    { "SELECT * FROM \"events\"", FAST_NO },
+    { "SELECT * FROM \"accounts\"", FAST_NO },
+    { "SELECT * FROM U&\"\\0065vents\"", FAST_NO },
+    /* tenant tables in every spelling, and names that only look like them */
+    { "SELECT * FROM events", FAST_NO },
+    { "SELECT * FROM Events", FAST_NO },
+    { "SELECT * FROM EVENTS WHERE 1 = 1", FAST_NO },
+    { "SELECT * FROM public.events", FAST_NO },
+    { "SELECT * FROM public . events", FAST_NO },
+    { "SELECT * FROM accounts, snapshots", FAST_NO },
+    { "TABLE event_outbox", FAST_NO },
+    { "DELETE FROM accounts USING projection_checkpoints p WHERE p.x = 1", FAST_NO },
+    { "SELECT * FROM eventsx", FAST_YES },
+    { "SELECT * FROM xevents", FAST_YES },
+    { "SELECT * FROM events_archive", FAST_YES },
+    { "SELECT * FROM pgbench_events", FAST_YES },
+    { "SELECT 'events' FROM accounts", FAST_YES },
+    { "SELECT 1 /* events */", FAST_YES },
+    { "SELECT 1events", FAST_NO },
+    /* tenant, key, position and row-key columns anywhere */
+    { "SELECT * FROM accounts WHERE tenant_id = 'ta'", FAST_NO },
+    { "SELECT * FROM accounts WHERE aggregate_id = 'k'", FAST_NO },
+    { "UPDATE accounts SET TENANT_ID = 'ta'", FAST_NO },
+    { "INSERT INTO accounts (id, tenant_id) VALUES (1, 'ta')", FAST_NO },
+    { "SELECT * FROM accounts WHERE global_position > 5", FAST_NO },
+    { "SELECT event_id FROM accounts", FAST_NO },
+    { "SELECT 'tenant_id' FROM accounts", FAST_YES },
+    /* the tenant setting */
+    { "SELECT set_config('pgshift.tenant', 'x', false)", FAST_NO },
+    { "SELECT SET_CONFIG('PGSHIFT.TENANT', 'x', false)", FAST_NO },
+    { "SELECT pg_catalog.set_config('pgshift.tenant', 'x', true)", FAST_NO },
+    { "SELECT set_config(E'pgshift\\x2etenant', 'x', false)", FAST_NO },
+    { "SELECT current_setting('pgshift.tenant')", FAST_NO },
+    { "WITH s AS (SELECT 1) SELECT set_config('pgshift.tenant', 'x', false) FROM s", FAST_NO },
+    /* reads that write or create, writes that return */
+    { "SELECT 1 INTO scratch", FAST_NO },
+    { "SELECT * INTO TEMP scratch FROM accounts", FAST_NO },
+    { "WITH x AS (SELECT 1) SELECT * INTO scratch FROM x", FAST_NO },
+    { "WITH x AS (INSERT INTO accounts VALUES (1) RETURNING *) SELECT * FROM x", FAST_NO },
+    { "WITH x AS (DELETE FROM accounts RETURNING *) SELECT * FROM x", FAST_NO },
+    { "WITH x AS (SELECT 1) UPDATE accounts SET v = 1", FAST_NO },
+    { "SELECT * FROM accounts WHERE id = 1 FOR UPDATE", FAST_NO },
+    { "SELECT * FROM (WITH a AS (UPDATE accounts SET v = 1 RETURNING *) SELECT * FROM a) s",
+      FAST_NO },
+    { "INSERT INTO accounts VALUES (1) RETURNING id", FAST_NO },
+    { "SELECT 1 AS returning", FAST_YES },
+    /* everything that is not a plain read or write goes through the parser */
+    { "(SELECT 1)", FAST_NO },
+    { "EXPLAIN SELECT 1", FAST_NO },
+    { "SET search_path = app", FAST_NO },
+    { "SHOW search_path", FAST_NO },
+    { "COPY accounts FROM STDIN", FAST_NO },
+    { "CREATE TABLE scratch (id int)", FAST_NO },
+    { "MERGE INTO accounts a USING staging s ON a.id = s.id WHEN MATCHED THEN DELETE", FAST_NO },
+    { "TRUNCATE accounts", FAST_NO },
+    { "CALL p()", FAST_NO },
+    { "COMMIT", FAST_NO },
+    { "", FAST_NO },
+    { " ; -- nothing\n;", FAST_NO },
+    { ";SELECT 1", FAST_NO },
+    /* text PostgreSQL rejects is UNKNOWN for the full classifier: never fast */
+    { "SELECT FROM WHERE ((", FAST_NO },
+    { "SELECT 1 2", FAST_NO },
+    { "SELECT 'a' 'b'", FAST_NO },
+    { "SELECT 'a'\n'b'", FAST_YES },
+    { "INSERT INTO accounts (id VALUES", FAST_NO },
+    { "UPDATE", FAST_NO },
+    { "SELECT 1 +++ ", FAST_NO },
+    /* long names are truncated by PostgreSQL: never fast */
+    { "SELECT * FROM a234567890123456789012345678901234567890123456789012345678901234", FAST_NO },
+    { "SELECT * FROM a23456789012345678901234567890123456789012345678901234567890123", FAST_YES },
+    /* bytes PostgreSQL reads as identifier characters */
+    { "SELECT 1 AS \xc3\xa9vents", FAST_YES },
+    { "SELECT * FROM accounts WHERE name = '\xc3\xa9t\xc3\xa9'", FAST_YES },
+};
+
+static void test_fast_path_table(void **state)
+{
+    route_table_t *table = make_table();
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(fcases) / sizeof(fcases[0]); i++) {
+        const fcase_t *c = &fcases[i];
+        bool answered = fast_agrees(c->sql, strlen(c->sql), &g_ten, table);
+        print_message("case: %s -> %s\n", c->sql, answered ? "fast" : "parse");
+        if (c->fast != ANY)
+            assert_int_equal(answered, c->fast);
+    }
+    /* every statement of the classifier and decision tables */
+    for (size_t i = 0; i < sizeof(ccases) / sizeof(ccases[0]); i++)
+        (void)fast_agrees(ccases[i].sql, strlen(ccases[i].sql), &g_ten, table);
+    for (size_t i = 0; i < sizeof(dcases) / sizeof(dcases[0]); i++)
+        (void)fast_agrees(dcases[i].sql, strlen(dcases[i].sql), &g_ten, table);
+    /* every prefix of every case: cut strings, comments and statements */
+    for (size_t i = 0; i < sizeof(fcases) / sizeof(fcases[0]); i++) {
+        for (size_t k = 0; k < strlen(fcases[i].sql); k++)
+            (void)fast_agrees(fcases[i].sql, k, &g_ten, table);
+    }
+    route_table_unref(table);
+}
+
+static void test_fast_path_edges(void **state)
+{
+    route_table_t *table = make_table();
+    route_tenancy_t t;
+    route_class_t *cl;
+    const char with_nul[] = "SELECT 1\0; DELETE FROM events";
+    char *big;
+    size_t k;
+
+    (void)state;
+    /* only len bytes count; an embedded NUL ends the text, as for route_classify */
+    assert_true(fast_agrees("SELECT 1; SELECT 2", 9, &g_ten, table));
+    assert_true(fast_agrees(with_nul, sizeof(with_nul) - 1, &g_ten, table));
+    assert_false(fast_agrees("\0SELECT 1", 9, &g_ten, table));
+    /* statement spans as the parser reports them */
+    cl = route_classify_fast("  SELECT 1 ; ", 13, &g_ten);
+    assert_non_null(cl);
+    assert_int_equal(cl->stmts[0].loc, 0);
+    assert_int_equal(cl->stmts[0].len, 11);
+    route_class_unref(cl);
+    assert_true(fast_agrees("  SELECT 1 ; ", 13, &g_ten, table));
+
+    /* up to ROUTE_FAST_MAX_LEN bytes, deeply nested too; not one byte more */
+    big = malloc(ROUTE_FAST_MAX_LEN + 2);
+    k = (size_t)sprintf(big, "SELECT ");
+    {
+        /* a[a[a[...1]]]: about as deep a parse tree per byte as SQL allows */
+        size_t m = (ROUTE_FAST_MAX_LEN - k - 1) / 3;
+        for (size_t i = 0; i < m; i++) {
+            big[k++] = 'a';
+            big[k++] = '[';
+        }
+        big[k++] = '1';
+        for (size_t i = 0; i < m; i++)
+            big[k++] = ']';
+        assert_true(k <= ROUTE_FAST_MAX_LEN && k + 3 > ROUTE_FAST_MAX_LEN);
+        assert_true(fast_agrees(big, k, &g_ten, table));
+    }
+    memset(big, ' ', ROUTE_FAST_MAX_LEN + 1);
+    memcpy(big, "SELECT 1", 8);
+    assert_true(fast_agrees(big, ROUTE_FAST_MAX_LEN, &g_ten, table));
+    assert_null(route_classify_fast(big, ROUTE_FAST_MAX_LEN + 1, &g_ten));
+    free(big);
+
+    /* a custom tenancy: schema-qualified table, other column names */
+    route_tenancy_init(&t, " app.orders , invoices", "ORG_ID", "order_id, customer_id", "seq",
+                       "line_id");
+    assert_false(fast_agrees("SELECT * FROM other.orders", 26, &t, table));
+    assert_false(fast_agrees("SELECT * FROM Invoices", 22, &t, table));
+    assert_false(fast_agrees("SELECT customer_id FROM x", 25, &t, table));
+    assert_false(fast_agrees("SELECT seq FROM x", 17, &t, table));
+    assert_false(fast_agrees("SELECT line_id FROM x", 21, &t, table));
+    assert_false(fast_agrees("SELECT org_id FROM x", 20, &t, table));
+    assert_true(fast_agrees("SELECT * FROM app.accounts", 26, &t, table));
+    assert_true(fast_agrees("SELECT * FROM events WHERE tenant_id = 'x'", 42, &t, table));
+    route_tenancy_destroy(&t);
+    route_table_unref(table);
+}
+
+/* The cache: fast answers are not inserted and do not evict; parsed texts still are. */
+static void test_cache_fast_path(void **state)
+{
+    route_cache_t *c = route_cache_new(2, &g_ten);
+    const char *qa = "SELECT * FROM events WHERE tenant_id = 'ta'";
+    route_class_t *a1, *a2, *f1, *f2;
+    route_cache_stats_t s;
+
+    (void)state;
+    a1 = route_cache_get(c, qa, strlen(qa));
+    for (int i = 0; i < 50; i++) {
+        char q[96];
+        route_class_t *f;
+        snprintf(q, sizeof(q), "SELECT abalance FROM pgbench_accounts WHERE aid = %d;", i);
+        f = route_cache_get(c, q, strlen(q));
+        assert_int_equal(f->stmts[0].kind, ROUTE_KIND_READ);
+        assert_false(f->is_error);
+        route_class_unref(f);
+    }
+    s = route_cache_stats(c);
+    assert_int_equal(s.misses, 51);
+    assert_int_equal(s.fast, 50);
+    assert_int_equal(s.n_entries, 1);
+    assert_int_equal(s.evictions, 0);
+    a2 = route_cache_get(c, qa, strlen(qa)); /* the parsed entry survived */
+    assert_ptr_equal(a1, a2);
+    assert_int_equal(route_cache_stats(c).hits, 1);
+    /* the same fast text twice: two answers, each the caller's own */
+    f1 = route_cache_get(c, "UPDATE pgbench_accounts SET abalance = abalance + -4 WHERE aid = 5",
+                         66);
+    f2 = route_cache_get(c, "UPDATE pgbench_accounts SET abalance = abalance + -4 WHERE aid = 5",
+                         66);
+    assert_ptr_not_equal(f1, f2);
+    assert_int_equal(f1->refcount, 1);
+    assert_int_equal(f1->stmts[0].kind, ROUTE_KIND_WRITE);
+    assert_true(f1->stmts[0].is_write);
+    assert_int_equal(route_cache_stats(c).fast, 52);
+    route_class_unref(f1);
+    route_class_unref(f2);
+    /* text the fast path declines is parsed and cached as before */
+    route_class_unref(route_cache_get(c, "BEGIN;", 6));
+    route_class_unref(route_cache_get(c, "BEGIN;", 6));
+    s = route_cache_stats(c);
+    assert_int_equal(s.hits, 2);
+    assert_int_equal(s.n_entries, 2);
+    assert_int_equal(s.fast, 52);
+    route_class_unref(a1);
+    route_class_unref(a2);
+    route_cache_free(c);
+}
+
 /* ---- cache ------------------------------------------------------------------------ */
 
 static void test_cache(void **state)
@@ -1234,16 +1595,16 @@ static void test_cache(void **state)
     c = route_cache_new(8, &g_ten);
     for (int i = 0; i < 100; i++) {
         char q[64];
-        snprintf(q, sizeof(q), "SELECT %d", i);
+        snprintf(q, sizeof(q), "SELECT %d FROM events", i); /* parsed: a tenant table */
         route_class_unref(route_cache_get(c, q, strlen(q)));
     }
     s = route_cache_stats(c);
     assert_int_equal(s.n_entries, 8);
     assert_int_equal(s.misses, 100);
     assert_int_equal(s.evictions, 92);
-    route_class_unref(route_cache_get(c, "SELECT 99", 9));
+    route_class_unref(route_cache_get(c, "SELECT 99 FROM events", 21));
     assert_int_equal(route_cache_stats(c).hits, 1);
-    route_class_unref(route_cache_get(c, "SELECT 0", 8));
+    route_class_unref(route_cache_get(c, "SELECT 0 FROM events", 20));
     assert_int_equal(route_cache_stats(c).misses, 101);
     /* empty and unparseable texts are cached too */
     route_class_unref(route_cache_get(c, "", 0));
@@ -1265,6 +1626,9 @@ int main(void)
         cmocka_unit_test(test_route_table),
         cmocka_unit_test(test_aggmap),
         cmocka_unit_test_setup_teardown(test_cache, setup_ten, teardown_ten),
+        cmocka_unit_test_setup_teardown(test_fast_path_table, setup_ten, teardown_ten),
+        cmocka_unit_test_setup_teardown(test_fast_path_edges, setup_ten, teardown_ten),
+        cmocka_unit_test_setup_teardown(test_cache_fast_path, setup_ten, teardown_ten),
     };
     const struct CMUnitTest decide[] = {
         cmocka_unit_test_setup_teardown(test_decide_table, setup_fixture, teardown_fixture),

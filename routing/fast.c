@@ -1,0 +1,244 @@
+/*
+ * routing/fast.c - the classification of statements that provably touch no
+ * tenant data, without libpg_query's parse tree.
+ *
+ * Simple-protocol clients (pgbench) inline their values, so each text is
+ * new, the cache misses and the full classifier (parse + JSON + walk, ~10 us)
+ * runs for statements that name no tenant table at all. This file reads the
+ * text with a small lexer instead and answers only when the answer provably
+ * equals route_classify's:
+ *
+ * - one statement: the first token is a word, no ';' is followed by anything
+ *   but blanks and comments;
+ * - no '"', '$' or '\' anywhere: no quoted identifiers (which could name a
+ *   table in any spelling), dollar quotes, parameters or escape strings, so
+ *   the only literals are '...' with '' doubling and the lexer cannot be
+ *   fooled about where a string or comment ends;
+ * - no word (outside literals and comments, compared case-insensitively as
+ *   PostgreSQL folds unquoted names) equal to a tenant table (the name after
+ *   the schema), the tenant / key / position / row-key columns, or
+ *   set_config; no word longer than 63 bytes (PostgreSQL truncates those,
+ *   which could turn one into a tenant table's name); the tenant setting and
+ *   "pgshift" appear nowhere, not even in a literal;
+ * - the first word is SELECT, VALUES, TABLE or WITH (READ: then no INTO,
+ *   INSERT, UPDATE, DELETE or MERGE word, which could make it DDL or a write)
+ *   or INSERT, UPDATE, DELETE (WRITE: then no RETURNING word);
+ * - at most ROUTE_FAST_MAX_LEN bytes: the full classifier rejects parse trees
+ *   nested deeper than 3000 JSON levels, and PostgreSQL's syntax reaches at
+ *   most about 1.7 levels per byte;
+ * - the grammar accepts it (libpg_query's raw parser, ~1 us, no JSON): text
+ *   PostgreSQL rejects is UNKNOWN for the full classifier, and routed as such.
+ *
+ * Pure: no I/O, no globals.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "routing/routing.h"
+#include "routing/routing_int.h"
+
+#define NAME_MAX_LEN 63 /* NAMEDATALEN - 1: longer identifiers are truncated */
+
+typedef enum first_word {
+    FIRST_NONE,
+    FIRST_READ,
+    FIRST_WRITE,
+} first_word_t;
+
+static bool is_blank(unsigned char c)
+{
+    /* PostgreSQL's scanner: space [ \t\n\r\f] */
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f';
+}
+
+static bool ident_start(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
+}
+
+static bool ident_cont(unsigned char c)
+{
+    return ident_start(c) || (c >= '0' && c <= '9') || c == '$';
+}
+
+static unsigned char lower(unsigned char c)
+{
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c - 'A' + 'a') : c;
+}
+
+/* Whether w[0..wl) folds to exactly name (lower case, NUL-terminated). */
+static bool word_is(const char *w, size_t wl, const char *name)
+{
+    size_t i;
+
+    if (name == NULL)
+        return false;
+    for (i = 0; i < wl; i++) {
+        if (name[i] == '\0' || lower((unsigned char)w[i]) != (unsigned char)name[i])
+            return false;
+    }
+    return name[i] == '\0';
+}
+
+/* Case-insensitive: does needle (non-empty) occur in s[0..n)? */
+static bool contains_ci(const char *s, size_t n, const char *needle)
+{
+    size_t m = needle != NULL ? strlen(needle) : 0;
+
+    if (m == 0 || m > n)
+        return false;
+    for (size_t i = 0; i + m <= n; i++) {
+        size_t k = 0;
+        while (k < m && lower((unsigned char)s[i + k]) == lower((unsigned char)needle[k]))
+            k++;
+        if (k == m)
+            return true;
+    }
+    return false;
+}
+
+/* A word that could make the statement touch tenant data or the tenant setting. */
+static bool word_is_tenancy(const route_tenancy_t *ten, const char *w, size_t wl)
+{
+    for (size_t i = 0; i < ten->n_tables; i++) {
+        const char *dot = strrchr(ten->tables[i], '.');
+        if (word_is(w, wl, dot != NULL ? dot + 1 : ten->tables[i]))
+            return true;
+    }
+    for (size_t i = 0; i < ten->n_key_columns; i++) {
+        if (word_is(w, wl, ten->key_columns[i]))
+            return true;
+    }
+    return word_is(w, wl, ten->tenant_column) || word_is(w, wl, ten->position_column) ||
+           word_is(w, wl, ten->row_key) || word_is(w, wl, "set_config");
+}
+
+static first_word_t first_kind(const char *w, size_t wl)
+{
+    if (word_is(w, wl, "select") || word_is(w, wl, "values") || word_is(w, wl, "table") ||
+        word_is(w, wl, "with"))
+        return FIRST_READ;
+    if (word_is(w, wl, "insert") || word_is(w, wl, "update") || word_is(w, wl, "delete"))
+        return FIRST_WRITE;
+    return FIRST_NONE;
+}
+
+/* Words after which a READ-looking statement may write or create a table. */
+static bool word_may_write(const char *w, size_t wl)
+{
+    return word_is(w, wl, "into") || word_is(w, wl, "insert") || word_is(w, wl, "update") ||
+           word_is(w, wl, "delete") || word_is(w, wl, "merge");
+}
+
+/*
+ * Lex s[0..n): the kind of its one statement, or FIRST_NONE when the text is
+ * not provably tenant-free, single and of a fast kind. *end is the offset of
+ * the terminating ';', or 0 when there is none (route_stmt_t.len).
+ */
+static first_word_t lex(const char *s, size_t n, const route_tenancy_t *ten, size_t *end)
+{
+    first_word_t first = FIRST_NONE;
+    bool ended = false, may_write = false, returning = false;
+    size_t i = 0;
+
+    *end = 0;
+    while (i < n) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (is_blank(c)) {
+            i++;
+        } else if (c == '-' && i + 1 < n && s[i + 1] == '-') {
+            while (i < n && s[i] != '\n' && s[i] != '\r')
+                i++;
+        } else if (c == '/' && i + 1 < n && s[i + 1] == '*') {
+            size_t depth = 1; /* comments nest */
+            i += 2;
+            while (depth > 0) {
+                if (i + 1 >= n)
+                    return FIRST_NONE; /* unterminated */
+                if (s[i] == '/' && s[i + 1] == '*') {
+                    depth++;
+                    i += 2;
+                } else if (s[i] == '*' && s[i + 1] == '/') {
+                    depth--;
+                    i += 2;
+                } else {
+                    i++;
+                }
+            }
+        } else if (ended) {
+            return FIRST_NONE; /* a second statement (or a second ';') */
+        } else if (c == '\'') {
+            for (i++;; i++) {
+                if (i >= n)
+                    return FIRST_NONE; /* unterminated */
+                if (s[i] == '\'') {
+                    if (i + 1 < n && s[i + 1] == '\'') {
+                        i++; /* '' is a quote inside the literal */
+                        continue;
+                    }
+                    break;
+                }
+            }
+            i++;
+        } else if (ident_start(c)) {
+            size_t w = i, wl;
+            while (i < n && ident_cont((unsigned char)s[i]))
+                i++;
+            wl = i - w;
+            if (wl > NAME_MAX_LEN || word_is_tenancy(ten, s + w, wl))
+                return FIRST_NONE;
+            if (first == FIRST_NONE) {
+                first = first_kind(s + w, wl);
+                if (first == FIRST_NONE)
+                    return FIRST_NONE;
+            } else {
+                may_write |= word_may_write(s + w, wl);
+                returning |= word_is(s + w, wl, "returning");
+            }
+        } else if (first == FIRST_NONE) {
+            return FIRST_NONE; /* must begin with a keyword: "(SELECT ...)" is left alone */
+        } else if (c == ';') {
+            ended = true;
+            *end = i;
+            i++;
+        } else {
+            i++; /* digits, operators, punctuation */
+        }
+    }
+    if ((first == FIRST_READ && may_write) || (first == FIRST_WRITE && returning))
+        return FIRST_NONE;
+    return first;
+}
+
+route_class_t *route_classify_fast(const char *sql, size_t len, const route_tenancy_t *ten)
+{
+    const char *nul = len > 0 ? memchr(sql, '\0', len) : NULL;
+    size_t n = nul != NULL ? (size_t)(nul - sql) : len, end;
+    char text[ROUTE_FAST_MAX_LEN + 1];
+    first_word_t first;
+    route_class_t *cl;
+
+    if (n == 0 || n > ROUTE_FAST_MAX_LEN || memchr(sql, '"', n) != NULL ||
+        memchr(sql, '$', n) != NULL || memchr(sql, '\\', n) != NULL)
+        return NULL;
+    if (contains_ci(sql, n, "pgshift") || contains_ci(sql, n, ten->tenant_setting))
+        return NULL;
+    first = lex(sql, n, ten, &end);
+    if (first == FIRST_NONE)
+        return NULL;
+    memcpy(text, sql, n);
+    text[n] = '\0';
+    if (!route_parse_is_one_stmt(text))
+        return NULL;
+
+    cl = cm_xcalloc(1, sizeof(*cl));
+    cl->refcount = 1;
+    cl->n_stmts = 1;
+    cl->stmts = cm_xcalloc(1, sizeof(*cl->stmts));
+    cl->stmts[0].kind = first == FIRST_READ ? ROUTE_KIND_READ : ROUTE_KIND_WRITE;
+    cl->stmts[0].is_write = first == FIRST_WRITE;
+    cl->stmts[0].loc = 0; /* the first statement starts at 0 even after blanks */
+    cl->stmts[0].len = end;
+    return cl;
+}
