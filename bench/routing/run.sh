@@ -179,6 +179,10 @@ prefix_of() {
 
 # ---- set-up ----
 
+# The binary may be rebuilt by others while we run: name what it was at the start.
+PGSHIFT_REV=${PGSHIFT_REV:-$(git -C "$BENCH_REPO" rev-parse --short HEAD 2>/dev/null || echo '?')
+(HEAD at start; binary modified $(date -u -r "$PGSHIFT_BIN" '+%Y-%m-%d %H:%M:%S UTC' 2>/dev/null))}
+PGSHIFT_REV=${PGSHIFT_REV//$'\n'/ }
 bench_init
 trap routing_cleanup EXIT
 RAW=$BENCH_TMP/tps.tsv
@@ -291,6 +295,7 @@ run_pgbench() {
     local pid=${PGS_PID[$target]:-} s0 s1 s2 cpu=- all=- cpu_s=- all_s=- i
     ((clients > 1)) && jobs=2
     local log="$BENCH_TMP/pgbench-$variant-$clients-$mode-$target-$round.log"
+    : >"$log"
     read -ra s0 <<<"$(stack_ticks "$pid")"
     "$PG_BIN/pgbench" -n -T "$DURATION" -P 1 -c "$clients" -j "$jobs" -M "$mode" \
         -h 127.0.0.1 -p "$(port_of "$target")" -D inited=0 \
