@@ -31,6 +31,7 @@
  *
  * Pure: no I/O, no globals.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,29 +81,90 @@ static bool word_is(const char *w, size_t wl, const char *name)
     return name[i] == '\0';
 }
 
-/* Case-insensitive: does needle (non-empty) occur in s[0..n)? */
+/* Whether needle occurs at s[0..m), ignoring ASCII case. */
+static bool same_ci(const char *s, const char *needle, size_t m)
+{
+    for (size_t k = 0; k < m; k++) {
+        if (lower((unsigned char)s[k]) != lower((unsigned char)needle[k]))
+            return false;
+    }
+    return true;
+}
+
+/* Case-insensitive: does needle (non-empty) occur in s[0..n)? memchr finds the candidates. */
 static bool contains_ci(const char *s, size_t n, const char *needle)
 {
     size_t m = needle != NULL ? strlen(needle) : 0;
+    unsigned char first[2];
 
     if (m == 0 || m > n)
         return false;
-    for (size_t i = 0; i + m <= n; i++) {
-        size_t k = 0;
-        while (k < m && lower((unsigned char)s[i + k]) == lower((unsigned char)needle[k]))
-            k++;
-        if (k == m)
-            return true;
+    first[0] = lower((unsigned char)needle[0]);
+    first[1] = first[0] >= 'a' && first[0] <= 'z' ? (unsigned char)(first[0] - 'a' + 'A') : 0;
+    for (int f = 0; f < 2 && first[f] != 0; f++) {
+        const char *p = s, *last = s + (n - m);
+        while (p <= last && (p = memchr(p, first[f], (size_t)(last - p) + 1)) != NULL) {
+            if (same_ci(p, needle, m))
+                return true;
+            p++;
+        }
     }
     return false;
 }
 
-/* A word that could make the statement touch tenant data or the tenant setting. */
-static bool word_is_tenancy(const route_tenancy_t *ten, const char *w, size_t wl)
+/*
+ * The names a word must not be, filtered by (first letter, length) so that
+ * most words are dismissed with one bit test.
+ */
+typedef struct names {
+    const route_tenancy_t *ten;
+    uint64_t len_mask[28]; /* by first letter a-z, '_', other: bit n = a name of n bytes */
+} names_t;
+
+static unsigned letter_slot(unsigned char c)
 {
+    c = lower(c);
+    return c >= 'a' && c <= 'z' ? (unsigned)(c - 'a') : c == '_' ? 26u : 27u;
+}
+
+static const char *table_name(const char *configured)
+{
+    const char *dot = strrchr(configured, '.');
+
+    return dot != NULL ? dot + 1 : configured;
+}
+
+static void names_add(names_t *nm, const char *name)
+{
+    size_t n = name != NULL ? strlen(name) : 0;
+
+    if (n > 0 && n <= NAME_MAX_LEN)
+        nm->len_mask[letter_slot((unsigned char)name[0])] |= (uint64_t)1 << n;
+}
+
+static void names_init(names_t *nm, const route_tenancy_t *ten)
+{
+    memset(nm, 0, sizeof(*nm));
+    nm->ten = ten;
+    for (size_t i = 0; i < ten->n_tables; i++)
+        names_add(nm, table_name(ten->tables[i]));
+    for (size_t i = 0; i < ten->n_key_columns; i++)
+        names_add(nm, ten->key_columns[i]);
+    names_add(nm, ten->tenant_column);
+    names_add(nm, ten->position_column);
+    names_add(nm, ten->row_key);
+    names_add(nm, "set_config");
+}
+
+/* A word (1..NAME_MAX_LEN bytes) that could make the statement touch tenant data or the setting. */
+static bool word_is_tenancy(const names_t *nm, const char *w, size_t wl)
+{
+    const route_tenancy_t *ten = nm->ten;
+
+    if ((nm->len_mask[letter_slot((unsigned char)w[0])] >> wl & 1) == 0)
+        return false;
     for (size_t i = 0; i < ten->n_tables; i++) {
-        const char *dot = strrchr(ten->tables[i], '.');
-        if (word_is(w, wl, dot != NULL ? dot + 1 : ten->tables[i]))
+        if (word_is(w, wl, table_name(ten->tables[i])))
             return true;
     }
     for (size_t i = 0; i < ten->n_key_columns; i++) {
@@ -126,8 +188,16 @@ static first_word_t first_kind(const char *w, size_t wl)
 /* Words after which a READ-looking statement may write or create a table. */
 static bool word_may_write(const char *w, size_t wl)
 {
-    return word_is(w, wl, "into") || word_is(w, wl, "insert") || word_is(w, wl, "update") ||
-           word_is(w, wl, "delete") || word_is(w, wl, "merge");
+    switch (wl) {
+    case 4:
+        return word_is(w, wl, "into");
+    case 5:
+        return word_is(w, wl, "merge");
+    case 6:
+        return word_is(w, wl, "insert") || word_is(w, wl, "update") || word_is(w, wl, "delete");
+    default:
+        return false;
+    }
 }
 
 /*
@@ -135,7 +205,7 @@ static bool word_may_write(const char *w, size_t wl)
  * not provably tenant-free, single and of a fast kind. *end is the offset of
  * the terminating ';', or 0 when there is none (route_stmt_t.len).
  */
-static first_word_t lex(const char *s, size_t n, const route_tenancy_t *ten, size_t *end)
+static first_word_t lex(const char *s, size_t n, const names_t *nm, size_t *end)
 {
     first_word_t first = FIRST_NONE;
     bool ended = false, may_write = false, returning = false;
@@ -186,7 +256,7 @@ static first_word_t lex(const char *s, size_t n, const route_tenancy_t *ten, siz
             while (i < n && ident_cont((unsigned char)s[i]))
                 i++;
             wl = i - w;
-            if (wl > NAME_MAX_LEN || word_is_tenancy(ten, s + w, wl))
+            if (wl > NAME_MAX_LEN || word_is_tenancy(nm, s + w, wl))
                 return FIRST_NONE;
             if (first == FIRST_NONE) {
                 first = first_kind(s + w, wl);
@@ -194,7 +264,7 @@ static first_word_t lex(const char *s, size_t n, const route_tenancy_t *ten, siz
                     return FIRST_NONE;
             } else {
                 may_write |= word_may_write(s + w, wl);
-                returning |= word_is(s + w, wl, "returning");
+                returning |= wl == 9 && word_is(s + w, wl, "returning");
             }
         } else if (first == FIRST_NONE) {
             return FIRST_NONE; /* must begin with a keyword: "(SELECT ...)" is left alone */
@@ -218,13 +288,18 @@ route_class_t *route_classify_fast(const char *sql, size_t len, const route_tena
     char text[ROUTE_FAST_MAX_LEN + 1];
     first_word_t first;
     route_class_t *cl;
+    names_t nm;
 
     if (n == 0 || n > ROUTE_FAST_MAX_LEN || memchr(sql, '"', n) != NULL ||
         memchr(sql, '$', n) != NULL || memchr(sql, '\\', n) != NULL)
         return NULL;
-    if (contains_ci(sql, n, "pgshift") || contains_ci(sql, n, ten->tenant_setting))
+    if (contains_ci(sql, n, "pgshift") ||
+        (ten->tenant_setting != NULL &&
+         !contains_ci(ten->tenant_setting, strlen(ten->tenant_setting), "pgshift") &&
+         contains_ci(sql, n, ten->tenant_setting)))
         return NULL;
-    first = lex(sql, n, ten, &end);
+    names_init(&nm, ten);
+    first = lex(sql, n, &nm, &end);
     if (first == FIRST_NONE)
         return NULL;
     memcpy(text, sql, n);

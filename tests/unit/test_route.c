@@ -1351,6 +1351,10 @@ static const fcase_t fcases[] = {
     { "SELECT pg_catalog.set_config('pgshift.tenant', 'x', true)", FAST_NO },
     { "SELECT set_config(E'pgshift\\x2etenant', 'x', false)", FAST_NO },
     { "SELECT current_setting('pgshift.tenant')", FAST_NO },
+    { "SELECT current_setting('PgShift.Tenant')", FAST_NO },
+    { "SELECT name FROM accounts WHERE name = 'xPGSHIFT'", FAST_NO },
+    { "SELECT 1 -- pgshiFT", FAST_NO },
+    { "SELECT 1 -- pgshif", FAST_YES },
     { "WITH s AS (SELECT 1) SELECT set_config('pgshift.tenant', 'x', false) FROM s", FAST_NO },
     /* reads that write or create, writes that return */
     { "SELECT 1 INTO scratch", FAST_NO },
@@ -1474,6 +1478,11 @@ static void test_fast_path_edges(void **state)
     assert_false(fast_agrees("SELECT org_id FROM x", 20, &t, table));
     assert_true(fast_agrees("SELECT * FROM app.accounts", 26, &t, table));
     assert_true(fast_agrees("SELECT * FROM events WHERE tenant_id = 'x'", 42, &t, table));
+    /* a tenant setting without "pgshift" in its name */
+    free(t.tenant_setting);
+    t.tenant_setting = strdup("app.org");
+    assert_false(fast_agrees("SELECT current_setting('APP.ORG')", 33, &t, table));
+    assert_true(fast_agrees("SELECT current_setting('app.other')", 35, &t, table));
     route_tenancy_destroy(&t);
     route_table_unref(table);
 }
