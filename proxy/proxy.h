@@ -203,6 +203,7 @@ struct px_store {
     struct sockaddr_storage addr; /* resolved TCP address */
     px_tls_ctx_t *tls_ctx;        /* when sslmode asks for TLS */
     px_params_t params;           /* ParameterStatus of the first server login */
+    struct px_scram_keycache *scram_keys; /* SCRAM keys of the last login, owned */
     bool has_params;
     bool is_removed; /* dropped from the config by a reload */
     /* stats */

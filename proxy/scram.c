@@ -699,7 +699,13 @@ struct px_scram_client {
     char *nonce;                          /* owned: our client nonce */
     char *client_first_bare;              /* owned */
     uint8_t server_sig[PX_SCRAM_KEY_LEN]; /* expected ServerSignature */
+    px_scram_keycache_t *cache;           /* password mode: kept, may be NULL */
 };
+
+void px_scram_client_set_cache(px_scram_client_t *c, px_scram_keycache_t *cache)
+{
+    c->cache = cache;
+}
 
 px_scram_client_t *px_scram_client_new(const char *password)
 {
@@ -832,12 +838,29 @@ int px_scram_client_final(px_scram_client_t *c, const char *server_first, size_t
         memcpy(client_key, c->client_key, PX_SCRAM_KEY_LEN);
         memcpy(stored_key, c->secret.stored_key, PX_SCRAM_KEY_LEN);
         memcpy(server_key, c->secret.server_key, PX_SCRAM_KEY_LEN);
+    } else if (c->cache != NULL && c->cache->is_valid && c->cache->iterations == iterations &&
+               c->cache->salt_len == (size_t)salt_len &&
+               memcmp(c->cache->salt, salt, (size_t)salt_len) == 0) {
+        /* Same salt and count as last time: the derived keys are the same. */
+        memcpy(client_key, c->cache->client_key, PX_SCRAM_KEY_LEN);
+        memcpy(stored_key, c->cache->stored_key, PX_SCRAM_KEY_LEN);
+        memcpy(server_key, c->cache->server_key, PX_SCRAM_KEY_LEN);
     } else {
         if (salted_password(c->password, salt, (size_t)salt_len, iterations, salted) != 0 ||
             client_key_from_salted(salted, client_key) != 0 ||
             sha256(client_key, PX_SCRAM_KEY_LEN, stored_key) != 0 ||
             server_key_from_salted(salted, server_key) != 0)
             goto fail;
+        if (c->cache != NULL) {
+            /* Kept only once the server proves the keys (px_scram_client_verify). */
+            c->cache->is_valid = false;
+            c->cache->iterations = iterations;
+            c->cache->salt_len = (size_t)salt_len;
+            memcpy(c->cache->salt, salt, (size_t)salt_len);
+            memcpy(c->cache->client_key, client_key, PX_SCRAM_KEY_LEN);
+            memcpy(c->cache->stored_key, stored_key, PX_SCRAM_KEY_LEN);
+            memcpy(c->cache->server_key, server_key, PX_SCRAM_KEY_LEN);
+        }
     }
 
     /* "biws" is base64("n,,"): pgshift never asks for channel binding. */
@@ -907,6 +930,8 @@ int px_scram_client_verify(px_scram_client_t *c, const char *server_final, size_
     }
     free(buf);
     c->state = CL_OK;
+    if (c->cache != NULL && c->password != NULL)
+        c->cache->is_valid = true; /* the server proved these keys right */
     return 0;
 
 fail:

@@ -162,6 +162,24 @@ px_scram_client_t *px_scram_client_new(const char *password);
 px_scram_client_t *px_scram_client_new_keys(const uint8_t client_key[PX_SCRAM_KEY_LEN],
                                             const px_scram_secret_t *secret);
 
+/*
+ * Keys derived from a password for one salt and iteration count, so that
+ * later logins to the same store skip PBKDF2 (4096 HMACs on the loop
+ * thread). Zero-filled is empty. Owned by the caller (one per store).
+ */
+typedef struct px_scram_keycache {
+    bool is_valid;
+    int iterations;
+    uint8_t salt[PX_SCRAM_MAX_SALT_LEN];
+    size_t salt_len;
+    uint8_t client_key[PX_SCRAM_KEY_LEN];
+    uint8_t stored_key[PX_SCRAM_KEY_LEN];
+    uint8_t server_key[PX_SCRAM_KEY_LEN];
+} px_scram_keycache_t;
+
+/* Password mode: use and fill `cache` (kept; it must outlive c). */
+void px_scram_client_set_cache(px_scram_client_t *c, px_scram_keycache_t *cache);
+
 /* client-first-message "n,,n=,r=<nonce>". Returns owned (free()), or NULL
  * if the random generator fails (the exchange is then over). Call once. */
 char *px_scram_client_first(px_scram_client_t *c);

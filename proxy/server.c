@@ -227,6 +227,9 @@ static void sv_login_auth(px_server_t *s, const uint8_t *body, size_t len)
             goto nopw;
         px_scram_client_free(s->scram);
         s->scram = px_scram_client_new(pw);
+        if (s->store->scram_keys == NULL)
+            s->store->scram_keys = cm_xcalloc(1, sizeof(*s->store->scram_keys));
+        px_scram_client_set_cache(s->scram, s->store->scram_keys);
         first = px_scram_client_first(s->scram);
         wire_put_sasl_initial(&b, "SCRAM-SHA-256", first, strlen(first));
         free(first);
@@ -328,6 +331,8 @@ static bool sv_login_input(px_server_t *s)
 
             if (wire_parse_error(body, h.body_len, &e) == WIRE_OK)
                 m = wire_error_field(&e, WIRE_FIELD_MESSAGE);
+            if (s->store->scram_keys != NULL)
+                s->store->scram_keys->is_valid = false; /* derive them again next time */
             sv_fail(s, "store \"%s\" refused the login: %.*s", s->store->name, (int)m.len,
                     m.p ? m.p : "");
             return false;

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "proxy/proxy.h"
+#include "proxy/scram.h"
 
 void px_params_set(px_params_t *ps, const char *name, size_t name_len, const char *value,
                    size_t value_len)
@@ -62,6 +63,8 @@ static void store_clear(px_store_t *s)
     free(s->sslrootcert);
     free(s->unix_path);
     px_tls_ctx_free(s->tls_ctx);
+    if (s->scram_keys != NULL) /* derived from the old password; a login may hold it */
+        memset(s->scram_keys, 0, sizeof(*s->scram_keys));
     s->conninfo = s->host = s->user = s->password = s->dbname = NULL;
     s->sslmode = s->sslrootcert = s->unix_path = NULL;
     s->tls_ctx = NULL;
@@ -209,6 +212,7 @@ void px_store_free(px_store_t *s)
         return;
     store_clear(s);
     px_params_clear(&s->params);
+    free(s->scram_keys);
     free(s->name);
     free(s);
 }

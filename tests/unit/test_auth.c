@@ -35,13 +35,17 @@ static px_scram_secret_t parse_secret(const char *text)
 }
 
 /* One complete exchange; returns the server's final rc. */
-static int exchange(const px_scram_secret_t *secret, const char *password, const char **err)
+static int exchange_cached(const px_scram_secret_t *secret, const char *password,
+                           px_scram_keycache_t *cache, const char **err)
 {
     px_scram_server_t *s = px_scram_server_new(secret);
     px_scram_client_t *c = px_scram_client_new(password);
-    char *first = px_scram_client_first(c), *sfirst = NULL, *cfinal = NULL, *sfinal = NULL;
+    char *first, *sfirst = NULL, *cfinal = NULL, *sfinal = NULL;
     int rc;
 
+    if (cache != NULL)
+        px_scram_client_set_cache(c, cache);
+    first = px_scram_client_first(c);
     assert_non_null(first);
     assert_int_equal(px_scram_server_first(s, first, strlen(first), &sfirst, err), 0);
     assert_int_equal(px_scram_client_final(c, sfirst, strlen(sfirst), &cfinal, err), 0);
@@ -60,6 +64,48 @@ static int exchange(const px_scram_secret_t *secret, const char *password, const
     px_scram_client_free(c);
     px_scram_server_free(s);
     return rc;
+}
+
+static int exchange(const px_scram_secret_t *secret, const char *password, const char **err)
+{
+    return exchange_cached(secret, password, NULL, err);
+}
+
+/*
+ * The key cache of store logins: filled only once the server proved the
+ * keys, reused while salt and count match, replaced when they change, and a
+ * cache of another password (same salt) fails the exchange instead of
+ * logging in.
+ */
+static void test_client_key_cache(void **state)
+{
+    px_scram_keycache_t cache = { 0 };
+    px_scram_secret_t a, b;
+    uint8_t salt_a[16] = { 1 }, salt_b[16] = { 2 };
+    const char *err = NULL;
+    px_scram_keycache_t saved;
+
+    (void)state;
+    assert_int_equal(px_scram_secret_from_password("pencil", salt_a, sizeof(salt_a), 4096, &a), 0);
+    assert_int_equal(px_scram_secret_from_password("pencil", salt_b, sizeof(salt_b), 4096, &b), 0);
+    assert_int_equal(exchange_cached(&a, "pencil", &cache, &err), 0);
+    assert_true(cache.is_valid);
+    assert_memory_equal(cache.stored_key, a.stored_key, PX_SCRAM_KEY_LEN);
+    assert_memory_equal(cache.server_key, a.server_key, PX_SCRAM_KEY_LEN);
+    /* Reused: the cached keys log in even with a password that no longer matches. */
+    assert_int_equal(exchange_cached(&a, "not-pencil", &cache, &err), 0);
+    /* Another salt: derived again from the password, and cached. */
+    assert_int_equal(exchange_cached(&b, "pencil", &cache, &err), 0);
+    assert_true(cache.is_valid);
+    assert_memory_equal(cache.stored_key, b.stored_key, PX_SCRAM_KEY_LEN);
+    /* A wrong password with an empty cache fails and caches nothing valid. */
+    memset(&cache, 0, sizeof(cache));
+    assert_int_not_equal(exchange_cached(&a, "wrong", &cache, &err), 0);
+    assert_false(cache.is_valid);
+    /* Keys of another password under the same salt: the server refuses them. */
+    saved = cache;
+    saved.is_valid = true;
+    assert_int_not_equal(exchange_cached(&a, "pencil", &saved, &err), 0);
 }
 
 /* ---- RFC 7677 section 3 ------------------------------------------------ */
@@ -1280,6 +1326,7 @@ int main(void)
         cmocka_unit_test(test_client_server_first_malformed),
         cmocka_unit_test(test_client_verify),
         cmocka_unit_test(test_client_keys_passthrough),
+        cmocka_unit_test(test_client_key_cache),
         cmocka_unit_test(test_md5),
         cmocka_unit_test(test_random_and_eq),
         cmocka_unit_test(test_authfile_good),
