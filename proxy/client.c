@@ -638,29 +638,6 @@ void px_client_cancel(px_proxy_t *p, uint32_t pid, uint32_t key)
 
 /* ---- forwarding ---- */
 
-/* Types a client may send after login, and whether they end a request. */
-static bool fe_type_known(uint8_t t)
-{
-    switch (t) {
-    case WIRE_MSG_BIND:
-    case WIRE_MSG_CLOSE:
-    case WIRE_MSG_COPY_DATA:
-    case WIRE_MSG_COPY_DONE:
-    case WIRE_MSG_COPY_FAIL:
-    case WIRE_MSG_DESCRIBE:
-    case WIRE_MSG_EXECUTE:
-    case WIRE_MSG_FLUSH:
-    case WIRE_MSG_FUNCTION_CALL:
-    case WIRE_MSG_PARSE:
-    case WIRE_MSG_QUERY:
-    case WIRE_MSG_SYNC:
-    case WIRE_MSG_TERMINATE:
-        return true;
-    default:
-        return false;
-    }
-}
-
 static void cl_admin_input(px_client_t *c)
 {
     px_conn_t *conn = &c->conn;
@@ -709,7 +686,7 @@ static void cl_admin_input(px_client_t *c)
             px_conn_consume(conn, WIRE_HDR_LEN + h.body_len);
             break;
         default:
-            if (!fe_type_known(h.type)) {
+            if (!wire_fe_type_known(h.type)) {
                 px_client_fail(c, "08P01", "invalid frontend message type %d", h.type);
                 return;
             }

@@ -234,10 +234,9 @@ void px_conn_send(px_conn_t *c, const void *data, size_t len)
     c->bytes_out += len;
 }
 
-static void closed_cb(uv_handle_t *h)
+/* Free what the connection owns and tell its owner, which frees itself. */
+static void conn_finish(px_conn_t *c)
 {
-    px_conn_t *c = h->data;
-
     cm_buf_free(&c->out);
     cm_buf_free(&c->sendbuf);
     rbuf_release(c);
@@ -246,6 +245,11 @@ static void closed_cb(uv_handle_t *h)
         c->tls = NULL;
     }
     conn_ops(c)->on_closed(c);
+}
+
+static void closed_cb(uv_handle_t *h)
+{
+    conn_finish(h->data);
 }
 
 static void conn_close_now(px_conn_t *c)
@@ -261,15 +265,7 @@ static void conn_close_now(px_conn_t *c)
         uv_close(&c->h.handle, closed_cb);
         return;
     }
-    /* Never opened: still report the close on a later path of the owner. */
-    cm_buf_free(&c->out);
-    cm_buf_free(&c->sendbuf);
-    rbuf_release(c);
-    if (c->tls != NULL) {
-        px_tls_free(c->tls);
-        c->tls = NULL;
-    }
-    conn_ops(c)->on_closed(c);
+    conn_finish(c); /* never opened: nothing for libuv to close */
 }
 
 static void write_cb(uv_write_t *req, int status)

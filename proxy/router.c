@@ -1321,29 +1321,6 @@ static rt_rc_t rt_function(px_client_t *c, const uint8_t *msg, size_t msg_len)
 
 /* ---- the input loop ---- */
 
-/* Types a client may send after login. */
-static bool fe_type_known(uint8_t t)
-{
-    switch (t) {
-    case WIRE_MSG_BIND:
-    case WIRE_MSG_CLOSE:
-    case WIRE_MSG_COPY_DATA:
-    case WIRE_MSG_COPY_DONE:
-    case WIRE_MSG_COPY_FAIL:
-    case WIRE_MSG_DESCRIBE:
-    case WIRE_MSG_EXECUTE:
-    case WIRE_MSG_FLUSH:
-    case WIRE_MSG_FUNCTION_CALL:
-    case WIRE_MSG_PARSE:
-    case WIRE_MSG_QUERY:
-    case WIRE_MSG_SYNC:
-    case WIRE_MSG_TERMINATE:
-        return true;
-    default:
-        return false;
-    }
-}
-
 static void flush_servers(px_client_t *c)
 {
     for (size_t i = 0; i < c->n_servers; i++)
@@ -1396,7 +1373,7 @@ void px_router_input(px_client_t *c)
         wrc = wire_hdr_decode(buf, avail, &p->limits, &h);
         if (wrc == WIRE_PARTIAL)
             break;
-        if (wrc != WIRE_OK || !fe_type_known(h.type)) {
+        if (wrc != WIRE_OK || !wire_fe_type_known(h.type)) {
             p->stats.n_protocol_errors++;
             flush_servers(c);
             if (wrc == WIRE_ETOOBIG)

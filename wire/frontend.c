@@ -177,3 +177,25 @@ wire_rc_t wire_parse_sasl_response(const uint8_t *body, size_t len, wire_str_t *
     data->len = len;
     return WIRE_OK;
 }
+
+bool wire_fe_type_known(uint8_t type)
+{
+    switch (type) {
+    case WIRE_MSG_BIND:
+    case WIRE_MSG_CLOSE:
+    case WIRE_MSG_COPY_DATA:
+    case WIRE_MSG_COPY_DONE:
+    case WIRE_MSG_COPY_FAIL:
+    case WIRE_MSG_DESCRIBE:
+    case WIRE_MSG_EXECUTE:
+    case WIRE_MSG_FLUSH:
+    case WIRE_MSG_FUNCTION_CALL:
+    case WIRE_MSG_PARSE:
+    case WIRE_MSG_QUERY:
+    case WIRE_MSG_SYNC:
+    case WIRE_MSG_TERMINATE:
+        return true;
+    default:
+        return false;
+    }
+}

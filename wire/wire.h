@@ -196,6 +196,9 @@ wire_str_t wire_startup_param(const wire_startup_t *s, const char *name);
 
 /* ---- frontend messages (client -> server) ---- */
 
+/* True for the typed messages a client may send after authentication. */
+bool wire_fe_type_known(uint8_t type);
+
 typedef struct wire_parse {
     wire_str_t name;  /* prepared statement name, "" = unnamed */
     wire_str_t query; /* NUL-terminated */
