@@ -54,6 +54,13 @@ static void on_signal(uv_signal_t *h, int signum)
     }
 }
 
+static void free_overrides(char **overrides, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(overrides[i]);
+    free(overrides);
+}
+
 static int write_pidfile(const char *path)
 {
     FILE *f;
@@ -126,6 +133,8 @@ int main(int argc, char **argv)
     if (cfg_path != NULL) {
         if (cfg_load_file(cfg_path, &cfg, &err) < 0) {
             fprintf(stderr, "pgshift: %s\n", err);
+            free(err);
+            free_overrides(overrides, n_overrides);
             return 1;
         }
     } else {
@@ -138,6 +147,10 @@ int main(int argc, char **argv)
         *eq = '\0';
         if (cfg_set(cfg, kv, eq + 1, &err) < 0) {
             fprintf(stderr, "pgshift: -o %s: %s\n", overrides[i], err);
+            free(err);
+            free(kv);
+            cfg_unref(cfg);
+            free_overrides(overrides, n_overrides);
             return 1;
         }
         free(kv);
@@ -149,6 +162,7 @@ int main(int argc, char **argv)
     if (check_only) {
         printf("configuration ok\n");
         cfg_unref(cfg);
+        free_overrides(overrides, n_overrides);
         return 0;
     }
     {
