@@ -152,40 +152,32 @@ static int tls_pump(px_conn_t *c)
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     px_conn_t *c = st->data;
+    int tls_rc = 0;
 
-    if (c->tls != NULL) {
-        int rc = 0;
-
+    if (c->tls != NULL && buf->base != NULL) {
+        /* The scratch buffer goes back at once: OpenSSL copied the bytes. */
         if (nread > 0 && !c->is_closing)
-            rc = px_tls_feed(c->tls, buf->base, (size_t)nread);
-        if (buf->base != NULL)
-            px_proxy_buf_put(c->proxy, (uint8_t *)buf->base);
-        if (c->is_closing)
-            return;
-        if (nread < 0) {
-            c->is_eof = 1;
-            conn_fail(c, (int)nread);
-            return;
-        }
-        if (nread == 0)
-            return;
-        if (rc < 0 || tls_pump(c) < 0) {
+            tls_rc = px_tls_feed(c->tls, buf->base, (size_t)nread);
+        px_proxy_buf_put(c->proxy, (uint8_t *)buf->base);
+    }
+    if (c->is_closing)
+        return;
+    if (nread < 0) {
+        c->is_eof = 1;
+        conn_fail(c, (int)nread);
+        return;
+    }
+    if (nread == 0) {
+        if (c->rbuf != NULL && c->rpos == c->rlen)
+            rbuf_release(c);
+        return;
+    }
+    if (c->tls != NULL) {
+        if (tls_rc < 0 || tls_pump(c) < 0) {
             conn_fail(c, UV_EPROTO);
             return;
         }
     } else {
-        if (c->is_closing)
-            return;
-        if (nread < 0) {
-            c->is_eof = 1;
-            conn_fail(c, (int)nread);
-            return;
-        }
-        if (nread == 0) {
-            if (c->rpos == c->rlen)
-                rbuf_release(c);
-            return;
-        }
         c->rlen += (size_t)nread;
         c->bytes_in += (uint64_t)nread;
     }

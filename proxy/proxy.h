@@ -58,6 +58,14 @@ static inline void cm_list_del(cm_list_t *n)
 #define cm_list_foreach_safe(it, tmp, head) \
     for ((it) = (head)->next, (tmp) = (it)->next; (it) != (head); (it) = (tmp), (tmp) = (it)->next)
 
+/* A TCP or unix-socket stream, seen as whichever libuv type a call needs. */
+typedef union px_stream {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+} px_stream_t;
+
 /* ---- connections: one socket, its buffers and optional TLS ---- */
 
 typedef enum px_conn_kind {
@@ -76,12 +84,7 @@ typedef enum px_conn_kind {
  * back when everything is consumed, so an idle connection holds no buffer.
  */
 struct px_conn {
-    union {
-        uv_handle_t handle;
-        uv_stream_t stream;
-        uv_tcp_t tcp;
-        uv_pipe_t pipe;
-    } h;
+    px_stream_t h;
     px_conn_kind_t kind;
     const struct px_conn_ops *ops; /* the owner's callbacks */
     void *owner;                   /* px_client_t or px_server_t */
@@ -239,6 +242,7 @@ struct px_server {
     uint8_t *rq;              /* ring of requests awaiting answers: type | 0x80 when injected */
     uint32_t rq_head;         /* first pending request */
     uint32_t rq_n;            /* pending requests */
+    uint32_t rq_visible;      /* pending requests whose answers the client waits for */
     uint32_t rq_cap;          /* ring size */
     unsigned is_fwd_drop : 1; /* the streamed message is an answer pgshift swallows */
     void *scram;              /* px_scram_client_t during SASL */
@@ -325,12 +329,7 @@ struct px_client {
 /* ---- the process ---- */
 
 typedef struct px_listener {
-    union {
-        uv_handle_t handle;
-        uv_stream_t stream;
-        uv_tcp_t tcp;
-        uv_pipe_t pipe;
-    } h;
+    px_stream_t h;
     px_proxy_t *proxy;
     bool is_admin;
     bool is_unix;

@@ -425,6 +425,21 @@ static px_server_t *cl_use_store(px_client_t *c, int store, rt_rc_t *rc)
     return s;
 }
 
+/*
+ * The session's logged-in server on `store`, once no other store owes the
+ * client answers (answers must come back in request order). NULL with *rc
+ * RT_WAIT (the client waits and is kicked) or RT_GONE.
+ */
+static px_server_t *cl_ready_server(px_client_t *c, int store, rt_rc_t *rc)
+{
+    if (cl_busy_elsewhere(c, store)) {
+        c->is_waiting = 1;
+        *rc = RT_WAIT;
+        return NULL;
+    }
+    return cl_use_store(c, store, rc);
+}
+
 /* ---- local answers ---- */
 
 static void batch_answer_local(px_client_t *c);
@@ -774,12 +789,7 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
     }
     if (first.store < 0)
         first.store = c->bound_store >= 0 ? c->bound_store : p->default_store->index;
-    if (cl_busy_elsewhere(c, first.store)) {
-        route_class_unref(cls);
-        c->is_waiting = 1;
-        return RT_WAIT;
-    }
-    s = cl_use_store(c, first.store, &rc);
+    s = cl_ready_server(c, first.store, &rc);
     if (s == NULL) {
         route_class_unref(cls);
         return rc;
@@ -816,21 +826,44 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
 
 /* ---- extended protocol ---- */
 
+/*
+ * Walk the held batch: each call yields one whole message (the batch holds
+ * only complete, validated messages). Returns false at the end.
+ */
+static bool batch_next(const uint8_t *p, size_t left, uint8_t *type, uint32_t *len)
+{
+    if (left < WIRE_HDR_LEN)
+        return false;
+    *type = p[0];
+    *len = ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | p[4];
+    BUG_ON(1 + (size_t)*len > left, "held batch is not whole messages");
+    return true;
+}
+
+/* Answers of a statement without rows: [ParameterDescription(0),] NoData. */
+static void put_no_rows(cm_buf_t *b, bool with_params)
+{
+    if (with_params) {
+        size_t at = wire_msg_begin(b, WIRE_MSG_PARAMETER_DESCRIPTION);
+
+        cm_buf_append_u16(b, 0);
+        wire_msg_end(b, at);
+    }
+    wire_put_no_data(b);
+}
+
 /* Send the held batch (messages since Sync not sent yet) to s. */
 static void batch_flush(px_client_t *c, px_server_t *s)
 {
     const uint8_t *p = c->batch.data;
     size_t left = c->batch.len;
 
-    while (left >= WIRE_HDR_LEN) {
-        uint8_t type = p[0];
-        uint32_t len =
-            ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | p[4];
+    uint8_t type;
+    uint32_t len;
 
+    for (; batch_next(p, left, &type, &len); p += 1 + len, left -= 1 + len) {
         if (type == WIRE_MSG_PARSE || type == WIRE_MSG_DESCRIBE || type == WIRE_MSG_CLOSE)
             px_server_expect(s, type, false);
-        p += 1 + len;
-        left -= 1 + len;
     }
     px_conn_send(&s->conn, c->batch.data, c->batch.len);
     cm_buf_reset(&c->batch);
@@ -843,27 +876,18 @@ static void batch_answer_local(px_client_t *c)
     size_t left = c->batch.len;
     cm_buf_t b = { 0 };
 
-    while (left >= WIRE_HDR_LEN) {
-        uint8_t type = p[0];
-        uint32_t len =
-            ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | p[4];
+    uint8_t type;
+    uint32_t len;
 
+    for (; batch_next(p, left, &type, &len); p += 1 + len, left -= 1 + len) {
         if (type == WIRE_MSG_PARSE)
             wire_put_parse_complete(&b);
         else if (type == WIRE_MSG_CLOSE)
             wire_put_close_complete(&b);
         else if (type == WIRE_MSG_DESCRIBE) {
             /* Only statements without results are answered here. */
-            if (len >= 5 && p[5] == 'S') {
-                size_t at = wire_msg_begin(&b, WIRE_MSG_PARAMETER_DESCRIPTION);
-
-                cm_buf_append_u16(&b, 0);
-                wire_msg_end(&b, at);
-            }
-            wire_put_no_data(&b);
+            put_no_rows(&b, len >= 5 && p[5] == 'S');
         }
-        p += 1 + len;
-        left -= 1 + len;
     }
     px_conn_send(&c->conn, b.data, b.len);
     cm_buf_free(&b);
@@ -942,14 +966,12 @@ static bool batch_has_parse_of(px_client_t *c, const px_stmt_t *st)
     const uint8_t *p = c->batch.data;
     size_t left = c->batch.len;
 
-    while (left >= WIRE_HDR_LEN) {
-        uint32_t len =
-            ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | p[4];
+    uint8_t type;
+    uint32_t len;
 
-        if (p[0] == WIRE_MSG_PARSE && strcmp((const char *)p + 5, st->name) == 0)
+    for (; batch_next(p, left, &type, &len); p += 1 + len, left -= 1 + len) {
+        if (type == WIRE_MSG_PARSE && strcmp((const char *)p + 5, st->name) == 0)
             return true;
-        p += 1 + len;
-        left -= 1 + len;
     }
     return false;
 }
@@ -960,11 +982,7 @@ static rt_rc_t batch_start(px_client_t *c, int store, const route_decision_t *d,
     px_server_t *s;
     rt_rc_t rc = RT_DONE;
 
-    if (cl_busy_elsewhere(c, store)) {
-        c->is_waiting = 1;
-        return RT_WAIT;
-    }
-    s = cl_use_store(c, store, &rc);
+    s = cl_ready_server(c, store, &rc);
     if (s == NULL)
         return rc;
     if (d != NULL)
@@ -1201,13 +1219,7 @@ static rt_rc_t rt_follow(px_client_t *c, uint8_t type, const uint8_t *msg, size_
                         return RT_WAIT;
                     }
                     batch_answer_local(c);
-                    {
-                        size_t at = wire_msg_begin(&b, WIRE_MSG_PARAMETER_DESCRIPTION);
-
-                        cm_buf_append_u16(&b, 0);
-                        wire_msg_end(&b, at);
-                    }
-                    wire_put_no_data(&b);
+                    put_no_rows(&b, true);
                     px_conn_send(&c->conn, b.data, b.len);
                     cm_buf_free(&b);
                     return RT_DONE;
@@ -1307,11 +1319,7 @@ static rt_rc_t rt_function(px_client_t *c, const uint8_t *msg, size_t msg_len)
     px_server_t *s;
     rt_rc_t rc = RT_DONE;
 
-    if (cl_busy_elsewhere(c, store)) {
-        c->is_waiting = 1;
-        return RT_WAIT;
-    }
-    s = cl_use_store(c, store, &rc);
+    s = cl_ready_server(c, store, &rc);
     if (s == NULL)
         return rc;
     px_conn_send(&s->conn, msg, msg_len);

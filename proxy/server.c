@@ -404,18 +404,15 @@ void px_server_expect(px_server_t *s, uint8_t type, bool swallow)
     }
     s->rq[(s->rq_head + s->rq_n) % s->rq_cap] = (uint8_t)(type | (swallow ? SV_RQ_SWALLOW : 0));
     s->rq_n++;
+    if (!swallow)
+        s->rq_visible++;
     if (type == WIRE_MSG_SYNC || type == WIRE_MSG_QUERY || type == WIRE_MSG_FUNCTION_CALL)
         s->n_pending++;
 }
 
 uint32_t px_server_visible_pending(const px_server_t *s)
 {
-    uint32_t n = 0;
-
-    for (uint32_t i = 0; i < s->rq_n; i++)
-        if (!(s->rq[(s->rq_head + i) % s->rq_cap] & SV_RQ_SWALLOW))
-            n++;
-    return n;
+    return s->rq_visible;
 }
 
 static int rq_head(const px_server_t *s)
@@ -426,6 +423,9 @@ static int rq_head(const px_server_t *s)
 static void rq_pop(px_server_t *s)
 {
     uint8_t t = s->rq[s->rq_head] & (uint8_t)~SV_RQ_SWALLOW;
+
+    if (!(s->rq[s->rq_head] & SV_RQ_SWALLOW))
+        s->rq_visible--;
 
     s->rq_head = (s->rq_head + 1) % s->rq_cap;
     s->rq_n--;
@@ -788,12 +788,7 @@ int px_server_connect(px_proxy_t *p, px_store_t *store, px_client_t *client, px_
 /* ---- cancel ---- */
 
 typedef struct sv_cancel {
-    union {
-        uv_handle_t handle;
-        uv_stream_t stream;
-        uv_tcp_t tcp;
-        uv_pipe_t pipe;
-    } h;
+    px_stream_t h;
     uv_connect_t req;
     uv_write_t wreq;
     uint8_t pkt[16];
