@@ -836,3 +836,10 @@ void mig_ctl_stop(mig_ctl_t *m)
     /* No thread is left to push: the close callback frees what is queued, then m. */
     mig_outbox_close(&m->outbox, ctl_closed_cb);
 }
+
+void mig_ctl_cutover_ack(mig_ctl_t *m, int64_t migration_id, int64_t attempt)
+{
+    (void)m;
+    (void)migration_id;
+    (void)attempt;
+}

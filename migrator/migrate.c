@@ -765,6 +765,8 @@ mig_result_t *mig_migration_execute(const mig_env_t *env, PGconn **control,
         return abort_migration(env, control, req);
     case MIG_CMD_SHOW_AUDIT:
         return show_audit(env, control, req->migration_id);
+    case MIG_CMD_CUTOVER:
+        return mig_cutover_request(env, control, req);
     case MIG_CMD_SHOW_ROUTES:
     case MIG_CMD_SHOW_TENANTS:
     case MIG_CMD_ROUTE_TENANT:

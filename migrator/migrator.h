@@ -66,6 +66,14 @@ typedef struct mig_route {
     char *target_store;   /* NULL, or the migration's target */
     int64_t migration_id; /* 0 = none */
     int64_t version;      /* bumped on every change of the route */
+    /*
+     * While phase is CUTOVER: the attempt number (1, 2, ... per migration).
+     * Every pgshift process holds new work of the tenant and, once none of
+     * its clients is left inside a transaction on the tenant's store that
+     * began before the hold, acknowledges with mig_ctl_cutover_ack(m,
+     * migration_id, cutover_attempt). 0 in every other phase.
+     */
+    int64_t cutover_attempt;
 } mig_route_t;
 
 typedef enum mig_event_kind {
@@ -167,6 +175,14 @@ typedef enum mig_cmd_kind {
      * more == false, tag "WATCH") or mig_ctl_cancel drops the cookie.
      */
     MIG_CMD_WATCH_MIGRATION,
+    /*
+     * CUTOVER id: switch a migration in DUAL_WRITE to its target (DESIGN.md,
+     * "Migration phases"). Answers one row (migration_id, success, pause_ms,
+     * events_synced, error) once the cutover completed or rolled back to
+     * DUAL_WRITE; tag "CUTOVER". Refused (55000) when the migration is not
+     * ready, with the reason.
+     */
+    MIG_CMD_CUTOVER,
 } mig_cmd_kind_t;
 
 /*
@@ -239,6 +255,15 @@ void mig_ctl_request(mig_ctl_t *m, const mig_cmd_t *cmd, void *cookie);
  * address. The proxy never sees a stale cookie after calling this.
  */
 void mig_ctl_cancel(mig_ctl_t *m, void *cookie);
+
+/*
+ * The proxy has drained tenant work for attempt `attempt` of migration
+ * migration_id (see mig_route_t.cutover_attempt): recorded in the control
+ * store by a thread of its own (never queued behind admin commands), where
+ * the cutover waits for the acknowledgement of every live pgshift process.
+ * Idempotent; never blocks; no reply.
+ */
+void mig_ctl_cutover_ack(mig_ctl_t *m, int64_t migration_id, int64_t attempt);
 
 /*
  * Stop: set the stop flag, wake and join the threads (a blocking call in

@@ -190,6 +190,8 @@ mig_result_t *mig_migration_execute(const mig_env_t *env, PGconn **control,
 mig_result_t *mig_migration_status(const mig_env_t *env, PGconn **control, int64_t id,
                                    bool *terminal);
 
+/* CUTOVER id: asks the migration's runner for a cutover and waits for its outcome. */
+mig_result_t *mig_cutover_request(const mig_env_t *env, PGconn **control, const mig_request_t *req);
 /* Control connection helpers shared by admin.c and migrate.c. */
 mig_result_t *mig_ensure_control(const mig_env_t *env, PGconn **control);
 PGresult *mig_control_exec(const mig_env_t *env, PGconn **control, const char *sql, int n_params,
