@@ -61,6 +61,7 @@ typedef struct cfg {
     int server_connect_timeout_ms; /* 15000 */
     int shutdown_timeout_ms;       /* 30000: SIGTERM drain budget */
     int pause_timeout_ms;          /* 10000: default PAUSE wait on the admin console */
+    int max_hold_ms;               /* 10000: longest a statement is held at a cutover */
 
     /* TLS towards clients */
     cfg_tls_mode_t client_tls_mode; /* disable */
@@ -91,6 +92,10 @@ typedef struct cfg {
     bool mig_verify_consistency;        /* true */
     bool mig_migrate_subscriptions;     /* true */
     bool mig_auto_cutover;              /* false */
+    int mig_dual_write_interval_ms;     /* 20 */
+    int mig_failure_threshold;          /* 5 */
+    int mig_recovery_timeout_seconds;   /* 30 */
+    int mig_half_open_max_calls;        /* 1 */
 
     struct cfg_priv *priv; /* config/ only: key lines, derived defaults; NULL is valid */
 } cfg_t;

@@ -138,6 +138,7 @@ static const cfg_key_t keys[] = {
          INT_MAX),
     K_MS("pgshift", "shutdown_timeout_ms", shutdown_timeout_ms, "30000", CFG_RELOAD, 0, INT_MAX),
     K_MS("pgshift", "pause_timeout_ms", pause_timeout_ms, "10000", CFG_RELOAD, 1, INT_MAX),
+    K_MS("pgshift", "max_hold_ms", max_hold_ms, "10000", CFG_RELOAD, 100, 600000),
 
     K_ENUM("pgshift", client_tls_mode, cfg_tls_mode_t, "disable", CFG_RELOAD, tls_names),
     K_STR("pgshift", client_tls_cert_file, "", CFG_RELOAD, NULL),
@@ -170,6 +171,12 @@ static const cfg_key_t keys[] = {
     K_BOOL("migration", "verify_consistency", mig_verify_consistency, "true", CFG_RELOAD),
     K_BOOL("migration", "migrate_subscriptions", mig_migrate_subscriptions, "true", CFG_RELOAD),
     K_BOOL("migration", "auto_cutover", mig_auto_cutover, "false", CFG_RELOAD),
+    K_MS("migration", "dual_write_interval_ms", mig_dual_write_interval_ms, "20", CFG_RELOAD, 1,
+         10000),
+    K_INT("migration", "failure_threshold", mig_failure_threshold, "5", CFG_RELOAD, 1, 1000),
+    K_INT("migration", "recovery_timeout_seconds", mig_recovery_timeout_seconds, "30", CFG_RELOAD,
+          1, 3600),
+    K_INT("migration", "half_open_max_calls", mig_half_open_max_calls, "1", CFG_RELOAD, 1, 100),
 };
 
 #define N_KEYS CM_ARRAY_LEN(keys)

@@ -26,6 +26,10 @@ void mig_settings_default(mig_settings_t *s)
     s->verify_consistency = true;
     s->migrate_subscriptions = true;
     s->auto_cutover = false;
+    s->dual_write_interval_ms = 20;
+    s->failure_threshold = 5;
+    s->recovery_timeout_seconds = 30;
+    s->half_open_max_calls = 1;
 }
 
 typedef enum opt_type { OPT_INT, OPT_BOOL } opt_type_t;
@@ -56,6 +60,10 @@ static const opt_def_t opt_defs[] = {
     OPT_B(verify_consistency),
     OPT_B(migrate_subscriptions),
     OPT_B(auto_cutover),
+    OPT_I(dual_write_interval_ms, 1, 10000),
+    OPT_I(failure_threshold, 1, 1000),
+    OPT_I(recovery_timeout_seconds, 1, 3600),
+    OPT_I(half_open_max_calls, 1, 100),
 };
 
 static int parse_bool(const char *v, bool *out)
@@ -110,7 +118,8 @@ int mig_settings_set(mig_settings_t *s, const char *key, const char *value, char
     *err = cm_xasprintf("unknown migration setting \"%s\" (known: batch_size, max_bulk_copy_rate, "
                         "dual_write_timeout_minutes, cutover_max_lag_events, cutover_timeout_ms, "
                         "position_mapping_enabled, verify_consistency, migrate_subscriptions, "
-                        "auto_cutover)",
+                        "auto_cutover, dual_write_interval_ms, failure_threshold, "
+                        "recovery_timeout_seconds, half_open_max_calls)",
                         key);
     return -EINVAL;
 }
@@ -146,11 +155,14 @@ char *mig_settings_json(const mig_settings_t *s)
         "\"dual_write_timeout_minutes\": %d, \"cutover_max_lag_events\": %d, "
         "\"cutover_timeout_ms\": %d, \"position_mapping_enabled\": %s, "
         "\"verify_consistency\": %s, \"migrate_subscriptions\": %s, "
-        "\"auto_cutover\": %s}",
+        "\"auto_cutover\": %s, \"dual_write_interval_ms\": %d, \"failure_threshold\": %d, "
+        "\"recovery_timeout_seconds\": %d, \"half_open_max_calls\": %d}",
         s->batch_size, s->max_bulk_copy_rate, s->dual_write_timeout_minutes,
         s->cutover_max_lag_events, s->cutover_timeout_ms,
         s->position_mapping_enabled ? "true" : "false", s->verify_consistency ? "true" : "false",
-        s->migrate_subscriptions ? "true" : "false", s->auto_cutover ? "true" : "false");
+        s->migrate_subscriptions ? "true" : "false", s->auto_cutover ? "true" : "false",
+        s->dual_write_interval_ms, s->failure_threshold, s->recovery_timeout_seconds,
+        s->half_open_max_calls);
 }
 
 /* ---- lexer ------------------------------------------------------------------- */

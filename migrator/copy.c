@@ -69,7 +69,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
-#include "migrator/migrator_int.h"
+#include "migrator/runner.h"
 
 #define LOG_CTX            "copy"
 #define CONNECT_TIMEOUT_MS 10000
@@ -80,80 +80,15 @@
 #define BACKOFF_FIRST_MS   500
 #define BACKOFF_MAX_MS     15000
 #define RATE_WINDOW_MS     10000
-#define RUN_LOCK_CLASS     "1885827944" /* 'pgsh' */
-
-typedef enum run_rc {
-    RUN_OK,        /* done, or the step finished */
-    RUN_RECHECK,   /* the record changed (abort, failure): look at it again */
-    RUN_STOP,      /* the latch is set */
-    RUN_TRANSIENT, /* an error worth retrying (connection, shutdown, timeout) */
-    RUN_PERMANENT, /* an error that retrying will not fix: the migration fails */
-} run_rc_t;
-
-typedef struct tab {
-    char *name;       /* as configured */
-    char *q;          /* quoted */
-    bool has_pos;     /* the cursor is the position column */
-    char *mode;       /* preserve | map | assign */
-    char *all_cols;   /* every column, quoted, comma-separated */
-    char *copy_cols;  /* the columns written on the target */
-    size_t n_key;     /* cursor columns; 0 = one batch */
-    char **key_q;     /* quoted */
-    char **key_type;  /* format_type */
-    char *hi;         /* position tables: the copy's upper bound, NULL = no rows */
-    char *last_key;   /* text[] literal of the last copied key, NULL = none yet */
-    long long total;  /* rows at the barrier */
-    long long copied; /* rows copied (committed on the target) */
-    bool done;
-    char *stage; /* map mode: the temporary table on the target */
-} tab_t;
-
-typedef struct run {
-    const mig_env_t *env;
-    int64_t id;
-    char ids[24];
-    PGconn *ctl, *src, *dst;
-    bool locked;
-
-    /* the record */
-    char *tenant;
-    int src_idx, dst_idx;
-    char *phase;
-    bool paused, cleanup_pending, copy_complete;
-    int batch_size;
-    int rate; /* rows/s, 0 = unlimited */
-    char *position_mode;
-
-    /* the copy plan, read from the target (or made there) */
-    size_t n_tabs;
-    tab_t *tabs;
-    char *tenant_lit; /* the tenant as a SQL literal (target quoting) */
-    char *tcol;       /* the tenant column, quoted */
-
-    /* progress */
-    long long total, copied;
-    int last_percent_audited;
-    uint64_t next_batch_us; /* rate limit: earliest start of the next batch */
-    uint64_t win_ms[64];
-    long long win_rows[64];
-    size_t win_n;
-    double rate_now;
-    char *mirror_from; /* map mode: source positions above this are not yet in the control store */
-    char *barrier_xid; /* X0, as the target's plan recorded it */
-
-    /* the last error */
-    char sqlstate[6];
-    char *err;
-} run_t;
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
-static bool stopping(const run_t *r)
+bool mig_run_stopping(const run_t *r)
 {
     return mig_latch_is_set(r->env->latch);
 }
 
-static void set_err(run_t *r, const char *sqlstate, char *msg_owned)
+void mig_run_set_err(run_t *r, const char *sqlstate, char *msg_owned)
 {
     free(r->err);
     r->err = msg_owned;
@@ -161,15 +96,15 @@ static void set_err(run_t *r, const char *sqlstate, char *msg_owned)
 }
 
 /* Classify a failed result (res may be NULL: the connection broke). */
-static run_rc_t classify(run_t *r, PGconn *c, const PGresult *res, const char *what)
+run_rc_t mig_run_classify(run_t *r, PGconn *c, const PGresult *res, const char *what)
 {
     const char *st = res ? mig_pq_sqlstate(res) : "";
     char *m;
 
-    if (stopping(r))
+    if (mig_run_stopping(r))
         return RUN_STOP;
     m = mig_pq_errmsg(c, res);
-    set_err(r, *st ? st : "08006", cm_xasprintf("%s: %s", what, m));
+    mig_run_set_err(r, *st ? st : "08006", cm_xasprintf("%s: %s", what, m));
     free(m);
     if (res == NULL || *st == '\0')
         return RUN_TRANSIENT;
@@ -181,7 +116,7 @@ static run_rc_t classify(run_t *r, PGconn *c, const PGresult *res, const char *w
 }
 
 /* Run sql on c; on failure classify it (and return NULL with *rc set). */
-static PGresult *q(run_t *r, PGconn *c, const char *what, const char *sql, int n,
+PGresult *mig_run_q(run_t *r, PGconn *c, const char *what, const char *sql, int n,
                    const char *const *params, run_rc_t *rc)
 {
     PGresult *res = mig_pq_exec(c, r->env->latch, QUERY_TIMEOUT_MS, sql, n, params);
@@ -190,23 +125,23 @@ static PGresult *q(run_t *r, PGconn *c, const char *what, const char *sql, int n
         *rc = RUN_OK;
         return res;
     }
-    *rc = classify(r, c, res, what);
+    *rc = mig_run_classify(r, c, res, what);
     PQclear(res);
     return NULL;
 }
 
 /* Like q, for statements whose result does not matter. */
-static run_rc_t x(run_t *r, PGconn *c, const char *what, const char *sql, int n,
+run_rc_t mig_run_x(run_t *r, PGconn *c, const char *what, const char *sql, int n,
                   const char *const *params)
 {
     run_rc_t rc;
-    PGresult *res = q(r, c, what, sql, n, params, &rc);
+    PGresult *res = mig_run_q(r, c, what, sql, n, params, &rc);
 
     PQclear(res);
     return rc;
 }
 
-static char *lit(PGconn *c, const char *s)
+char *mig_run_lit(PGconn *c, const char *s)
 {
     char *e = PQescapeLiteral(c, s, strlen(s));
     char *o = cm_xstrdup(e ? e : "NULL");
@@ -215,17 +150,17 @@ static char *lit(PGconn *c, const char *s)
     return o;
 }
 
-static void drop_conn(PGconn **c)
+void mig_run_drop_conn(PGconn **c)
 {
     if (*c != NULL)
         PQfinish(*c);
     *c = NULL;
 }
 
-static void drop_stores(run_t *r)
+void mig_run_drop_stores(run_t *r)
 {
-    drop_conn(&r->src);
-    drop_conn(&r->dst);
+    mig_run_drop_conn(&r->src);
+    mig_run_drop_conn(&r->dst);
     for (size_t i = 0; i < r->n_tabs; i++) {
         free(r->tabs[i].stage); /* temporary tables die with the connection */
         r->tabs[i].stage = NULL;
@@ -266,7 +201,7 @@ static void record_free(run_t *r)
 }
 
 /* Sleep up to ms; true when stopping. */
-static bool nap(run_t *r, int ms)
+bool mig_run_nap(run_t *r, int ms)
 {
     return mig_latch_wait(r->env->latch, ms);
 }
@@ -282,7 +217,7 @@ static run_rc_t connect_control(run_t *r)
     if (rc == -ECANCELED)
         return RUN_STOP;
     if (rc != 0) {
-        set_err(r, "08006", cm_xasprintf("control store: %s", err ? err : "unreachable"));
+        mig_run_set_err(r, "08006", cm_xasprintf("control store: %s", err ? err : "unreachable"));
         free(err);
         r->ctl = NULL;
         return RUN_TRANSIENT;
@@ -296,7 +231,7 @@ static run_rc_t load_record(run_t *r, bool *needed)
 {
     const char *params[] = { r->ids };
     run_rc_t rc;
-    PGresult *res = q(r, r->ctl, "control store",
+    PGresult *res = mig_run_q(r, r->ctl, "control store",
                       "SELECT tenant, source_store, target_store, phase, paused, cleanup_pending, "
                       "  bulk_copy_completed_at IS NOT NULL, "
                       "  coalesce((config->>'batch_size')::int, 1000), "
@@ -330,11 +265,6 @@ static run_rc_t load_record(run_t *r, bool *needed)
     return RUN_OK;
 }
 
-typedef enum verdict {
-    GO,    /* keep copying */
-    PAUSE, /* paused: wait */
-    LEAVE, /* aborted, failed, or otherwise not ours to copy any more */
-} verdict_t;
 
 static verdict_t verdict_of(const PGresult *res)
 {
@@ -345,11 +275,11 @@ static verdict_t verdict_of(const PGresult *res)
 }
 
 /* Read phase/paused; RUN_OK with *v. */
-static run_rc_t look(run_t *r, verdict_t *v)
+run_rc_t mig_run_look(run_t *r, verdict_t *v)
 {
     const char *params[] = { r->ids };
     run_rc_t rc;
-    PGresult *res = q(r, r->ctl, "control store",
+    PGresult *res = mig_run_q(r, r->ctl, "control store",
                       "SELECT phase, paused, cleanup_pending FROM pgshift.migrations "
                       "WHERE id = $1::bigint",
                       1, params, &rc);
@@ -361,11 +291,11 @@ static run_rc_t look(run_t *r, verdict_t *v)
     return RUN_OK;
 }
 
-static run_rc_t set_status(run_t *r, const char *detail)
+run_rc_t mig_run_set_status(run_t *r, const char *detail)
 {
     const char *params[] = { r->ids, detail };
 
-    return x(r, r->ctl, "control store",
+    return mig_run_x(r, r->ctl, "control store",
              "UPDATE pgshift.migrations SET status_detail = $2, updated_at = now() "
              "WHERE id = $1::bigint",
              2, params);
@@ -381,7 +311,7 @@ static run_rc_t hold_while_paused(run_t *r)
 
     for (;;) {
         verdict_t v;
-        run_rc_t rc = look(r, &v);
+        run_rc_t rc = mig_run_look(r, &v);
 
         if (rc != RUN_OK)
             return rc;
@@ -391,7 +321,7 @@ static run_rc_t hold_while_paused(run_t *r)
             if (announced) {
                 r->next_batch_us = cm_now_us(); /* no credit for the pause */
                 r->win_n = 0;
-                rc = set_status(r, "copying");
+                rc = mig_run_set_status(r, "copying");
                 if (rc != RUN_OK)
                     return rc;
             }
@@ -399,12 +329,12 @@ static run_rc_t hold_while_paused(run_t *r)
         }
         if (!announced) {
             LOG_INFO(LOG_CTX, "migration %s paused", r->ids);
-            rc = set_status(r, "paused");
+            rc = mig_run_set_status(r, "paused");
             if (rc != RUN_OK)
                 return rc;
             announced = true;
         }
-        if (nap(r, POLL_MS))
+        if (mig_run_nap(r, POLL_MS))
             return RUN_STOP;
     }
 }
@@ -418,7 +348,7 @@ static run_rc_t wait_slot(run_t *r)
 
         if (r->rate <= 0 || now >= r->next_batch_us)
             return RUN_OK;
-        if (nap(r, (int)CM_MIN((r->next_batch_us - now + 999) / 1000, (uint64_t)POLL_MS)))
+        if (mig_run_nap(r, (int)CM_MIN((r->next_batch_us - now + 999) / 1000, (uint64_t)POLL_MS)))
             return RUN_STOP;
         if (r->next_batch_us > cm_now_us()) {
             rc = hold_while_paused(r);
@@ -428,18 +358,18 @@ static run_rc_t wait_slot(run_t *r)
     }
 }
 
-static void audit(run_t *r, const char *type, const char *details_json)
+void mig_run_audit(run_t *r, const char *type, const char *details_json)
 {
     const char *params[] = { r->ids, type, details_json };
 
-    (void)x(r, r->ctl, "control store",
+    (void)mig_run_x(r, r->ctl, "control store",
             "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
             "VALUES ($1::bigint, $2, 'pgshift', $3::jsonb)",
             3, params);
 }
 
 /* Count an error on the record and in the audit log (best effort). */
-static void note_error(run_t *r, bool retrying)
+void mig_run_note_error(run_t *r, bool retrying)
 {
     const char *params[] = { r->ids, r->err ? r->err : "unknown error", r->sqlstate,
                              retrying ? "true" : "false" };
@@ -448,7 +378,7 @@ static void note_error(run_t *r, bool retrying)
              retrying ? " (retrying)" : "");
     if (r->ctl == NULL)
         return;
-    (void)x(r, r->ctl, "control store",
+    (void)mig_run_x(r, r->ctl, "control store",
             "WITH m AS (UPDATE pgshift.migrations SET error_count = error_count + 1, "
             "    last_error = $2, updated_at = now(), "
             "    status_detail = CASE WHEN $4::bool THEN 'retrying after an error' "
@@ -464,13 +394,13 @@ static void note_error(run_t *r, bool retrying)
  * A permanent error: FAILED (persisted first, route back to the source,
  * audited), and the target is to be cleaned.
  */
-static run_rc_t fail_migration(run_t *r)
+run_rc_t mig_run_fail_migration(run_t *r)
 {
     const char *params[] = { r->ids, r->err ? r->err : "unknown error", r->sqlstate };
     run_rc_t rc;
 
     LOG_ERROR(LOG_CTX, "migration %s failed: %s", r->ids, r->err ? r->err : "?");
-    rc = x(r, r->ctl, "control store",
+    rc = mig_run_x(r, r->ctl, "control store",
            "WITH old AS (SELECT id, phase FROM pgshift.migrations WHERE id = $1::bigint "
            "  AND phase NOT IN ('COMPLETED', 'ABORTED', 'FAILED') FOR UPDATE), "
            "m AS (UPDATE pgshift.migrations g SET phase = 'FAILED', failed_at = now(), "
@@ -491,14 +421,14 @@ static run_rc_t fail_migration(run_t *r)
 
 /* ---- stores -------------------------------------------------------------------------- */
 
-static run_rc_t connect_stores(run_t *r)
+run_rc_t mig_run_connect_stores(run_t *r)
 {
     const mig_env_t *env = r->env;
     char *err = NULL;
     int rc;
 
     if (r->src_idx < 0 || r->dst_idx < 0) {
-        set_err(r, "42704", cm_xstrdup("the source or target store is no longer configured"));
+        mig_run_set_err(r, "42704", cm_xstrdup("the source or target store is no longer configured"));
         return RUN_PERMANENT;
     }
     if (r->src == NULL) {
@@ -508,16 +438,16 @@ static run_rc_t connect_stores(run_t *r)
             r->src = NULL;
             if (rc == -ECANCELED)
                 return RUN_STOP;
-            set_err(r, "08006",
+            mig_run_set_err(r, "08006",
                     cm_xasprintf("source store \"%s\": %s", env->store_names[r->src_idx],
                                  err ? err : "?"));
             free(err);
             return RUN_TRANSIENT;
         }
         /* The source is never written: make that a property of the connection. */
-        if (x(r, r->src, "source store", "SET default_transaction_read_only = on", 0, NULL) !=
+        if (mig_run_x(r, r->src, "source store", "SET default_transaction_read_only = on", 0, NULL) !=
             RUN_OK) {
-            drop_conn(&r->src);
+            mig_run_drop_conn(&r->src);
             return RUN_TRANSIENT;
         }
     }
@@ -528,7 +458,7 @@ static run_rc_t connect_stores(run_t *r)
             r->dst = NULL;
             if (rc == -ECANCELED)
                 return RUN_STOP;
-            set_err(r, "08006",
+            mig_run_set_err(r, "08006",
                     cm_xasprintf("target store \"%s\": %s", env->store_names[r->dst_idx],
                                  err ? err : "?"));
             free(err);
@@ -536,7 +466,7 @@ static run_rc_t connect_stores(run_t *r)
         }
     }
     if (r->tenant_lit == NULL) {
-        r->tenant_lit = lit(r->dst, r->tenant);
+        r->tenant_lit = mig_run_lit(r->dst, r->tenant);
         r->tcol = mig_quote_ident(r->dst, env->tenant_column);
     }
     return RUN_OK;
@@ -545,7 +475,7 @@ static run_rc_t connect_stores(run_t *r)
 /* The state tables on the target; created once, concurrently safe. */
 static run_rc_t ensure_target_schema(run_t *r)
 {
-    return x(r, r->dst, "target store",
+    return mig_run_x(r, r->dst, "target store",
              "BEGIN;\n"
              "SET LOCAL client_min_messages = warning;\n"
              "SELECT pg_advisory_xact_lock(" RUN_LOCK_CLASS ", 0);\n"
@@ -576,7 +506,7 @@ static PGresult *columns_of(run_t *r, PGconn *c, const char *what, const char *t
 {
     char *qt = mig_quote_table(c, table);
     const char *params[] = { qt };
-    PGresult *res = q(r, c, what,
+    PGresult *res = mig_run_q(r, c, what,
                       "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
                       "  (a.attidentity <> '' OR coalesce(pg_get_expr(d.adbin, d.adrelid), '') "
                       "   LIKE 'nextval(%') "
@@ -652,7 +582,7 @@ static run_rc_t describe_table(run_t *r, const char *table, const char *mode, ta
         return rc;
     }
     if (PQntuples(dcols) == 0) {
-        set_err(r, "42P01", cm_xasprintf("table \"%s\" is missing on the target store", table));
+        mig_run_set_err(r, "42P01", cm_xasprintf("table \"%s\" is missing on the target store", table));
         PQclear(scols);
         PQclear(dcols);
         return RUN_PERMANENT;
@@ -682,7 +612,7 @@ static run_rc_t describe_table(run_t *r, const char *table, const char *mode, ta
         {
             const char *params[] = { qt };
 
-            pk = q(r, r->src, "source store",
+            pk = mig_run_q(r, r->src, "source store",
                    "SELECT a.attname, format_type(a.atttypid, a.atttypmod) "
                    "FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(n, o) "
                    "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n "
@@ -718,7 +648,7 @@ static run_rc_t describe_table(run_t *r, const char *table, const char *mode, ta
 static run_rc_t barrier(run_t *r, char **xid)
 {
     run_rc_t rc;
-    PGresult *res = q(r, r->src, "source store",
+    PGresult *res = mig_run_q(r, r->src, "source store",
                       "SELECT pg_snapshot_xmax(pg_current_snapshot())::text", 0, NULL, &rc);
     bool announced = false;
 
@@ -731,7 +661,7 @@ static run_rc_t barrier(run_t *r, char **xid)
         bool passed;
         verdict_t v;
 
-        res = q(r, r->src, "source store",
+        res = mig_run_q(r, r->src, "source store",
                 "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::xid8", 1, params, &rc);
         if (res == NULL)
             break;
@@ -740,19 +670,19 @@ static run_rc_t barrier(run_t *r, char **xid)
         if (passed)
             return RUN_OK;
         if (!announced) {
-            rc = set_status(r, "waiting for source transactions older than the copy to end");
+            rc = mig_run_set_status(r, "waiting for source transactions older than the copy to end");
             if (rc != RUN_OK)
                 break;
             announced = true;
         }
-        rc = look(r, &v);
+        rc = mig_run_look(r, &v);
         if (rc != RUN_OK)
             break;
         if (v == LEAVE) {
             rc = RUN_RECHECK;
             break;
         }
-        if (nap(r, 50)) {
+        if (mig_run_nap(r, 50)) {
             rc = RUN_STOP;
             break;
         }
@@ -767,7 +697,7 @@ static run_rc_t read_plan(run_t *r, bool *found)
 {
     const char *params[] = { r->ids };
     run_rc_t rc;
-    PGresult *res = q(r, r->dst, "target store",
+    PGresult *res = mig_run_q(r, r->dst, "target store",
                       "SELECT table_name, mode, hi_bound, last_key, rows_total, rows_copied, done, "
                       "  barrier_xid "
                       "FROM pgshift.target_copy_state WHERE migration_id = $1::bigint",
@@ -793,7 +723,7 @@ static run_rc_t read_plan(run_t *r, bool *found)
                 return rc;
             }
             if (!is_tenant) {
-                set_err(r, "42P01",
+                mig_run_set_err(r, "42P01",
                         cm_xasprintf("table \"%s\" lost its tenant column on the source",
                                      r->env->tables[i]));
                 PQclear(res);
@@ -819,14 +749,14 @@ static run_rc_t read_plan(run_t *r, bool *found)
 }
 
 /* Move the target's sequence of the position column past the source's. */
-static run_rc_t bump_sequence(run_t *r, const tab_t *t)
+run_rc_t mig_run_bump_sequence(run_t *r, const tab_t *t)
 {
     const char *params[] = { t->q, r->env->position_column };
     run_rc_t rc;
     PGresult *res;
     char *src_last = NULL;
 
-    res = q(r, r->src, "source store",
+    res = mig_run_q(r, r->src, "source store",
             "SELECT s.last_value::text FROM pg_sequences s "
             "WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass = "
             "  pg_get_serial_sequence($1, $2)::regclass",
@@ -841,7 +771,7 @@ static run_rc_t bump_sequence(run_t *r, const tab_t *t)
     {
         const char *p3[] = { t->q, r->env->position_column, src_last };
 
-        rc = x(r, r->dst, "target store",
+        rc = mig_run_x(r, r->dst, "target store",
                "SELECT setval(s, greatest($3::bigint, (SELECT coalesce(last_value, 0) "
                "  FROM pg_sequences WHERE format('%I.%I', schemaname, sequencename)::regclass "
                "  = s::regclass))) "
@@ -863,11 +793,11 @@ static run_rc_t make_plan(run_t *r)
 
     if (rc != RUN_OK)
         return rc;
-    rc = set_status(r, "planning the copy");
+    rc = mig_run_set_status(r, "planning the copy");
     if (rc != RUN_OK)
         goto out;
     tabs_free(r);
-    xid_lit = lit(r->dst, xid);
+    xid_lit = mig_run_lit(r->dst, xid);
     cm_buf_append_cstr(&sql, "BEGIN;\n");
     sql.len--;
     for (size_t i = 0; i < env->n_tables; i++) {
@@ -887,7 +817,7 @@ static run_rc_t make_plan(run_t *r)
         } else {
             /* Sequence-filled columns keep their values only on an empty target table. */
             s = cm_xasprintf("SELECT EXISTS (SELECT 1 FROM %s)", t.q);
-            res = q(r, r->dst, "target store", s, 0, NULL, &rc);
+            res = mig_run_q(r, r->dst, "target store", s, 0, NULL, &rc);
             free(s);
             if (res == NULL)
                 goto next;
@@ -900,21 +830,21 @@ static run_rc_t make_plan(run_t *r)
         else
             s = cm_xasprintf("SELECT count(*), NULL FROM %s WHERE %s = %s", t.q, r->tcol,
                              r->tenant_lit);
-        res = q(r, r->src, "source store", s, 0, NULL, &rc);
+        res = mig_run_q(r, r->src, "source store", s, 0, NULL, &rc);
         free(s);
         if (res == NULL)
             goto next;
         total = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-        hi_lit = PQgetisnull(res, 0, 1) ? cm_xstrdup("NULL") : lit(r->dst, PQgetvalue(res, 0, 1));
+        hi_lit = PQgetisnull(res, 0, 1) ? cm_xstrdup("NULL") : mig_run_lit(r->dst, PQgetvalue(res, 0, 1));
         PQclear(res);
         if (t.has_pos && strcmp(mode, "preserve") == 0) {
-            rc = bump_sequence(r, &t);
+            rc = mig_run_bump_sequence(r, &t);
             if (rc != RUN_OK) {
                 free(hi_lit);
                 goto next;
             }
         }
-        name_lit = lit(r->dst, t.name);
+        name_lit = mig_run_lit(r->dst, t.name);
         s = cm_xasprintf("INSERT INTO pgshift.target_copy_state (migration_id, table_name, mode, "
                          "barrier_xid, hi_bound, rows_total, done) VALUES (%s, %s, '%s', %s, %s, "
                          "%lld, %s) ON CONFLICT DO NOTHING;\n",
@@ -939,9 +869,9 @@ static run_rc_t make_plan(run_t *r)
     if (rc == RUN_OK) {
         cm_buf_append_cstr(&sql, "COMMIT");
         sql_s = (char *)sql.data;
-        rc = x(r, r->dst, "target store", sql_s, 0, NULL);
+        rc = mig_run_x(r, r->dst, "target store", sql_s, 0, NULL);
         if (rc != RUN_OK)
-            (void)x(r, r->dst, "target store", "ROLLBACK", 0, NULL);
+            (void)mig_run_x(r, r->dst, "target store", "ROLLBACK", 0, NULL);
     }
     cm_buf_free(&sql);
     if (rc == RUN_OK) {
@@ -957,7 +887,7 @@ static run_rc_t make_plan(run_t *r)
         /* The barrier and the bounds, for display and for issue #5's hand-over. */
         const char *params[] = { r->ids, xid };
 
-        rc = x(r, r->ctl, "control store",
+        rc = mig_run_x(r, r->ctl, "control store",
                "UPDATE pgshift.migrations SET copy_barrier_xid = $2, copy_barrier_at = now(), "
                "  updated_at = now() WHERE id = $1::bigint",
                2, params);
@@ -998,7 +928,7 @@ static run_rc_t publish(run_t *r, const char *detail, verdict_t *v)
         const char *params[] = { r->ids, copied,        total, rate, detail, (const char *)js.data,
                                  high,   r->barrier_xid };
 
-        res = q(r, r->ctl, "control store",
+        res = mig_run_q(r, r->ctl, "control store",
                 "UPDATE pgshift.migrations SET events_copied = $2::bigint, "
                 "  rows_copied = $2::bigint, events_total = $3::bigint, rows_total = $3::bigint, "
                 "  copy_rate = $4::float8, status_detail = $5, copy_progress = $6::jsonb, "
@@ -1066,7 +996,7 @@ static bool flush_all(run_t *r, PGconn *c)
  * Stream one COPY from the source into the target (both in the middle of
  * their COPY statements). Returns RUN_OK with *rows from the target's tag.
  */
-static run_rc_t stream(run_t *r, const char *out_sql, const char *in_sql, long long *rows)
+run_rc_t mig_run_stream(run_t *r, const char *out_sql, const char *in_sql, long long *rows)
 {
     PGresult *res;
     bool broken;
@@ -1075,10 +1005,10 @@ static run_rc_t stream(run_t *r, const char *out_sql, const char *in_sql, long l
 
     *rows = 0;
     if (!PQsendQuery(r->dst, in_sql))
-        return classify(r, r->dst, NULL, "target store");
+        return mig_run_classify(r, r->dst, NULL, "target store");
     res = next_result(r, r->dst, &broken);
     if (res == NULL || PQresultStatus(res) != PGRES_COPY_IN) {
-        rc = classify(r, r->dst, res, "target store");
+        rc = mig_run_classify(r, r->dst, res, "target store");
         PQclear(res);
         if (!broken)
             PQclear(finish_results(r, r->dst, &broken));
@@ -1087,18 +1017,18 @@ static run_rc_t stream(run_t *r, const char *out_sql, const char *in_sql, long l
     PQclear(res);
     if (!PQsendQuery(r->src, out_sql)) {
         (void)PQputCopyEnd(r->dst, "pgshift: source failed");
-        return classify(r, r->src, NULL, "source store");
+        return mig_run_classify(r, r->src, NULL, "source store");
     }
     res = next_result(r, r->src, &broken);
     if (res == NULL || PQresultStatus(res) != PGRES_COPY_OUT) {
-        rc = classify(r, r->src, res, "source store");
+        rc = mig_run_classify(r, r->src, res, "source store");
         PQclear(res);
         (void)PQputCopyEnd(r->dst, "pgshift: source failed");
         return rc;
     }
     PQclear(res);
     if (PQsetnonblocking(r->dst, 1) != 0)
-        return classify(r, r->dst, NULL, "target store");
+        return mig_run_classify(r, r->dst, NULL, "target store");
     for (;;) {
         char *buf = NULL;
         int n = PQgetCopyData(r->src, &buf, 1);
@@ -1114,7 +1044,7 @@ static run_rc_t stream(run_t *r, const char *out_sql, const char *in_sql, long l
                 }
             PQfreemem(buf);
             if (put < 0) {
-                rc = classify(r, r->dst, NULL, "target store");
+                rc = mig_run_classify(r, r->dst, NULL, "target store");
                 break;
             }
             continue;
@@ -1122,12 +1052,12 @@ static run_rc_t stream(run_t *r, const char *out_sql, const char *in_sql, long l
         if (n == 0) {
             /* Send what is buffered before sleeping on the source. */
             if (PQflush(r->dst) < 0) {
-                rc = classify(r, r->dst, NULL, "target store");
+                rc = mig_run_classify(r, r->dst, NULL, "target store");
                 break;
             }
             if (mig_pq_wait(r->src, POLLIN, r->env->latch, IO_TIMEOUT_MS) <= 0 ||
                 !PQconsumeInput(r->src)) {
-                rc = classify(r, r->src, NULL, "source store");
+                rc = mig_run_classify(r, r->src, NULL, "source store");
                 break;
             }
             continue;
@@ -1136,7 +1066,7 @@ static run_rc_t stream(run_t *r, const char *out_sql, const char *in_sql, long l
             src_failed = true;
         res = finish_results(r, r->src, &broken);
         if (res == NULL || !mig_pq_ok(res) || src_failed) {
-            rc = classify(r, r->src, res, "source store");
+            rc = mig_run_classify(r, r->src, res, "source store");
             if (rc == RUN_OK)
                 rc = RUN_TRANSIENT;
         }
@@ -1148,10 +1078,10 @@ static run_rc_t stream(run_t *r, const char *out_sql, const char *in_sql, long l
         return rc;
     }
     if (PQputCopyEnd(r->dst, NULL) < 0 || !flush_all(r, r->dst) || PQsetnonblocking(r->dst, 0) != 0)
-        return classify(r, r->dst, NULL, "target store");
+        return mig_run_classify(r, r->dst, NULL, "target store");
     res = finish_results(r, r->dst, &broken);
     if (res == NULL || !mig_pq_ok(res)) {
-        rc = classify(r, r->dst, res, "target store");
+        rc = mig_run_classify(r, r->dst, res, "target store");
         PQclear(res);
         return rc;
     }
@@ -1161,7 +1091,7 @@ static run_rc_t stream(run_t *r, const char *out_sql, const char *in_sql, long l
 }
 
 /* "(k1, k2)" */
-static char *key_tuple(const tab_t *t)
+char *mig_run_key_tuple(const tab_t *t)
 {
     cm_buf_t b = { 0 };
     char *s;
@@ -1199,7 +1129,7 @@ static char *key_values(const tab_t *t, const char *arr_lit)
 }
 
 /* "k1 DESC, k2 DESC" or "k1, k2" */
-static char *key_order(const tab_t *t, bool desc)
+char *mig_run_key_order(const tab_t *t, bool desc)
 {
     cm_buf_t b = { 0 };
     char *s;
@@ -1220,11 +1150,11 @@ static char *key_order(const tab_t *t, bool desc)
 /* The WHERE of a batch: tenant, after last, up to `upto` (a text[] literal or NULL), within hi. */
 static char *batch_where(run_t *r, const tab_t *t, const char *upto_lit)
 {
-    char *tuple = t->n_key ? key_tuple(t) : NULL;
+    char *tuple = t->n_key ? mig_run_key_tuple(t) : NULL;
     char *after = NULL, *upper = NULL, *hi = NULL, *w;
 
     if (t->n_key && t->last_key != NULL) {
-        char *l = lit(r->src, t->last_key), *v = key_values(t, l);
+        char *l = mig_run_lit(r->src, t->last_key), *v = key_values(t, l);
 
         after = cm_xasprintf(" AND %s > %s", tuple, v);
         free(l);
@@ -1237,7 +1167,7 @@ static char *batch_where(run_t *r, const tab_t *t, const char *upto_lit)
         free(v);
     }
     if (t->has_pos && t->hi != NULL) {
-        char *l = lit(r->src, t->hi);
+        char *l = mig_run_lit(r->src, t->hi);
 
         hi = cm_xasprintf(" AND %s <= %s::%s", t->key_q[0], l, t->key_type[0]);
         free(l);
@@ -1252,7 +1182,7 @@ static char *batch_where(run_t *r, const tab_t *t, const char *upto_lit)
 }
 
 /* Map mode: the temporary stage table for t on the target connection. */
-static run_rc_t ensure_stage(run_t *r, tab_t *t, size_t i)
+run_rc_t mig_run_ensure_stage(run_t *r, tab_t *t, size_t i)
 {
     char *sql;
     run_rc_t rc;
@@ -1262,7 +1192,7 @@ static run_rc_t ensure_stage(run_t *r, tab_t *t, size_t i)
     sql = cm_xasprintf("CREATE TEMP TABLE IF NOT EXISTS pgshift_stage_%zu "
                        "(LIKE %s) ON COMMIT DELETE ROWS",
                        i, t->q);
-    rc = x(r, r->dst, "target store", sql, 0, NULL);
+    rc = mig_run_x(r, r->dst, "target store", sql, 0, NULL);
     free(sql);
     if (rc == RUN_OK)
         t->stage = cm_xasprintf("pg_temp.pgshift_stage_%zu", i);
@@ -1286,7 +1216,7 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
     *finished = false;
     /* 1. The last key of this batch (an index-only walk of at most batch_size keys). */
     if (t->n_key > 0) {
-        char *tuple = key_tuple(t), *asc = key_order(t, false), *desc = key_order(t, true);
+        char *tuple = mig_run_key_tuple(t), *asc = mig_run_key_order(t, false), *desc = mig_run_key_order(t, true);
         cm_buf_t arr = { 0 };
 
         for (size_t k = 0; k < t->n_key; k++) {
@@ -1311,7 +1241,7 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
         free(desc);
         free(where);
         where = NULL;
-        res = q(r, r->src, "source store", sql, 0, NULL, &rc);
+        res = mig_run_q(r, r->src, "source store", sql, 0, NULL, &rc);
         free(sql);
         if (res == NULL)
             return rc;
@@ -1328,7 +1258,7 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
         /* Nothing after the last key: mark the table done. */
         const char *params[] = { r->ids, t->name };
 
-        rc = x(r, r->dst, "target store",
+        rc = mig_run_x(r, r->dst, "target store",
                "UPDATE pgshift.target_copy_state SET done = true, updated_at = now() "
                "WHERE migration_id = $1::bigint AND table_name = $2",
                2, params);
@@ -1339,24 +1269,24 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
 
     /* 2. The batch, in one target transaction with its progress. */
     if (map) {
-        rc = ensure_stage(r, t, i);
+        rc = mig_run_ensure_stage(r, t, i);
         if (rc != RUN_OK)
             goto out;
     }
-    rc = x(r, r->dst, "target store", "BEGIN", 0, NULL);
+    rc = mig_run_x(r, r->dst, "target store", "BEGIN", 0, NULL);
     if (rc != RUN_OK)
         goto out;
     if (upto != NULL)
-        upto_lit = lit(r->src, upto);
+        upto_lit = mig_run_lit(r->src, upto);
     where = batch_where(r, t, upto_lit);
-    order = t->n_key ? key_order(t, false) : NULL;
+    order = t->n_key ? mig_run_key_order(t, false) : NULL;
     out_sql = cm_xasprintf("COPY (SELECT %s FROM %s WHERE %s%s%s) TO STDOUT (FORMAT binary)",
                            map ? t->all_cols : t->copy_cols, t->q, where, order ? " ORDER BY " : "",
                            order ? order : "");
     in_sql = map ? cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", t->stage, t->all_cols)
                  : cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", t->q, t->copy_cols);
     t_bound = cm_now_us();
-    rc = stream(r, out_sql, in_sql, &rows);
+    rc = mig_run_stream(r, out_sql, in_sql, &rows);
     t_stream = cm_now_us();
     free(out_sql);
     free(in_sql);
@@ -1378,7 +1308,7 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
                            t->stage, rk);
         free(pos);
         free(rk);
-        rc = x(r, r->dst, "target store", sql, 0, NULL);
+        rc = mig_run_x(r, r->dst, "target store", sql, 0, NULL);
         free(sql);
         if (rc != RUN_OK)
             goto out;
@@ -1389,14 +1319,14 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
                                  (t->n_key == 0 || expected < r->batch_size) ? "true" : "false" };
 
         snprintf(n, sizeof(n), "%lld", rows);
-        rc = x(r, r->dst, "target store",
+        rc = mig_run_x(r, r->dst, "target store",
                "UPDATE pgshift.target_copy_state SET last_key = coalesce($3, last_key), "
                "  rows_copied = rows_copied + $4::bigint, done = $5::bool, updated_at = now() "
                "WHERE migration_id = $1::bigint AND table_name = $2",
                5, params);
         if (rc != RUN_OK)
             goto out;
-        rc = x(r, r->dst, "target store", "COMMIT", 0, NULL);
+        rc = mig_run_x(r, r->dst, "target store", "COMMIT", 0, NULL);
         if (rc != RUN_OK)
             goto out;
         /* Committed: now it is true. */
@@ -1424,11 +1354,11 @@ out:
 }
 
 /* Map mode: copy the target's new pairs to the control store (idempotent). */
-static run_rc_t mirror_map(run_t *r)
+run_rc_t mig_run_mirror_map(run_t *r)
 {
     const char *params[] = { r->ids, r->mirror_from ? r->mirror_from : "-9223372036854775808" };
     run_rc_t rc;
-    PGresult *res = q(r, r->dst, "target store",
+    PGresult *res = mig_run_q(r, r->dst, "target store",
                       "SELECT coalesce(array_agg(source_position ORDER BY source_position), "
                       "'{}')::text, coalesce(array_agg(target_position ORDER BY source_position), "
                       "'{}')::text, max(source_position)::text "
@@ -1441,7 +1371,7 @@ static run_rc_t mirror_map(run_t *r)
     if (!PQgetisnull(res, 0, 2)) {
         const char *p2[] = { r->ids, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1) };
 
-        rc = x(r, r->ctl, "control store",
+        rc = mig_run_x(r, r->ctl, "control store",
                "INSERT INTO pgshift.position_map (migration_id, source_position, "
                "target_position) SELECT $1::bigint, s, t "
                "FROM unnest($2::bigint[], $3::bigint[]) AS u(s, t) ON CONFLICT DO NOTHING",
@@ -1486,7 +1416,7 @@ static run_rc_t to_bulk_copy(run_t *r)
 {
     const char *params[] = { r->ids };
 
-    return x(r, r->ctl, "control store",
+    return mig_run_x(r, r->ctl, "control store",
              "WITH m AS (UPDATE pgshift.migrations SET phase = 'BULK_COPY', "
              "    bulk_copy_started_at = now(), updated_at = now(), status_detail = 'starting' "
              "  WHERE id = $1::bigint AND phase = 'PENDING' AND NOT cleanup_pending "
@@ -1505,7 +1435,7 @@ static run_rc_t copy_complete(run_t *r, uint64_t started_ms)
     snprintf(copied, sizeof(copied), "%lld", r->copied);
     snprintf(secs, sizeof(secs), "%.3f", (double)(cm_now_ms() - started_ms) / 1000.0);
     LOG_INFO(LOG_CTX, "migration %s: bulk copy complete, %s rows", r->ids, copied);
-    return x(r, r->ctl, "control store",
+    return mig_run_x(r, r->ctl, "control store",
              "WITH m AS (UPDATE pgshift.migrations SET bulk_copy_completed_at = now(), "
              "    events_copied = $2::bigint, rows_copied = $2::bigint, copy_rate = 0, "
              "    status_detail = NULL, updated_at = now() "
@@ -1524,7 +1454,7 @@ static run_rc_t do_copy(run_t *r)
     verdict_t v;
     uint64_t started = cm_now_ms();
 
-    rc = connect_stores(r);
+    rc = mig_run_connect_stores(r);
     if (rc != RUN_OK)
         return rc;
     rc = ensure_target_schema(r);
@@ -1540,7 +1470,7 @@ static run_rc_t do_copy(run_t *r)
     }
     if (strcmp(r->position_mode, "map") == 0 && r->mirror_from == NULL) {
         const char *params[] = { r->ids };
-        PGresult *res = q(r, r->ctl, "control store",
+        PGresult *res = mig_run_q(r, r->ctl, "control store",
                           "SELECT max(source_position)::text FROM pgshift.position_map "
                           "WHERE migration_id = $1::bigint",
                           1, params, &rc);
@@ -1550,7 +1480,7 @@ static run_rc_t do_copy(run_t *r)
         if (!PQgetisnull(res, 0, 0))
             r->mirror_from = cm_xstrdup(PQgetvalue(res, 0, 0));
         PQclear(res);
-        rc = mirror_map(r); /* what a crash left unmirrored */
+        rc = mig_run_mirror_map(r); /* what a crash left unmirrored */
         if (rc != RUN_OK)
             return rc;
     }
@@ -1583,7 +1513,7 @@ static run_rc_t do_copy(run_t *r)
             if (rc != RUN_OK)
                 return rc;
             if (strcmp(r->tabs[i].mode, "map") == 0) {
-                rc = mirror_map(r);
+                rc = mig_run_mirror_map(r);
                 if (rc != RUN_OK)
                     return rc;
             }
@@ -1598,7 +1528,7 @@ static run_rc_t do_copy(run_t *r)
                                        pct / 10 * 10, r->copied, r->total, r->rate_now);
 
                 r->last_percent_audited = pct / 10 * 10;
-                audit(r, "progress_checkpoint", d);
+                mig_run_audit(r, "progress_checkpoint", d);
                 free(d);
             }
             if (v == LEAVE)
@@ -1618,7 +1548,7 @@ static run_rc_t do_cleanup(run_t *r)
     PGresult *res;
 
     if (r->dst_idx < 0) {
-        set_err(r, "42704", cm_xstrdup("the target store is no longer configured"));
+        mig_run_set_err(r, "42704", cm_xstrdup("the target store is no longer configured"));
         return RUN_TRANSIENT;
     }
     if (r->dst == NULL) {
@@ -1630,26 +1560,26 @@ static run_rc_t do_cleanup(run_t *r)
             r->dst = NULL;
             if (c == -ECANCELED)
                 return RUN_STOP;
-            set_err(r, "08006",
+            mig_run_set_err(r, "08006",
                     cm_xasprintf("cannot clean target store \"%s\": %s",
                                  env->store_names[r->dst_idx], err ? err : "?"));
             free(err);
             return RUN_TRANSIENT;
         }
     }
-    (void)set_status(r, "removing the copied rows from the target");
-    rc = x(r, r->dst, "target store", "BEGIN", 0, NULL);
+    (void)mig_run_set_status(r, "removing the copied rows from the target");
+    rc = mig_run_x(r, r->dst, "target store", "BEGIN", 0, NULL);
     if (rc != RUN_OK)
         return rc;
     /* Only tenant rows: the target held none before MIGRATE (a precondition). */
     for (size_t i = 0; i < env->n_tables; i++) {
         char *qt = mig_quote_table(r->dst, env->tables[i]);
         char *tc = mig_quote_ident(r->dst, env->tenant_column);
-        char *tl = lit(r->dst, r->tenant);
+        char *tl = mig_run_lit(r->dst, r->tenant);
         const char *params[] = { qt, env->tenant_column };
         bool has;
 
-        res = q(r, r->dst, "target store",
+        res = mig_run_q(r, r->dst, "target store",
                 "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) "
                 "AND attname = $2 AND NOT attisdropped",
                 2, params, &rc);
@@ -1658,7 +1588,7 @@ static run_rc_t do_cleanup(run_t *r)
         if (rc == RUN_OK && has) {
             char *d = cm_xasprintf("DELETE FROM %s WHERE %s = %s", qt, tc, tl);
 
-            res = q(r, r->dst, "target store", d, 0, NULL, &rc);
+            res = mig_run_q(r, r->dst, "target store", d, 0, NULL, &rc);
             free(d);
             if (res != NULL)
                 removed += strtoll(PQcmdTuples(res), NULL, 10);
@@ -1673,15 +1603,15 @@ static run_rc_t do_cleanup(run_t *r)
     {
         const char *params[] = { r->ids };
 
-        res = q(r, r->dst, "target store",
+        res = mig_run_q(r, r->dst, "target store",
                 "SELECT to_regclass('pgshift.target_copy_state') IS NOT NULL", 0, NULL, &rc);
         if (res != NULL && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
             PQclear(res);
-            rc = x(r, r->dst, "target store",
+            rc = mig_run_x(r, r->dst, "target store",
                    "DELETE FROM pgshift.target_copy_state WHERE migration_id = $1::bigint", 1,
                    params);
             if (rc == RUN_OK)
-                rc = x(r, r->dst, "target store",
+                rc = mig_run_x(r, r->dst, "target store",
                        "DELETE FROM pgshift.target_position_map WHERE migration_id = $1::bigint", 1,
                        params);
         } else {
@@ -1690,7 +1620,7 @@ static run_rc_t do_cleanup(run_t *r)
     }
     if (rc != RUN_OK)
         return rc;
-    rc = x(r, r->dst, "target store", "COMMIT", 0, NULL);
+    rc = mig_run_x(r, r->dst, "target store", "COMMIT", 0, NULL);
     if (rc != RUN_OK)
         return rc;
     {
@@ -1698,7 +1628,7 @@ static run_rc_t do_cleanup(run_t *r)
         const char *params[] = { r->ids, n };
 
         snprintf(n, sizeof(n), "%lld", removed);
-        rc = x(r, r->ctl, "control store",
+        rc = mig_run_x(r, r->ctl, "control store",
                "WITH m AS (UPDATE pgshift.migrations SET cleanup_pending = false, "
                "    status_detail = NULL, updated_at = now() "
                "  WHERE id = $1::bigint AND cleanup_pending RETURNING id), "
@@ -1718,7 +1648,7 @@ static run_rc_t take_lock(run_t *r, bool *got)
 {
     const char *params[] = { r->ids };
     run_rc_t rc;
-    PGresult *res = q(r, r->ctl, "control store",
+    PGresult *res = mig_run_q(r, r->ctl, "control store",
                       "SELECT pg_try_advisory_lock(" RUN_LOCK_CLASS ", $1::int)", 1, params, &rc);
 
     *got = false;
@@ -1732,7 +1662,7 @@ static run_rc_t take_lock(run_t *r, bool *got)
 
         (void)gethostname(host, sizeof(host) - 1);
         snprintf(who, sizeof(who), "%s:%ld", host, (long)getpid());
-        rc = x(r, r->ctl, "control store",
+        rc = mig_run_x(r, r->ctl, "control store",
                "UPDATE pgshift.migrations SET runner = $2 WHERE id = $1::bigint", 2, p2);
     }
     return rc;
@@ -1744,7 +1674,7 @@ void mig_runner_main(const mig_env_t *env, int64_t id)
     int backoff = BACKOFF_FIRST_MS;
 
     snprintf(r.ids, sizeof(r.ids), "%lld", (long long)id);
-    while (!stopping(&r)) {
+    while (!mig_run_stopping(&r)) {
         run_rc_t rc = RUN_OK;
         bool needed = false;
 
@@ -1759,7 +1689,7 @@ void mig_runner_main(const mig_env_t *env, int64_t id)
                 rc = load_record(&r, &needed);
                 if (rc == RUN_OK && !needed)
                     break;
-                if (nap(&r, LOCK_RETRY_MS))
+                if (mig_run_nap(&r, LOCK_RETRY_MS))
                     break;
                 continue;
             }
@@ -1770,7 +1700,7 @@ void mig_runner_main(const mig_env_t *env, int64_t id)
         if (rc == RUN_OK && !needed)
             break;
         if (rc == RUN_OK && r.cleanup_pending) {
-            drop_conn(&r.src);
+            mig_run_drop_conn(&r.src);
             rc = do_cleanup(&r);
             if (rc == RUN_OK)
                 continue; /* the record says what is left: nothing, normally */
@@ -1793,25 +1723,25 @@ void mig_runner_main(const mig_env_t *env, int64_t id)
         case RUN_OK:
             break;
         case RUN_RECHECK:
-            drop_stores(&r);
+            mig_run_drop_stores(&r);
             continue;
         case RUN_STOP:
             goto out;
         case RUN_TRANSIENT:
-            note_error(&r, true);
-            drop_stores(&r);
+            mig_run_note_error(&r, true);
+            mig_run_drop_stores(&r);
             if (r.ctl != NULL && PQstatus(r.ctl) != CONNECTION_OK) {
-                drop_conn(&r.ctl);
+                mig_run_drop_conn(&r.ctl);
                 r.locked = false;
             }
-            if (nap(&r, backoff))
+            if (mig_run_nap(&r, backoff))
                 goto out;
             backoff = CM_MIN(backoff * 2, BACKOFF_MAX_MS);
             break;
         case RUN_PERMANENT:
-            drop_stores(&r);
-            if (r.ctl == NULL || fail_migration(&r) != RUN_RECHECK) {
-                if (nap(&r, backoff))
+            mig_run_drop_stores(&r);
+            if (r.ctl == NULL || mig_run_fail_migration(&r) != RUN_RECHECK) {
+                if (mig_run_nap(&r, backoff))
                     goto out;
                 backoff = CM_MIN(backoff * 2, BACKOFF_MAX_MS);
             }
@@ -1819,8 +1749,8 @@ void mig_runner_main(const mig_env_t *env, int64_t id)
         }
     }
 out:
-    drop_stores(&r);
-    drop_conn(&r.ctl); /* releases the advisory lock */
+    mig_run_drop_stores(&r);
+    mig_run_drop_conn(&r.ctl); /* releases the advisory lock */
     tabs_free(&r);
     record_free(&r);
     free(r.tenant_lit);

@@ -115,6 +115,10 @@ typedef struct mig_settings {
     bool verify_consistency;        /* true (issue #5) */
     bool migrate_subscriptions;     /* true (issue #5) */
     bool auto_cutover;              /* false (issue #5) */
+    int dual_write_interval_ms;     /* 20, 1..10000: how often the target is brought up to date */
+    int failure_threshold;          /* 5: failed dual-write rounds that open the breaker */
+    int recovery_timeout_seconds;   /* 30: an open breaker waits this long before a trial */
+    int half_open_max_calls;        /* 1: trial rounds while half open */
 } mig_settings_t;
 
 /* The built-in defaults above. */

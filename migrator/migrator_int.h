@@ -96,7 +96,7 @@ char *mig_pq_errmsg(PGconn *c, const PGresult *res);
 
 /* ---- control schema -------------------------------------------------------- */
 
-#define MIG_SCHEMA_VERSION 2 /* the newest version this build creates */
+#define MIG_SCHEMA_VERSION 3 /* the newest version this build creates */
 #define MIG_ROUTES_CHANNEL "pgshift_routes"
 
 /*
@@ -208,8 +208,8 @@ bool mig_is_no_rows_error(const PGresult *res);
  * terminal with a target still to clean. sql for the listener's sync.
  */
 #define MIG_RUNNABLE_SQL                                                              \
-    "SELECT id FROM pgshift.migrations WHERE (phase IN ('PENDING', 'BULK_COPY') AND " \
-    "bulk_copy_completed_at IS NULL) OR cleanup_pending ORDER BY id"
+    "SELECT id FROM pgshift.migrations WHERE phase IN ('PENDING', 'BULK_COPY', " \
+    "'DUAL_WRITE', 'CUTOVER') OR cleanup_pending ORDER BY id"
 
 /*
  * Run migration id until it needs nothing more from this process (copy

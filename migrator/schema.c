@@ -132,6 +132,56 @@ static const schema_step_t schema_steps[] = {
       "    ADD COLUMN cleanup_pending boolean NOT NULL DEFAULT false;\n"
       "CREATE INDEX migrations_runnable ON pgshift.migrations (id)\n"
       "    WHERE phase IN ('PENDING', 'BULK_COPY') OR cleanup_pending;\n" },
+    { 3,
+      /*
+       * Dual-write and cutover (issue 5). The runner's dual-write state
+       * (per-table watermarks, so a restart resumes where it was) and its
+       * status (lag, breaker, readiness) as JSON; the cutover request/answer
+       * hand-shake between the admin worker and the runner; every pgshift
+       * process with a lease (heartbeat), and the acknowledgements of their
+       * drained holds, which a cutover waits for; dual-write failures of the
+       * target, kept until repaired.
+       */
+      "ALTER TABLE pgshift.migrations\n"
+      "    ADD COLUMN dw_state jsonb NOT NULL DEFAULT '{}',\n"
+      "    ADD COLUMN dw_status jsonb NOT NULL DEFAULT '{}',\n"
+      "    ADD COLUMN cutover_attempt integer NOT NULL DEFAULT 0,\n"
+      "    ADD COLUMN cutover_request bigint NOT NULL DEFAULT 0,\n"
+      "    ADD COLUMN cutover_request_by text,\n"
+      "    ADD COLUMN cutover_result jsonb;\n"
+      "CREATE TABLE pgshift.processes (\n"
+      "    id text PRIMARY KEY,\n"
+      "    host text,\n"
+      "    pid integer,\n"
+      "    started_at timestamptz NOT NULL DEFAULT now(),\n"
+      "    heartbeat_at timestamptz NOT NULL DEFAULT now()\n"
+      ");\n"
+      "CREATE TABLE pgshift.cutover_acks (\n"
+      "    migration_id bigint NOT NULL REFERENCES pgshift.migrations (id) ON DELETE CASCADE,\n"
+      "    attempt integer NOT NULL,\n"
+      "    process_id text NOT NULL,\n"
+      "    acked_at timestamptz NOT NULL DEFAULT now(),\n"
+      "    PRIMARY KEY (migration_id, attempt, process_id)\n"
+      ");\n"
+      "CREATE TABLE pgshift.dual_write_failures (\n"
+      "    id bigserial PRIMARY KEY,\n"
+      "    migration_id bigint NOT NULL REFERENCES pgshift.migrations (id) ON DELETE CASCADE,\n"
+      "    first_failed_at timestamptz NOT NULL DEFAULT now(),\n"
+      "    last_failed_at timestamptz NOT NULL DEFAULT now(),\n"
+      "    attempts integer NOT NULL DEFAULT 1,\n"
+      "    pending_from text,\n"
+      "    last_error text,\n"
+      "    repaired_at timestamptz\n"
+      ");\n"
+      "CREATE INDEX dual_write_failures_open ON pgshift.dual_write_failures (migration_id)\n"
+      "    WHERE repaired_at IS NULL;\n"
+      "DROP INDEX pgshift.migrations_runnable;\n"
+      "CREATE INDEX migrations_runnable ON pgshift.migrations (id)\n"
+      "    WHERE phase IN ('PENDING', 'BULK_COPY', 'DUAL_WRITE', 'CUTOVER') OR cleanup_pending;\n"
+      "DROP TRIGGER migrations_notify ON pgshift.migrations;\n"
+      "CREATE TRIGGER migrations_notify AFTER INSERT OR DELETE OR UPDATE OF phase, target_store,\n"
+      "    cutover_attempt ON pgshift.migrations FOR EACH ROW\n"
+      "    EXECUTE FUNCTION pgshift.notify_routes();\n" },
 };
 
 /* Run sql; on failure fill *err and return -EPROTO, or -ECONNRESET/-ECANCELED when c broke. */
@@ -226,7 +276,8 @@ int mig_routes_load(PGconn *c, int latch, mig_route_t **routes, size_t *n, char 
 
     rc = run(c, latch,
              "SELECT r.tenant, r.store, r.state, m.phase, m.target_store,\n"
-             "       coalesce(r.migration_id, 0), r.version\n"
+             "       coalesce(r.migration_id, 0), r.version,\n"
+             "       CASE WHEN m.phase = 'CUTOVER' THEN m.cutover_attempt ELSE 0 END\n"
              "FROM pgshift.routes r LEFT JOIN pgshift.migrations m ON m.id = r.migration_id\n"
              "ORDER BY r.tenant",
              0, NULL, &res, err);
@@ -244,6 +295,7 @@ int mig_routes_load(PGconn *c, int latch, mig_route_t **routes, size_t *n, char 
         r[i].target_store = dup_or_null(res, row, 4);
         r[i].migration_id = strtoll(PQgetvalue(res, row, 5), NULL, 10);
         r[i].version = strtoll(PQgetvalue(res, row, 6), NULL, 10);
+        r[i].cutover_attempt = strtoll(PQgetvalue(res, row, 7), NULL, 10);
     }
     PQclear(res);
     *routes = r;

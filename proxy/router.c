@@ -199,6 +199,10 @@ int px_router_init(px_proxy_t *p, char **err)
     defaults.verify_consistency = cfg->mig_verify_consistency;
     defaults.migrate_subscriptions = cfg->mig_migrate_subscriptions;
     defaults.auto_cutover = cfg->mig_auto_cutover;
+    defaults.dual_write_interval_ms = cfg->mig_dual_write_interval_ms;
+    defaults.failure_threshold = cfg->mig_failure_threshold;
+    defaults.recovery_timeout_seconds = cfg->mig_recovery_timeout_seconds;
+    defaults.half_open_max_calls = cfg->mig_half_open_max_calls;
     mt.defaults = &defaults;
     BUG_ON(ctl_store == NULL, "control store %s missing", cfg->control_store);
     rc = mig_ctl_start(p->loop, ctl_store->conninfo, names, infos, p->n_stores, &mt,

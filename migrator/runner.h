@@ -1,0 +1,115 @@
+/*
+ * migrator/runner.h - the state of one migration's runner thread, shared by
+ * the phases it runs: copy.c (PENDING, BULK_COPY, clean-up) and dualwrite.c
+ * (DUAL_WRITE, CUTOVER). Internal to migrator/; everything here runs on the
+ * runner thread only.
+ */
+#ifndef PGSHIFT_MIGRATOR_RUNNER_H
+#define PGSHIFT_MIGRATOR_RUNNER_H
+
+#include "migrator/migrator_int.h"
+
+#define RUN_LOCK_CLASS "1885827944" /* 'pgsh': advisory lock class of runners */
+
+typedef enum run_rc {
+    RUN_OK,        /* done, or the step finished */
+    RUN_RECHECK,   /* the record changed (abort, failure): look at it again */
+    RUN_STOP,      /* the latch is set */
+    RUN_TRANSIENT, /* an error worth retrying (connection, shutdown, timeout) */
+    RUN_PERMANENT, /* an error that retrying will not fix: the migration fails */
+} run_rc_t;
+
+typedef struct tab {
+    char *name;       /* as configured */
+    char *q;          /* quoted */
+    bool has_pos;     /* the cursor is the position column */
+    char *mode;       /* preserve | map | assign */
+    char *all_cols;   /* every column, quoted, comma-separated */
+    char *copy_cols;  /* the columns written on the target */
+    size_t n_key;     /* cursor columns; 0 = one batch */
+    char **key_q;     /* quoted */
+    char **key_type;  /* format_type */
+    char *hi;         /* position tables: the copy's upper bound, NULL = no rows */
+    char *last_key;   /* text[] literal of the last copied key, NULL = none yet */
+    long long total;  /* rows at the barrier */
+    long long copied; /* rows copied (committed on the target) */
+    bool done;
+    char *stage; /* map mode: the temporary table on the target */
+} tab_t;
+
+typedef struct run {
+    const mig_env_t *env;
+    int64_t id;
+    char ids[24];
+    PGconn *ctl, *src, *dst;
+    bool locked;
+
+    /* the record */
+    char *tenant;
+    int src_idx, dst_idx;
+    char *phase;
+    bool paused, cleanup_pending, copy_complete;
+    int batch_size;
+    int rate; /* rows/s, 0 = unlimited */
+    char *position_mode;
+
+    /* the copy plan, read from the target (or made there) */
+    size_t n_tabs;
+    tab_t *tabs;
+    char *tenant_lit; /* the tenant as a SQL literal (target quoting) */
+    char *tcol;       /* the tenant column, quoted */
+
+    /* progress */
+    long long total, copied;
+    int last_percent_audited;
+    uint64_t next_batch_us; /* rate limit: earliest start of the next batch */
+    uint64_t win_ms[64];
+    long long win_rows[64];
+    size_t win_n;
+    double rate_now;
+    char *mirror_from; /* map mode: source positions above this are not yet in the control store */
+    char *barrier_xid; /* X0, as the target's plan recorded it */
+
+    /* the last error */
+    char sqlstate[6];
+    char *err;
+} run_t;
+
+typedef enum verdict {
+    GO,    /* keep copying */
+    PAUSE, /* paused: wait */
+    LEAVE, /* aborted, failed, or otherwise not ours to copy any more */
+} verdict_t;
+
+/* ---- helpers (copy.c) ---- */
+bool mig_run_stopping(const run_t *r);
+void mig_run_set_err(run_t *r, const char *sqlstate, char *msg_owned);
+/* Classify a failed result (res may be NULL: the connection broke); sets r's error. */
+run_rc_t mig_run_classify(run_t *r, PGconn *c, const PGresult *res, const char *what);
+/* Run sql on c; on failure classify it and return NULL with *rc set. */
+PGresult *mig_run_q(run_t *r, PGconn *c, const char *what, const char *sql, int n,
+                    const char *const *params, run_rc_t *rc);
+/* Like mig_run_q, for statements whose result does not matter. */
+run_rc_t mig_run_x(run_t *r, PGconn *c, const char *what, const char *sql, int n,
+                   const char *const *params);
+/* s as an owned SQL literal. */
+char *mig_run_lit(PGconn *c, const char *s);
+void mig_run_drop_conn(PGconn **c);
+void mig_run_drop_stores(run_t *r);
+/* Sleep up to ms; true when stopping. */
+bool mig_run_nap(run_t *r, int ms);
+run_rc_t mig_run_look(run_t *r, verdict_t *v);
+run_rc_t mig_run_set_status(run_t *r, const char *detail);
+void mig_run_audit(run_t *r, const char *type, const char *details_json);
+void mig_run_note_error(run_t *r, bool retrying);
+run_rc_t mig_run_fail_migration(run_t *r);
+run_rc_t mig_run_connect_stores(run_t *r);
+run_rc_t mig_run_bump_sequence(run_t *r, const tab_t *t);
+/* Stream one COPY from the source into the target; *rows from the target's tag. */
+run_rc_t mig_run_stream(run_t *r, const char *out_sql, const char *in_sql, long long *rows);
+char *mig_run_key_tuple(const tab_t *t);
+char *mig_run_key_order(const tab_t *t, bool desc);
+run_rc_t mig_run_ensure_stage(run_t *r, tab_t *t, size_t i);
+run_rc_t mig_run_mirror_map(run_t *r);
+
+#endif
