@@ -347,6 +347,30 @@ int route_entry_store(const route_entry_t *e)
     return e->store;
 }
 
+size_t route_table_set_hold_gens(route_table_t *t, const route_table_t *prev, uint64_t gen)
+{
+    size_t n = 0;
+
+    BUG_ON(t->frozen, "route_table_set_hold_gens on a frozen table");
+    for (size_t i = 0; i < t->n; i++) {
+        route_entry_t *e = &t->entries[i];
+        const route_entry_t *old;
+
+        if (e->phase != ROUTE_PHASE_CUTOVER) {
+            e->hold_gen = 0;
+            continue;
+        }
+        n++;
+        e->hold_gen = gen;
+        old = prev ? route_table_get(prev, e->tenant, strlen(e->tenant)) : NULL;
+        if (old != NULL && old->phase == ROUTE_PHASE_CUTOVER &&
+            old->migration_id == e->migration_id && old->cutover_attempt == e->cutover_attempt &&
+            old->hold_gen != 0)
+            e->hold_gen = old->hold_gen;
+    }
+    return n;
+}
+
 route_table_t *route_table_ref(route_table_t *t)
 {
     int old = atomic_fetch_add(&t->refcount, 1);
@@ -723,6 +747,18 @@ static route_decision_t decide_control(route_decision_t d, const route_session_t
     return d;
 }
 
+/*
+ * Whether tenant route e holds the statement: at cutover, only a transaction
+ * already bound to the tenant's current store, that began before the hold,
+ * goes on.
+ */
+static bool cutover_holds(const route_session_t *sess, bool bound, const route_entry_t *e)
+{
+    if (e == NULL || e->phase != ROUTE_PHASE_CUTOVER)
+        return false;
+    return !(bound && sess->bound_store == route_entry_store(e) && sess->bound_gen < e->hold_gen);
+}
+
 static int tenant_store(const route_table_t *t, const char *tenant, int def,
                         const route_entry_t **entry)
 {
@@ -802,7 +838,7 @@ route_decision_t route_decide(const route_table_t *t, const route_session_t *ses
             return refuse(d, ROUTE_R_TENANT_MISMATCH, "42501");
         }
         s = tenant_store(t, val, def, &te);
-        if (te != NULL && te->phase == ROUTE_PHASE_CUTOVER)
+        if (cutover_holds(sess, bound, te))
             held = true;
         if (store < 0) {
             store = s;
@@ -829,7 +865,7 @@ route_decision_t route_decide(const route_table_t *t, const route_session_t *ses
     } else if (has_sess) {
         /* Rule 2: the session tenant. */
         store = tenant_store(t, sess_tenant, def, &e);
-        held = e != NULL && e->phase == ROUTE_PHASE_CUTOVER;
+        held = cutover_holds(sess, bound, e);
         copy_str(d.tenant, sizeof(d.tenant), sess_tenant);
         why = ROUTE_R_SESSION_TENANT;
     } else {
@@ -856,7 +892,7 @@ route_decision_t route_decide(const route_table_t *t, const route_session_t *ses
                 continue;
             }
             s = tenant_store(t, kt, def, &te);
-            if (te != NULL && te->phase == ROUTE_PHASE_CUTOVER)
+            if (cutover_holds(sess, bound, te))
                 held = true;
             if (store < 0) {
                 store = s;
@@ -885,8 +921,12 @@ route_decision_t route_decide(const route_table_t *t, const route_session_t *ses
         store = sess->bound_store;
         why = ROUTE_R_BOUND;
     }
-    /* At cutover only work inside a transaction already on the tenant's store goes on. */
-    if (held && !(bound && e != NULL && sess->bound_store == e->store)) {
+    /*
+     * At cutover only a transaction that was on the tenant's store before the
+     * hold goes on (cutover_holds). A later one waits; a tentative one then
+     * moves to the tenant's new store through the rebind below once released.
+     */
+    if (held) {
         d.action = ROUTE_ACT_HOLD;
         d.reason = ROUTE_R_CUTOVER_HOLD;
         d.store = -1;

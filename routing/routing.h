@@ -233,8 +233,17 @@ typedef struct route_entry {
     int store;          /* index into the table's stores */
     route_state_t state;
     route_phase_t phase;
-    int target_store; /* MIGRATING: destination; else -1 */
-    int64_t version;  /* the control store's version of this route */
+    int target_store;        /* MIGRATING: destination; else -1 */
+    int64_t version;         /* the control store's version of this route */
+    int64_t migration_id;    /* the migration moving the tenant, 0 = none */
+    int64_t cutover_attempt; /* CUTOVER: the attempt (1, 2, ...); else 0 */
+    /*
+     * CUTOVER: the proxy's table generation at which this hold began (see
+     * route_table_set_hold_gens). A transaction bound to the tenant's store
+     * at an earlier generation began before the hold and is let through;
+     * 0 outside CUTOVER.
+     */
+    uint64_t hold_gen;
 } route_entry_t;
 
 typedef struct route_table route_table_t;
@@ -263,6 +272,14 @@ size_t route_table_n_stores(const route_table_t *t);
 const char *route_table_store_name(const route_table_t *t, int store); /* "?" when out of range */
 /* The store a route sends to now (COMPLETED -> target_store, else store). */
 int route_entry_store(const route_entry_t *e);
+/*
+ * Give every CUTOVER entry of the mutable table t its hold generation: the
+ * one of prev (borrowed, may be NULL) when prev already had the tenant in
+ * CUTOVER for the same (migration_id, cutover_attempt), else gen (the
+ * generation of the table being installed). Entries in other phases get 0.
+ * Returns how many CUTOVER entries t has.
+ */
+size_t route_table_set_hold_gens(route_table_t *t, const route_table_t *prev, uint64_t gen);
 /* Reference counting, atomic: snapshots may cross threads. */
 route_table_t *route_table_ref(route_table_t *t);
 void route_table_unref(route_table_t *t); /* NULL is a no-op */
@@ -314,6 +331,8 @@ typedef struct route_session {
     int bound_store;            /* store the open transaction is bound to, -1 = none */
     bool bound_tentative;       /* bound only by a default-store read: it may still move */
     bool in_txn;                /* inside BEGIN ... COMMIT (BEGIN possibly still held back) */
+    uint64_t bound_gen;         /* route-table generation when the work on bound_store began
+                                   (tentative binding included); compared with hold_gen */
     int default_store;          /* where statements without a tenant go */
     const route_aggmap_t *aggs; /* key -> tenant; NULL = keys are not used */
 } route_session_t;
@@ -321,7 +340,8 @@ typedef struct route_session {
 typedef enum route_action {
     ROUTE_ACT_SEND,        /* send to `store` */
     ROUTE_ACT_REFUSE,      /* send nothing; reply ErrorResponse sqlstate / message */
-    ROUTE_ACT_HOLD,        /* tenant at cutover: queue until its route changes */
+    ROUTE_ACT_HOLD,        /* tenant at cutover: queue until its route changes; see
+                              route_decide */
     ROUTE_ACT_NEED_LOOKUP, /* key `key` has no known tenant: look it up, learn, decide again */
     ROUTE_ACT_DEFER,       /* unbound transaction: hold this statement (BEGIN, SAVEPOINT, SET)
                               and replay it on the store the transaction binds to */
@@ -382,6 +402,12 @@ typedef struct route_decision {
  * default store; refusals for a tenant contradicting the session tenant
  * (42501), a statement crossing the bound store (0A000) and rows of one
  * statement on several stores (0A000).
+ *
+ * Cutover: a statement naming (by value, session or key) a tenant whose
+ * route is in CUTOVER is HOLD unless the session's transaction is bound,
+ * tentatively or not, to that tenant's current store and bound_gen is below
+ * the route's hold_gen (the transaction began before the hold: it must
+ * finish, or the pause deadlocks on it). Tenants not at cutover never wait.
  */
 route_decision_t route_decide(const route_table_t *t, const route_session_t *sess,
                               const route_stmt_t *stmt, const route_params_t *bind);

@@ -536,6 +536,9 @@ static void test_uuid_canon(void **state)
 #define S_EAST 1
 #define S_WEST 2
 
+/* The route-table generation at which tenant tcut's cutover hold began. */
+#define CUT_GEN 5
+
 static route_table_t *make_table(void)
 {
     static const char *const names[] = { "main", "east", "west" };
@@ -559,7 +562,9 @@ static route_table_t *make_table(void)
     e.tenant = "tm", e.store = S_EAST, e.phase = ROUTE_PHASE_DUAL_WRITE;
     route_table_put(t, &e);
     e.tenant = "tcut", e.store = S_EAST, e.phase = ROUTE_PHASE_CUTOVER;
+    e.migration_id = 7, e.cutover_attempt = 1, e.hold_gen = CUT_GEN;
     route_table_put(t, &e);
+    e.migration_id = 0, e.cutover_attempt = 0, e.hold_gen = 0;
     e.tenant = "tdone", e.store = S_EAST, e.phase = ROUTE_PHASE_COMPLETED;
     route_table_put(t, &e);
     e.tenant = "tfail", e.store = S_EAST, e.phase = ROUTE_PHASE_FAILED;
@@ -716,6 +721,7 @@ typedef struct dcase {
     int want_tentative;   /* 0, 1 or ANY */
     int want_rebind;      /* 0, 1 or ANY */
     const char *tenant;   /* decided tenant, NULL = not checked */
+    int bound_gen;        /* generation the bound work began at (tcut's hold is CUT_GEN) */
 } dcase_t;
 
 #define PROBE \
@@ -736,184 +742,236 @@ typedef struct dcase {
 static const dcase_t dcases[] = {
     /* rule 1: the statement's own tenant */
     { "literal tenant", "SELECT * FROM events WHERE tenant_id = 'ta'", NULL, 0, -1, 0, NULL,
-      ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "ta" },
+      ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "ta", 0 },
     { "bound $n tenant", FEED_T, NULL, 0, -1, 0, "0|tb", ROUTE_ACT_SEND, S_WEST,
-      ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "tb" },
+      ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "tb", 0 },
     { "append, tenant in VALUES", APPEND, NULL, 0, -1, 0, B_P, ROUTE_ACT_SEND, S_WEST,
-      ROUTE_R_STMT_TENANT, NULL, NULL, ANY, ANY, 0, "tb" },
+      ROUTE_R_STMT_TENANT, NULL, NULL, ANY, ANY, 0, "tb", 0 },
     { "tenant without a route: default store", "SELECT * FROM events WHERE tenant_id = 'tz'", NULL,
-      0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "tz" },
+      0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "tz", 0 },
     { "uuid tenant in another spelling", "SELECT * FROM events WHERE tenant_id = '" UUID_AU "'",
       NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_WEST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0,
-      UUID_A },
+      UUID_A, 0 },
     { "uuid tenant as a text parameter", FEED_T, NULL, 0, -1, 0,
       "0|11111111222233334444555555555555", ROUTE_ACT_SEND, S_WEST, ROUTE_R_STMT_TENANT, NULL, NULL,
-      0, 0, 0, UUID_A },
+      0, 0, 0, UUID_A, 0 },
     { "$n tenant before Bind: unknown", FEED_T, NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN,
-      ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, "" },
+      ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, "", 0 },
     { "NULL $n tenant: no tenant", FEED_T, NULL, 0, -1, 0, "0|~", ROUTE_ACT_SEND, S_MAIN,
-      ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, "" },
+      ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, "", 0 },
     { "multi-row insert, tenants on one store", APPEND2, NULL, 0, -1, 0, "e1|k1|ta|e2|k2|tm",
-      ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "ta" },
+      ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "ta", 0 },
     { "multi-row insert, tenants on two stores", APPEND2, NULL, 0, -1, 0, "e1|k1|ta|e2|k2|tb",
       ROUTE_ACT_REFUSE, -1, ROUTE_R_ROWS_MULTI_STORE, "0A000",
-      "INSERT has rows for tenants on different stores", 0, 0, 0, NULL },
+      "INSERT has rows for tenants on different stores", 0, 0, 0, NULL, 0 },
     { "multi-row insert of literals on two stores",
       "INSERT INTO events (event_id, tenant_id) VALUES ('e1', 'tc'), ('e2', 'tb')", NULL, 0, -1, 0,
-      NULL, ROUTE_ACT_REFUSE, -1, ROUTE_R_ROWS_MULTI_STORE, "0A000", "\"west\"", 0, 0, 0, NULL },
+      NULL, ROUTE_ACT_REFUSE, -1, ROUTE_R_ROWS_MULTI_STORE, "0A000", "\"west\"", 0, 0, 0, NULL, 0 },
     { "IN list across stores", "SELECT * FROM events WHERE tenant_id IN ('ta', 'tb')", NULL, 0, -1,
       0, NULL, ROUTE_ACT_REFUSE, -1, ROUTE_R_MULTI_STORE, "0A000", "tenants on different stores", 0,
-      0, 0, NULL },
+      0, 0, NULL, 0 },
     { "IN list on one store", "SELECT * FROM events WHERE tenant_id IN ('ta', 'tm')", NULL, 0, -1,
-      0, NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, NULL },
+      0, NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "tenant too long", FEED_T, NULL, 0, -1, 0,
       "0|xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
       "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
       "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-      ROUTE_ACT_REFUSE, -1, ROUTE_R_VALUE_TOO_LONG, "22023", "longer than", 0, 0, 0, NULL },
+      ROUTE_ACT_REFUSE, -1, ROUTE_R_VALUE_TOO_LONG, "22023", "longer than", 0, 0, 0, NULL, 0 },
     /* rule 2: the session tenant, and the isolation check */
     { "probe with session tenant", PROBE, "ta", 0, -1, 0, "agg-zzz|Order", ROUTE_ACT_SEND, S_EAST,
-      ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, "ta" },
+      ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, "ta", 0 },
     { "feed with session tenant", FEED, "tb", 0, -1, 0, "0", ROUTE_ACT_SEND, S_WEST,
-      ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, "tb" },
+      ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, "tb", 0 },
     { "session tenant without a route", "SELECT 1", "tz", 0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN,
-      ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, "tz" },
+      ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, "tz", 0 },
     { "statement tenant equals session tenant", APPEND, "ta", 0, -1, 0, A_P, ROUTE_ACT_SEND, S_EAST,
-      ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "ta" },
+      ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "ta", 0 },
     { "uuid session tenant in another spelling",
       "SELECT * FROM events WHERE tenant_id = '" UUID_A "'", UUID_AU, 0, -1, 0, NULL,
-      ROUTE_ACT_SEND, S_WEST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_ACT_SEND, S_WEST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "statement tenant contradicts session tenant", APPEND, "ta", 0, -1, 0, B_P, ROUTE_ACT_REFUSE,
       -1, ROUTE_R_TENANT_MISMATCH, "42501",
-      "statement tenant \"tb\" does not match the session tenant \"ta\"", 0, 0, 0, NULL },
+      "statement tenant \"tb\" does not match the session tenant \"ta\"", 0, 0, 0, NULL, 0 },
     { "contradiction on the same store is still refused",
       "SELECT * FROM events WHERE tenant_id = 'tm'", "ta", 0, -1, 0, NULL, ROUTE_ACT_REFUSE, -1,
-      ROUTE_R_TENANT_MISMATCH, "42501", "\"tm\"", 0, 0, 0, NULL },
+      ROUTE_R_TENANT_MISMATCH, "42501", "\"tm\"", 0, 0, 0, NULL, 0 },
     { "one row of a multi-row insert contradicts", APPEND2, "ta", 0, -1, 0, "e1|k1|ta|e2|k2|tm",
-      ROUTE_ACT_REFUSE, -1, ROUTE_R_TENANT_MISMATCH, "42501", NULL, 0, 0, 0, NULL },
+      ROUTE_ACT_REFUSE, -1, ROUTE_R_TENANT_MISMATCH, "42501", NULL, 0, 0, 0, NULL, 0 },
     /* rule 3: keys */
     { "probe, aggregate known", PROBE, NULL, 0, -1, 0, "agg-b|Order", ROUTE_ACT_SEND, S_WEST,
-      ROUTE_R_KEY_TENANT, NULL, NULL, 0, 0, 0, "tb" },
+      ROUTE_R_KEY_TENANT, NULL, NULL, 0, 0, 0, "tb", 0 },
     { "stream read, aggregate known (uuid spelling)",
       "SELECT * FROM events WHERE aggregate_id = $1 ORDER BY version", NULL, 0, -1, 0,
       "BBBBBBBB00004000800000000000000B", ROUTE_ACT_SEND, S_EAST, ROUTE_R_KEY_TENANT, NULL, NULL, 0,
-      0, 0, "ta" },
+      0, 0, "ta", 0 },
     { "snapshot read, aggregate known",
       "SELECT version, state FROM snapshots WHERE aggregate_id = 'agg-a'", NULL, 0, -1, 0, NULL,
-      ROUTE_ACT_SEND, S_EAST, ROUTE_R_KEY_TENANT, NULL, NULL, 0, 0, 0, "ta" },
+      ROUTE_ACT_SEND, S_EAST, ROUTE_R_KEY_TENANT, NULL, NULL, 0, 0, 0, "ta", 0 },
     { "probe, aggregate unknown: look it up", PROBE, NULL, 0, -1, 0, "agg-new|Order",
-      ROUTE_ACT_NEED_LOOKUP, -1, ROUTE_R_KEY_UNKNOWN, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_ACT_NEED_LOOKUP, -1, ROUTE_R_KEY_UNKNOWN, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "probe, aggregate known to have no tenant", PROBE, NULL, 0, -1, 0, "agg-none|Order",
-      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_KEY_NO_TENANT, NULL, NULL, 0, 0, 0, "" },
+      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_KEY_NO_TENANT, NULL, NULL, 0, 0, 0, "", 0 },
     { "keys of tenants on two stores",
       "SELECT * FROM events WHERE aggregate_id IN ('agg-a', 'agg-b')", NULL, 0, -1, 0, NULL,
-      ROUTE_ACT_REFUSE, -1, ROUTE_R_MULTI_STORE, "0A000", "different stores", 0, 0, 0, NULL },
+      ROUTE_ACT_REFUSE, -1, ROUTE_R_MULTI_STORE, "0A000", "different stores", 0, 0, 0, NULL, 0 },
     { "session tenant wins over a key", PROBE, "tc", 0, -1, 0, "agg-b|Order", ROUTE_ACT_SEND,
-      S_MAIN, ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, "tc" },
+      S_MAIN, ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, "tc", 0 },
     { "statement tenant wins over a key",
       "SELECT * FROM events WHERE aggregate_id = 'agg-b' AND tenant_id = 'ta'", NULL, 0, -1, 0,
-      NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "ta" },
+      NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "ta", 0 },
     { "unknown key inside a firmly bound transaction: bound store, no lookup", PROBE, NULL, 1,
-      S_WEST, 0, "agg-new|Order", ROUTE_ACT_SEND, S_WEST, ROUTE_R_BOUND, NULL, NULL, 0, 0, 0,
-      NULL },
+      S_WEST, 0, "agg-new|Order", ROUTE_ACT_SEND, S_WEST, ROUTE_R_BOUND, NULL, NULL, 0, 0, 0, NULL,
+      0 },
     { "unknown key inside a tentative transaction: look it up", PROBE, NULL, 1, S_MAIN, 1,
-      "agg-new|Order", ROUTE_ACT_NEED_LOOKUP, -1, ROUTE_R_KEY_UNKNOWN, NULL, NULL, 0, 0, 0, NULL },
+      "agg-new|Order", ROUTE_ACT_NEED_LOOKUP, -1, ROUTE_R_KEY_UNKNOWN, NULL, NULL, 0, 0, 0, NULL,
+      0 },
     /* rule 4: nothing */
     { "no tenant: default store", "SELECT 1", NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN,
-      ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, "" },
+      ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, "", 0 },
     { "global feed without tenant: default store", FEED, NULL, 0, -1, 0, "0", ROUTE_ACT_SEND,
-      S_MAIN, ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, "" },
+      S_MAIN, ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, "", 0 },
     { "DDL without tenant: default store", "CREATE TABLE x (a int)", NULL, 0, -1, 0, NULL,
-      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_DEFAULT, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "COPY IN with the session tenant", "COPY events FROM STDIN", "tb", 0, -1, 0, NULL,
-      ROUTE_ACT_SEND, S_WEST, ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_ACT_SEND, S_WEST, ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, NULL, 0 },
     /* transactions: binding */
     { "first routed statement binds", APPEND, NULL, 1, -1, 0, A_P, ROUTE_ACT_SEND, S_EAST,
-      ROUTE_R_STMT_TENANT, NULL, NULL, 1, 0, 0, "ta" },
+      ROUTE_R_STMT_TENANT, NULL, NULL, 1, 0, 0, "ta", 0 },
     { "first statement without tenant binds tentatively", "SELECT 1", NULL, 1, -1, 0, NULL,
-      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_DEFAULT, NULL, NULL, 1, 1, 0, NULL },
+      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_DEFAULT, NULL, NULL, 1, 1, 0, NULL, 0 },
     { "first write without tenant binds firmly", "INSERT INTO audit (x) VALUES (1)", NULL, 1, -1, 0,
-      NULL, ROUTE_ACT_SEND, S_MAIN, ROUTE_R_DEFAULT, NULL, NULL, 1, 0, 0, NULL },
+      NULL, ROUTE_ACT_SEND, S_MAIN, ROUTE_R_DEFAULT, NULL, NULL, 1, 0, 0, NULL, 0 },
     { "no tenant inside a bound transaction: bound store", FEED, NULL, 1, S_WEST, 0, "0",
-      ROUTE_ACT_SEND, S_WEST, ROUTE_R_BOUND, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_ACT_SEND, S_WEST, ROUTE_R_BOUND, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "same store inside a bound transaction", APPEND, NULL, 1, S_EAST, 0, A_P, ROUTE_ACT_SEND,
-      S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, NULL },
+      S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "cross-store statement refused", APPEND, NULL, 1, S_EAST, 0, B_P, ROUTE_ACT_REFUSE, -1,
       ROUTE_R_CROSS_STORE, "0A000",
       "statement routes to store \"west\" but the transaction is bound to store \"east\"", 0, 0, 0,
-      NULL },
+      NULL, 0 },
     { "cross-store through a key refused", PROBE, NULL, 1, S_EAST, 0, "agg-b|Order",
-      ROUTE_ACT_REFUSE, -1, ROUTE_R_CROSS_STORE, "0A000", "bound to store \"east\"", 0, 0, 0,
-      NULL },
+      ROUTE_ACT_REFUSE, -1, ROUTE_R_CROSS_STORE, "0A000", "bound to store \"east\"", 0, 0, 0, NULL,
+      0 },
     { "tentative binding moves to the tenant store", APPEND, NULL, 1, S_MAIN, 1, B_P,
-      ROUTE_ACT_SEND, S_WEST, ROUTE_R_REBIND, NULL, NULL, 1, 0, 1, "tb" },
+      ROUTE_ACT_SEND, S_WEST, ROUTE_R_REBIND, NULL, NULL, 1, 0, 1, "tb", 0 },
     { "tentative binding becomes firm on its own store",
       "SELECT * FROM events WHERE tenant_id = "
       "'tc'",
       NULL, 1, S_MAIN, 1, NULL, ROUTE_ACT_SEND, S_MAIN, ROUTE_R_STMT_TENANT, NULL, NULL, 1, 0, 0,
-      NULL },
+      NULL, 0 },
     { "tentative stays tentative on another tenantless read", "SELECT 2", NULL, 1, S_MAIN, 1, NULL,
-      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_BOUND, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_BOUND, NULL, NULL, 0, 0, 0, NULL, 0 },
     /* transaction control */
     { "BEGIN is held", "BEGIN", NULL, 0, -1, 0, NULL, ROUTE_ACT_DEFER, -1, ROUTE_R_TXN_DEFER, NULL,
-      NULL, 0, 0, 0, NULL },
+      NULL, 0, 0, 0, NULL, 0 },
     { "BEGIN inside a bound transaction goes there", "BEGIN", NULL, 1, S_WEST, 0, NULL,
-      ROUTE_ACT_SEND, S_WEST, ROUTE_R_TXN_BOUND, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_ACT_SEND, S_WEST, ROUTE_R_TXN_BOUND, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "SAVEPOINT before binding is held", "SAVEPOINT a", NULL, 1, -1, 0, NULL, ROUTE_ACT_DEFER, -1,
-      ROUTE_R_TXN_DEFER, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_R_TXN_DEFER, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "SAVEPOINT in a bound transaction", "SAVEPOINT a", NULL, 1, S_EAST, 0, NULL, ROUTE_ACT_SEND,
-      S_EAST, ROUTE_R_TXN_BOUND, NULL, NULL, 0, 0, 0, NULL },
+      S_EAST, ROUTE_R_TXN_BOUND, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "COMMIT goes to the bound store", "COMMIT", "tb", 1, S_EAST, 0, NULL, ROUTE_ACT_SEND, S_EAST,
-      ROUTE_R_TXN_BOUND, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_R_TXN_BOUND, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "ROLLBACK goes to the bound store", "ROLLBACK", NULL, 1, S_WEST, 0, NULL, ROUTE_ACT_SEND,
-      S_WEST, ROUTE_R_TXN_BOUND, NULL, NULL, 0, 0, 0, NULL },
+      S_WEST, ROUTE_R_TXN_BOUND, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "COMMIT of an unbound transaction is answered locally", "COMMIT", NULL, 1, -1, 0, NULL,
-      ROUTE_ACT_LOCAL, -1, ROUTE_R_TXN_LOCAL, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_ACT_LOCAL, -1, ROUTE_R_TXN_LOCAL, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "ROLLBACK of an unbound transaction is answered locally", "ROLLBACK", NULL, 1, -1, 0, NULL,
-      ROUTE_ACT_LOCAL, -1, ROUTE_R_TXN_LOCAL, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_ACT_LOCAL, -1, ROUTE_R_TXN_LOCAL, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "COMMIT outside a transaction: default store", "COMMIT", NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND,
-      S_MAIN, ROUTE_R_TXN_NONE, NULL, NULL, 0, 0, 0, NULL },
+      S_MAIN, ROUTE_R_TXN_NONE, NULL, NULL, 0, 0, 0, NULL, 0 },
     /* session statements */
     { "SET tenant outside a transaction", "SET pgshift.tenant = 'tb'", NULL, 0, -1, 0, NULL,
-      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_SESSION_CMD, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_SESSION_CMD, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "SET tenant in an unbound transaction is held", "SET LOCAL pgshift.tenant = 'tb'", NULL, 1,
-      -1, 0, NULL, ROUTE_ACT_DEFER, -1, ROUTE_R_SESSION_DEFER, NULL, NULL, 0, 0, 0, NULL },
+      -1, 0, NULL, ROUTE_ACT_DEFER, -1, ROUTE_R_SESSION_DEFER, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "SET in a bound transaction", "SET search_path = x", NULL, 1, S_WEST, 0, NULL, ROUTE_ACT_SEND,
-      S_WEST, ROUTE_R_SESSION_CMD, NULL, NULL, 0, 0, 0, NULL },
+      S_WEST, ROUTE_R_SESSION_CMD, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "LISTEN outside a transaction", "LISTEN ch", "ta", 0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN,
-      ROUTE_R_SESSION_CMD, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_R_SESSION_CMD, NULL, NULL, 0, 0, 0, NULL, 0 },
     /* unparseable */
     { "garbage: default store", "SELEKT 1", NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN,
-      ROUTE_R_UNPARSED, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_R_UNPARSED, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "garbage in a bound transaction: bound store", "SELEKT 1", NULL, 1, S_WEST, 0, NULL,
-      ROUTE_ACT_SEND, S_WEST, ROUTE_R_UNPARSED, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_ACT_SEND, S_WEST, ROUTE_R_UNPARSED, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "garbage first in a transaction binds tentatively", "SELEKT 1", NULL, 1, -1, 0, NULL,
-      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_UNPARSED, NULL, NULL, 1, 1, 0, NULL },
+      ROUTE_ACT_SEND, S_MAIN, ROUTE_R_UNPARSED, NULL, NULL, 1, 1, 0, NULL, 0 },
     /* migration phases */
     { "dual-write tenant stays on its source", "SELECT * FROM events WHERE tenant_id = 'tm'", NULL,
-      0, -1, 0, NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "tm" },
+      0, -1, 0, NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "tm", 0 },
     { "completed migration routes to the target",
       "SELECT * FROM events WHERE tenant_id = "
       "'tdone'",
-      NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_WEST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0,
-      NULL },
+      NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_WEST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, NULL,
+      0 },
     { "failed migration stays on the source", "SELECT * FROM events WHERE tenant_id = 'tfail'",
-      NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0,
-      NULL },
+      NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, NULL,
+      0 },
     { "cutover holds new tenant work", "SELECT * FROM events WHERE tenant_id = 'tcut'", NULL, 0, -1,
-      0, NULL, ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL },
+      0, NULL, ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "cutover holds the first statement of a transaction", APPEND, NULL, 1, -1, 0,
       "e|k|Order|C|tcut|u|1|t|{}", ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0,
-      NULL },
+      NULL, 0 },
     { "cutover lets an open tenant transaction finish", APPEND, NULL, 1, S_EAST, 0,
       "e|k|Order|C|tcut|u|1|t|{}", ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0,
-      "tcut" },
+      "tcut", 0 },
     { "cutover holds through the session tenant", PROBE, "tcut", 0, -1, 0, "agg-x|Order",
-      ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "cutover holds through a key", PROBE, NULL, 0, -1, 0, "agg-cut|Order", ROUTE_ACT_HOLD, -1,
-      ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL },
+      ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "other tenants never wait for a cutover", "SELECT * FROM events WHERE tenant_id = 'ta'", NULL,
-      0, -1, 0, NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, NULL },
+      0, -1, 0, NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, NULL, 0 },
+    /* cutover: the hold generation (tcut is on east, its hold began at CUT_GEN) */
+    { "cutover: transaction on the source from before the hold finishes", APPEND, NULL, 1, S_EAST,
+      0, "e|k|Order|C|tcut|u|1|t|{}", ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0,
+      0, "tcut", CUT_GEN - 1 },
+    { "cutover: transaction on the source that began at the hold waits", APPEND, NULL, 1, S_EAST, 0,
+      "e|k|Order|C|tcut|u|1|t|{}", ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0,
+      NULL, CUT_GEN },
+    { "cutover: transaction on the source that began after the hold waits", APPEND, NULL, 1, S_EAST,
+      0, "e|k|Order|C|tcut|u|1|t|{}", ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0,
+      NULL, CUT_GEN + 3 },
+    { "cutover: old transaction bound to another store waits, no refusal",
+      "SELECT * FROM events WHERE tenant_id = 'tcut'", NULL, 1, S_WEST, 0, NULL, ROUTE_ACT_HOLD, -1,
+      ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL, 1 },
+    { "cutover: old tentative transaction on the source goes on and binds firmly",
+      "SELECT * FROM events WHERE tenant_id = 'tcut'", NULL, 1, S_EAST, 1, NULL, ROUTE_ACT_SEND,
+      S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 1, 0, 0, "tcut", 2 },
+    { "cutover: new tentative transaction on the source waits",
+      "SELECT * FROM events WHERE tenant_id = 'tcut'", NULL, 1, S_EAST, 1, NULL, ROUTE_ACT_HOLD, -1,
+      ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL, CUT_GEN + 1 },
+    { "cutover: old tentative transaction elsewhere waits (rebinds once released)", APPEND, NULL, 1,
+      S_MAIN, 1, "e|k|Order|C|tcut|u|1|t|{}", ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL,
+      0, 0, 0, NULL, 0 },
+    { "cutover: old transaction with the session tenant finishes", PROBE, "tcut", 1, S_EAST, 0,
+      "agg-x|Order", ROUTE_ACT_SEND, S_EAST, ROUTE_R_SESSION_TENANT, NULL, NULL, 0, 0, 0, "tcut",
+      CUT_GEN - 1 },
+    { "cutover: new transaction with the session tenant waits", PROBE, "tcut", 1, S_EAST, 0,
+      "agg-x|Order", ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL, CUT_GEN },
+    { "cutover: old transaction through a key finishes", PROBE, NULL, 1, S_EAST, 0, "agg-cut|Order",
+      ROUTE_ACT_SEND, S_EAST, ROUTE_R_KEY_TENANT, NULL, NULL, 0, 0, 0, "tcut", 3 },
+    { "cutover: new transaction through a key waits", PROBE, NULL, 1, S_EAST, 0, "agg-cut|Order",
+      ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL, CUT_GEN + 2 },
+    { "cutover: second tenant of a statement at cutover holds it",
+      "SELECT * FROM events WHERE tenant_id IN ('ta', 'tcut')", NULL, 0, -1, 0, NULL,
+      ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL, 0 },
+    { "cutover: second tenant at cutover, new transaction on its store waits",
+      "SELECT * FROM events WHERE tenant_id IN ('ta', 'tcut')", NULL, 1, S_EAST, 0, NULL,
+      ROUTE_ACT_HOLD, -1, ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL, CUT_GEN },
+    { "cutover: second tenant at cutover, old transaction on its store finishes",
+      "SELECT * FROM events WHERE tenant_id IN ('ta', 'tcut')", NULL, 1, S_EAST, 0, NULL,
+      ROUTE_ACT_SEND, S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "ta", CUT_GEN - 1 },
+    { "cutover: another tenant of the source in a new transaction never waits",
+      "SELECT * FROM events WHERE tenant_id = 'ta'", NULL, 1, S_EAST, 0, NULL, ROUTE_ACT_SEND,
+      S_EAST, ROUTE_R_STMT_TENANT, NULL, NULL, 0, 0, 0, "ta", CUT_GEN + 9 },
+    { "cutover: tenantless statement of a new transaction on the source goes on", "SELECT 1", NULL,
+      1, S_EAST, 0, NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_BOUND, NULL, NULL, 0, 0, 0, NULL,
+      CUT_GEN + 1 },
+    { "cutover: COMMIT of a new transaction on the source goes on", "COMMIT", "tcut", 1, S_EAST, 0,
+      NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_TXN_BOUND, NULL, NULL, 0, 0, 0, NULL, CUT_GEN + 1 },
+    { "cutover: bound_gen outside a transaction does not matter",
+      "SELECT * FROM events WHERE tenant_id = 'tcut'", NULL, 0, S_EAST, 0, NULL, ROUTE_ACT_HOLD, -1,
+      ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL, 0 },
 };
 
 typedef struct fixture {
@@ -1001,6 +1059,7 @@ static void test_decide_table(void **state)
                                  .bound_store = c->bound,
                                  .bound_tentative = c->tentative,
                                  .in_txn = c->in_txn,
+                                 .bound_gen = (uint64_t)c->bound_gen,
                                  .default_store = S_MAIN,
                                  .aggs = f->aggs };
         route_decision_t d = decide_sql(f, c->sql, &sess, c->binds);
@@ -1166,6 +1225,153 @@ static void test_append_transaction_flow(void **state)
     assert_true(route_aggmap_get(f->aggs, "L2", 2, &t));
     assert_null(t);
     route_class_unref(cl);
+}
+
+/* A copy of f->table with tcut's route replaced by e (tenant "tcut"). */
+static route_table_t *table_with_tcut(const route_table_t *base, const route_entry_t *e)
+{
+    route_table_t *t = route_table_clone(base);
+
+    route_table_put(t, e);
+    route_table_freeze(t);
+    return t;
+}
+
+/*
+ * A transaction that began after the hold is held, then released by the
+ * next route table: flipped to the target it rebinds there (tentative) or
+ * is refused (firm elsewhere); rolled back it runs on the source.
+ */
+static void test_cutover_release_flow(void **state)
+{
+    fixture_t *f = *state;
+    route_session_t sess = { .bound_store = S_MAIN,
+                             .bound_tentative = true,
+                             .in_txn = true,
+                             .bound_gen = CUT_GEN + 1,
+                             .default_store = S_MAIN,
+                             .aggs = f->aggs };
+    route_entry_t e = { .tenant = "tcut",
+                        .store = S_EAST,
+                        .state = ROUTE_STATE_MIGRATING,
+                        .phase = ROUTE_PHASE_COMPLETED,
+                        .target_store = S_WEST,
+                        .migration_id = 7 };
+    const char *append_tcut = "e|k|Order|C|tcut|u|1|t|{}";
+    route_table_t *done, *back;
+    route_decision_t d;
+    route_table_t *held_table = f->table;
+
+    /* held: a tentative transaction on the default store touches tcut */
+    d = decide_sql(f, APPEND, &sess, append_tcut);
+    assert_int_equal(d.action, ROUTE_ACT_HOLD);
+    assert_int_equal(d.store, -1);
+
+    /* flipped: the held statement rebinds the tentative transaction to the target */
+    done = table_with_tcut(held_table, &e);
+    f->table = done;
+    d = decide_sql(f, APPEND, &sess, append_tcut);
+    assert_int_equal(d.action, ROUTE_ACT_SEND);
+    assert_int_equal(d.store, S_WEST);
+    assert_int_equal(d.reason, ROUTE_R_REBIND);
+    assert_true(d.rebind);
+    assert_true(d.binds);
+    assert_false(d.tentative);
+    /* a transaction firmly bound to the source is refused after the flip */
+    sess.bound_store = S_EAST;
+    sess.bound_tentative = false;
+    d = decide_sql(f, APPEND, &sess, append_tcut);
+    assert_int_equal(d.action, ROUTE_ACT_REFUSE);
+    assert_string_equal(d.sqlstate, "0A000");
+    /* outside a transaction it simply runs on the target */
+    sess.in_txn = false;
+    sess.bound_store = -1;
+    d = decide_sql(f, APPEND, &sess, append_tcut);
+    assert_int_equal(d.action, ROUTE_ACT_SEND);
+    assert_int_equal(d.store, S_WEST);
+
+    /* rolled back to DUAL_WRITE: the held statement runs on the source */
+    e.phase = ROUTE_PHASE_DUAL_WRITE;
+    back = table_with_tcut(held_table, &e);
+    f->table = back;
+    sess.in_txn = true;
+    sess.bound_store = S_MAIN;
+    sess.bound_tentative = true;
+    d = decide_sql(f, APPEND, &sess, append_tcut);
+    assert_int_equal(d.action, ROUTE_ACT_SEND);
+    assert_int_equal(d.store, S_EAST);
+    assert_true(d.rebind);
+    sess.in_txn = false;
+    sess.bound_store = -1;
+    d = decide_sql(f, APPEND, &sess, append_tcut);
+    assert_int_equal(d.action, ROUTE_ACT_SEND);
+    assert_int_equal(d.store, S_EAST);
+
+    f->table = held_table;
+    route_table_unref(done);
+    route_table_unref(back);
+}
+
+static void test_hold_gens(void **state)
+{
+    fixture_t *f = *state;
+    route_entry_t e = { .tenant = "tcut",
+                        .store = S_EAST,
+                        .state = ROUTE_STATE_MIGRATING,
+                        .phase = ROUTE_PHASE_CUTOVER,
+                        .target_store = S_WEST,
+                        .migration_id = 7,
+                        .cutover_attempt = 1,
+                        .hold_gen = 999 /* ignored: set_hold_gens decides */ };
+    route_table_t *t;
+    const route_entry_t *g;
+
+    /* same migration and attempt: the hold keeps its generation */
+    t = route_table_clone(f->table);
+    route_table_put(t, &e);
+    assert_int_equal(route_table_set_hold_gens(t, f->table, 9), 1);
+    g = route_table_get(t, "tcut", 4);
+    assert_int_equal(g->hold_gen, CUT_GEN);
+    route_table_unref(t);
+
+    /* a new attempt of the same migration: a new hold */
+    e.cutover_attempt = 2;
+    t = route_table_clone(f->table);
+    route_table_put(t, &e);
+    route_table_set_hold_gens(t, f->table, 9);
+    assert_int_equal(route_table_get(t, "tcut", 4)->hold_gen, 9);
+    route_table_unref(t);
+
+    /* another migration of the tenant: a new hold */
+    e.cutover_attempt = 1;
+    e.migration_id = 8;
+    t = route_table_clone(f->table);
+    route_table_put(t, &e);
+    route_table_set_hold_gens(t, f->table, 10);
+    assert_int_equal(route_table_get(t, "tcut", 4)->hold_gen, 10);
+    route_table_unref(t);
+
+    /* a tenant that enters CUTOVER, and no previous table */
+    e.migration_id = 3;
+    e.tenant = "tm";
+    t = route_table_clone(f->table);
+    route_table_put(t, &e);
+    assert_int_equal(route_table_set_hold_gens(t, f->table, 11), 2);
+    assert_int_equal(route_table_get(t, "tm", 2)->hold_gen, 11);
+    assert_int_equal(route_table_get(t, "tcut", 4)->hold_gen, CUT_GEN);
+    assert_int_equal(route_table_set_hold_gens(t, NULL, 12), 2);
+    assert_int_equal(route_table_get(t, "tcut", 4)->hold_gen, 12);
+    route_table_unref(t);
+
+    /* leaving CUTOVER clears the hold; no CUTOVER entry left */
+    e.tenant = "tcut";
+    e.phase = ROUTE_PHASE_DUAL_WRITE;
+    e.hold_gen = 4;
+    t = route_table_clone(f->table);
+    route_table_put(t, &e);
+    assert_int_equal(route_table_set_hold_gens(t, f->table, 13), 0);
+    assert_int_equal(route_table_get(t, "tcut", 4)->hold_gen, 0);
+    route_table_unref(t);
 }
 
 /* ---- fast path ------------------------------------------------------------------ */
@@ -1644,6 +1850,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_decide_need_lookup_detail, setup_fixture,
                                         teardown_fixture),
         cmocka_unit_test_setup_teardown(test_decide_binary_params, setup_fixture, teardown_fixture),
+        cmocka_unit_test_setup_teardown(test_cutover_release_flow, setup_fixture, teardown_fixture),
+        cmocka_unit_test_setup_teardown(test_hold_gens, setup_fixture, teardown_fixture),
         cmocka_unit_test_setup_teardown(test_append_transaction_flow, setup_fixture,
                                         teardown_fixture),
     };
