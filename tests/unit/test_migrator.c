@@ -517,7 +517,7 @@ static void test_schema_idempotent(void **state)
     assert_int_equal(mig_schema_upgrade(c, -1, &version, &err), 0);
     assert_int_equal(version, MIG_SCHEMA_VERSION);
     v = sql_value(c, "SELECT count(*)::text || '/' || max(version) FROM pgshift.schema_version");
-    assert_string_equal(v, "1/2");
+    assert_string_equal(v, "1/3");
     free(v);
     v = sql_value(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'pgshift'");
     assert_string_equal(v, "5"); /* schema_version routes migrations position_map audit_log */
@@ -564,7 +564,7 @@ static void test_schema_concurrent(void **state)
     }
     c = db("concur");
     v = sql_value(c, "SELECT count(*)::text || '/' || max(version) FROM pgshift.schema_version");
-    assert_string_equal(v, "1/2");
+    assert_string_equal(v, "1/3");
     free(v);
     PQfinish(c);
 }
