@@ -520,7 +520,9 @@ static void test_schema_idempotent(void **state)
     assert_string_equal(v, "1/3");
     free(v);
     v = sql_value(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'pgshift'");
-    assert_string_equal(v, "5"); /* schema_version routes migrations position_map audit_log */
+    /* schema_version routes migrations position_map audit_log processes cutover_acks
+     * dual_write_failures */
+    assert_string_equal(v, "8");
     free(v);
     PQfinish(c);
 }
