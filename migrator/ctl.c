@@ -9,6 +9,7 @@
  * thread.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -18,7 +19,7 @@
 
 #define LOG_CTX            "control"
 #define CONNECT_TIMEOUT_MS 10000
-#define PING_INTERVAL_MS   5000 /* an idle listener checks its connection this often */
+#define PING_INTERVAL_MS   1000 /* an idle listener renews its lease (and checks) this often */
 #define BACKOFF_FIRST_MS   100
 #define BACKOFF_MAX_MS     5000
 
@@ -44,6 +45,7 @@ typedef enum worker_kind {
     WK_ADMIN,  /* admin commands, one at a time */
     WK_LOOKUP, /* MIG_CMD_LOOKUP_KEY */
     WK_WATCH,  /* WATCH MIGRATION streams */
+    WK_ACK,    /* cutover acknowledgements: never queued behind a (waiting) CUTOVER */
 } worker_kind_t;
 
 /*
@@ -72,6 +74,7 @@ struct mig_ctl {
     worker_t admin;
     worker_t lookup;
     worker_t watch;
+    worker_t ack;
     atomic_bool want_stop; /* also signalled through env.latch */
     runner_t *runners;     /* listener thread only (and mig_ctl_stop after joining it) */
 
@@ -150,6 +153,29 @@ static int publish_routes(mig_ctl_t *m, PGconn *c)
     return 0;
 }
 
+/*
+ * Register this process, or renew its lease: a cutover waits for the
+ * acknowledgement of every process whose heartbeat is younger than
+ * MIG_PROCESS_LEASE_MS. False when c broke.
+ */
+static bool renew_lease(mig_ctl_t *m, PGconn *c)
+{
+    char pid[16], host[256] = "?";
+    const char *params[] = { m->env.process_id, host, pid };
+    PGresult *res;
+    bool ok;
+
+    (void)gethostname(host, sizeof(host) - 1);
+    snprintf(pid, sizeof(pid), "%ld", (long)getpid());
+    res = mig_pq_exec(c, m->env.latch, CONNECT_TIMEOUT_MS,
+                      "INSERT INTO pgshift.processes (id, host, pid) VALUES ($1, $2, $3::int) "
+                      "ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+                      3, params);
+    ok = res != NULL && mig_pq_ok(res);
+    PQclear(res);
+    return ok;
+}
+
 /* Schema check, LISTEN. Returns 0, or a negative errno (c must then be finished). */
 static int setup_listener(mig_ctl_t *m, PGconn *c, char **err)
 {
@@ -166,6 +192,10 @@ static int setup_listener(mig_ctl_t *m, PGconn *c, char **err)
         return -ECONNRESET;
     }
     PQclear(res);
+    if (!renew_lease(m, c)) {
+        *err = mig_pq_errmsg(c, NULL);
+        return -ECONNRESET;
+    }
     return 0;
 }
 
@@ -279,14 +309,12 @@ static bool listen_on(mig_ctl_t *m, PGconn *c)
         if (drain_notifies(c)) {
             if (publish_routes(m, c) != 0 || runners_sync(m, c) != 0)
                 break;
-            last_activity = cm_now_ms();
             continue; /* more may have come in during the reload */
         }
         {
             uint64_t now = cm_now_ms();
             uint64_t due = last_activity + PING_INTERVAL_MS;
             int wait_ms = now >= due ? 0 : (int)(due - now);
-            PGresult *res;
 
             /* Wait for the socket or the latch, at most until the next ping is due. */
             r = mig_pq_wait_readable(c, m->env.latch, wait_ms);
@@ -294,16 +322,20 @@ static bool listen_on(mig_ctl_t *m, PGconn *c)
                 break; /* latch set, or the socket failed */
             if (r > 0)
                 continue;
-            res = mig_pq_exec(c, m->env.latch, CONNECT_TIMEOUT_MS, "SELECT 1", 0, NULL);
-            if (res == NULL || !mig_pq_ok(res)) {
-                PQclear(res);
+            if (!renew_lease(m, c))
                 break;
-            }
-            PQclear(res);
             if (runners_sync(m, c) != 0)
                 break;
             last_activity = cm_now_ms();
         }
+    }
+    if (should_stop(m) && PQstatus(c) == CONNECTION_OK) {
+        /* A clean stop gives up the lease at once: no cutover waits for us. */
+        const char *params[] = { m->env.process_id };
+        PGresult *res =
+            mig_pq_exec(c, -1, 2000, "DELETE FROM pgshift.processes WHERE id = $1", 1, params);
+
+        PQclear(res);
     }
     PQfinish(c);
     return should_stop(m);
@@ -507,6 +539,33 @@ static void watch_main(void *arg)
         PQfinish(control);
 }
 
+/* Record one drained-hold acknowledgement and wake the cutover that waits for it. */
+static void ack_cutover(mig_ctl_t *m, PGconn **control, const mig_request_t *req)
+{
+    char id[24], attempt[24];
+    const char *params[] = { id, attempt, m->env.process_id };
+    mig_result_t *fail = NULL;
+    PGresult *res;
+
+    snprintf(id, sizeof(id), "%lld", (long long)req->migration_id);
+    snprintf(attempt, sizeof(attempt), "%lld", (long long)req->attempt);
+    res = mig_control_exec(&m->env, control,
+                           "WITH a AS (INSERT INTO pgshift.cutover_acks (migration_id, attempt, "
+                           "  process_id) SELECT $1::bigint, $2::int, $3 WHERE EXISTS (SELECT 1 "
+                           "  FROM pgshift.migrations WHERE id = $1::bigint) "
+                           "  ON CONFLICT DO NOTHING RETURNING 1) "
+                           "SELECT pg_notify('" MIG_ACKS_CHANNEL "', $1::text)",
+                           3, params, &fail);
+    if (res == NULL) {
+        LOG_WARN(LOG_CTX, "cannot acknowledge cutover %s/%s: %s", id, attempt,
+                 fail && fail->err_message ? fail->err_message : "?");
+        mig_result_free(fail);
+        return;
+    }
+    PQclear(res);
+    LOG_DEBUG(LOG_CTX, "acknowledged cutover %s attempt %s", id, attempt);
+}
+
 static void worker_main(void *arg)
 {
     worker_t *w = arg;
@@ -520,8 +579,14 @@ static void worker_main(void *arg)
         return;
     }
     while ((req = worker_next(w)) != NULL) {
-        mig_event_t *ev = event_new(MIG_EV_REPLY);
+        mig_event_t *ev;
 
+        if (w->kind == WK_ACK) {
+            ack_cutover(m, &control, req);
+            request_free(req);
+            continue;
+        }
+        ev = event_new(MIG_EV_REPLY);
         ev->request_id = req->id;
         if (w->kind == WK_LOOKUP)
             ev->result = mig_lookup_execute(lk, req);
@@ -592,6 +657,7 @@ static void worker_stop(worker_t *w)
 
 static void env_destroy(mig_env_t *e)
 {
+    free(e->process_id);
     free(e->control_conninfo);
     for (size_t i = 0; i < e->n_stores; i++) {
         free(e->store_names[i]);
@@ -677,6 +743,20 @@ int mig_ctl_start(uv_loop_t *loop, const char *control_conninfo, const char *con
         e->defaults = *tenancy->defaults;
     else
         mig_settings_default(&e->defaults);
+    {
+        char host[128] = "?";
+        unsigned char rnd[6] = { 0 };
+        FILE *f = fopen("/dev/urandom", "rb");
+
+        if (f != NULL) {
+            if (fread(rnd, 1, sizeof(rnd), f) != sizeof(rnd))
+                memset(rnd, 0, sizeof(rnd));
+            fclose(f);
+        }
+        (void)gethostname(host, sizeof(host) - 1);
+        e->process_id = cm_xasprintf("%s:%ld:%02x%02x%02x%02x%02x%02x", host, (long)getpid(),
+                                     rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
+    }
     m->cb = cb;
     m->arg = arg;
     m->next_request_id = 1;
@@ -691,6 +771,9 @@ int mig_ctl_start(uv_loop_t *loop, const char *control_conninfo, const char *con
     rc = worker_init(&m->watch, m, WK_WATCH);
     if (rc != 0)
         goto fail_watch;
+    rc = worker_init(&m->ack, m, WK_ACK);
+    if (rc != 0)
+        goto fail_ack;
     rc = mig_latch_new();
     if (rc < 0)
         goto fail_latch;
@@ -731,8 +814,12 @@ int mig_ctl_start(uv_loop_t *loop, const char *control_conninfo, const char *con
     if (rc == 0) {
         m->lookup.is_running = true;
         rc = uv_thread_create(&m->watch.thread, worker_main, &m->watch);
-        if (rc == 0)
+        if (rc == 0) {
             m->watch.is_running = true;
+            rc = uv_thread_create(&m->ack.thread, worker_main, &m->ack);
+        }
+        if (rc == 0)
+            m->ack.is_running = true;
     }
     if (rc != 0) {
         atomic_store(&m->want_stop, true);
@@ -741,6 +828,7 @@ int mig_ctl_start(uv_loop_t *loop, const char *control_conninfo, const char *con
         runners_reap(m, true);
         worker_stop(&m->admin);
         worker_stop(&m->lookup);
+        worker_stop(&m->watch);
         c = NULL;
         goto fail_threads;
     }
@@ -760,6 +848,8 @@ fail_setup:
 fail_connect:
     free(err);
 fail_latch:
+    worker_destroy(&m->ack);
+fail_ack:
     worker_destroy(&m->watch);
 fail_watch:
     worker_destroy(&m->lookup);
@@ -833,13 +923,18 @@ void mig_ctl_stop(mig_ctl_t *m)
     worker_stop(&m->admin);
     worker_stop(&m->lookup);
     worker_stop(&m->watch);
+    worker_stop(&m->ack);
     /* No thread is left to push: the close callback frees what is queued, then m. */
     mig_outbox_close(&m->outbox, ctl_closed_cb);
 }
 
 void mig_ctl_cutover_ack(mig_ctl_t *m, int64_t migration_id, int64_t attempt)
 {
-    (void)m;
-    (void)migration_id;
-    (void)attempt;
+    mig_request_t *r = cm_xcalloc(1, sizeof(*r));
+
+    BUG_ON(m->is_stopped, "cutover ack after mig_ctl_stop");
+    r->kind = MIG_CMD_CUTOVER;
+    r->migration_id = migration_id;
+    r->attempt = attempt;
+    worker_push(&m->ack, r); /* no reply: nothing pending on the loop side */
 }

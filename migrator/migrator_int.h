@@ -98,6 +98,9 @@ char *mig_pq_errmsg(PGconn *c, const PGresult *res);
 
 #define MIG_SCHEMA_VERSION 3 /* the newest version this build creates */
 #define MIG_ROUTES_CHANNEL "pgshift_routes"
+#define MIG_ACKS_CHANNEL   "pgshift_acks" /* payload: the migration id */
+/* A process whose heartbeat is older than this is not waited for by a cutover. */
+#define MIG_PROCESS_LEASE_MS 3000
 
 /*
  * Create or upgrade schema pgshift on c in one transaction, under
@@ -138,6 +141,7 @@ typedef struct mig_request {
     char *key_value;        /* LOOKUP_KEY */
     char *options;          /* MIGRATE: "key=value,..." */
     atomic_bool *cancelled; /* WATCH: set by the loop (mig_ctl_cancel); owned by the loop */
+    int64_t attempt;        /* cutover acknowledgements */
 } mig_request_t;
 
 /* What the worker needs to run commands; read-only once the threads run. */
@@ -154,6 +158,7 @@ typedef struct mig_env {
     char *row_key;           /* "event_id" */
     mig_settings_t defaults; /* [migration] */
     int latch;               /* the owner's stop latch */
+    char *process_id;        /* this process in pgshift.processes: "host:pid:random" */
 } mig_env_t;
 
 /* Run one request on the worker thread; *control is the worker's lazily (re)connected
@@ -207,7 +212,7 @@ bool mig_is_no_rows_error(const PGresult *res);
  * Which migrations need a runner: not terminal and not yet copied, or
  * terminal with a target still to clean. sql for the listener's sync.
  */
-#define MIG_RUNNABLE_SQL                                                              \
+#define MIG_RUNNABLE_SQL                                                         \
     "SELECT id FROM pgshift.migrations WHERE phase IN ('PENDING', 'BULK_COPY', " \
     "'DUAL_WRITE', 'CUTOVER') OR cleanup_pending ORDER BY id"
 
