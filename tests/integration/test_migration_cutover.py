@@ -39,7 +39,8 @@ pytestmark = [pytest.mark.proxy_only, pytest.mark.feature("migrations")]
 
 HISTORY = 20_000  # events of the migrating tenant before the migration
 TEST_SECONDS = 170  # per-test budget (SIGALRM), above the suite default
-OTHER_STALL_S = 2.0  # longest operation allowed to another tenant
+OTHER_STALL_S = 2.0  # longest operation of another tenant around a cutover
+OTHER_STALL_ANY_S = 5.0  # ... at any time of the test (connection storms, bulk copy)
 STATUS_COLUMNS = ("lag_events", "lag_age_ms", "lag_converging", "breaker_state",
                   "unrepaired_failures", "cutover_ready", "cutover_not_ready_reason",
                   "dual_write_rows_applied", "cutover_attempts", "dual_write_warning")
@@ -353,17 +354,24 @@ def check_cutover(env, sc, res, t_switch0, t_switch1, src_count_at_switch, allow
             k = "%s/%s" % (agg, AGG_TYPE)
             assert k in ds and ds[k][1] >= v, ("acknowledged snapshot", k, v, ds.get(k))
     # Other tenants: on their stores, nothing on the target, never held.
-    check_others(env, sc, res)
+    check_others(env, sc, res, (t_switch0, t_switch1))
 
 
-def check_others(env, sc, res):
+def check_others(env, sc, res, window=None):
+    """Other tenants' acknowledged events on their stores, none of theirs on
+    the target; their longest operation overlapping `window` (wall clock)
+    under OTHER_STALL_S, at any time under OTHER_STALL_ANY_S."""
     for tn, home in sc.others.items():
         rows = env.events(home, tn)
         lost = [a for e, a in res.events_of(tn).items() if e not in rows]
         assert not lost, "tenant %s (%s): %d acknowledged events missing, e.g. %r" % (
             tn, home, len(lost), lost[:3])
         stall = res.max_stall(tn)
-        assert stall < OTHER_STALL_S, "tenant %s (%s) stalled %.3fs" % (tn, home, stall)
+        assert stall < OTHER_STALL_ANY_S, "tenant %s (%s) stalled %.3fs" % (tn, home, stall)
+        if window is not None:
+            stall = res.max_stall(tn, window[0], window[1])
+            assert stall < OTHER_STALL_S, "tenant %s (%s) stalled %.3fs around the cutover" % (
+                tn, home, stall)
     for tb in TENANT_TABLES:
         n = env.value("dst", "SELECT count(*) FROM %s WHERE tenant_id IS DISTINCT FROM %%s" % tb,
                       (sc.t,))
@@ -420,9 +428,18 @@ def test_auto_cutover_under_load(cut_env):
     env = cut_env
     sc = Scenario(env, history=10_000).start()
     mid = sc.migrate(auto_cutover="true", cutover_timeout_ms=2000)
-    env.wait_phase(mid, ("DUAL_WRITE", "COMPLETED"), timeout=90)
-    t0 = time.time()  # the switch is after this (it needs DUAL_WRITE first)
-    st = env.wait_phase(mid, ("COMPLETED", "FAILED", "ABORTED"), timeout=60)
+    # Poll until a final phase; the switch lies between the last poll that
+    # saw the migration unfinished and the first that saw it finished.
+    t0 = time.time()
+    deadline = time.monotonic() + 120
+    while True:
+        t_poll = time.time()
+        st = env.status(mid)
+        if st["phase"] in ("COMPLETED", "FAILED", "ABORTED"):
+            break
+        t0 = t_poll
+        assert time.monotonic() < deadline, ("auto cutover did not finish", st, env.log())
+        time.sleep(0.1)
     t1 = time.time()
     assert st["phase"] == "COMPLETED", (st, env.log())
     src_at_switch = env.count("src", sc.t)
@@ -613,6 +630,7 @@ def test_kill9_during_cutover(cut_env):
             answer["error"] = repr(e)
 
     th = threading.Thread(target=cutover, daemon=True)
+    t_cut = time.time()
     th.start()
     time.sleep(0.5)
     assert th.is_alive(), ("CUTOVER answered before the open transaction ended", answer)
@@ -639,14 +657,14 @@ def test_kill9_during_cutover(cut_env):
         row, took, t0, t1 = env.cutover(mid)
         assert truthy(row["success"]), (row, env.log())
     else:
-        row, t0, t1 = None, t_kill - 1.0, t_up
+        row, t0, t1 = None, t_cut, t_up
     src_at_switch = env.count("src", sc.t)
     assert_completed(env, sc, mid, row)
     sc.load.wait_acked(sc.t, 100, timeout=30, since=t1)
     res = sc.load.stop()
     report(sc, res, "phase after restart %s" % st["phase"])
     assert_no_client_held(res, t_up + 3.0)
-    check_cutover(env, sc, res, min(t0, t_kill), t1, src_at_switch,
+    check_cutover(env, sc, res, min(t0, t_cut), t1, src_at_switch,
                   allow=kill_window(t_kill, t_up))
 
 
