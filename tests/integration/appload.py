@@ -358,7 +358,8 @@ class AppLoad:
                 if rollback:
                     step = "rollback"
                     cur.execute("ROLLBACK")
-                    res.rollbacks[tl.tenant] += 1
+                    with res.lock:
+                        res.rollbacks[tl.tenant] += 1
                 else:
                     step = "commit"
                     cur.execute("COMMIT")
@@ -450,7 +451,8 @@ class AppLoad:
                 if rollback:
                     step = "rollback"
                     await tr.rollback()
-                    res.rollbacks[tl.tenant] += 1
+                    with res.lock:
+                        res.rollbacks[tl.tenant] += 1
                 else:
                     step = "commit"
                     await tr.commit()
@@ -560,10 +562,10 @@ class AppLoad:
             if th.is_alive():
                 stuck.append(th.name)
         if self._node is not None:
-            node, self._node = self._node, None
-            self._node = node
-            self._stop_node()
-            self._node = None
+            try:
+                self._stop_node()
+            finally:
+                self._node = None
         if stuck:
             raise RuntimeError("load clients did not stop within %ds: %s" % (timeout, stuck))
         return self.result

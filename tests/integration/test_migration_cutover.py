@@ -335,8 +335,9 @@ def check_cutover(env, sc, res, t_switch0, t_switch1, src_count_at_switch, allow
     assert all(k in do and do[k] == v for k, v in so.items()), \
         "outbox rows differ: %d on src, %d on dst" % (len(so), len(do))
     extra = {v[1] for k, v in do.items() if k not in so}
-    assert extra <= post_acked | set(res.in_doubt), "outbox rows on the target only: %r" % (
-        list(extra - post_acked)[:3],)
+    since_switch = {e for e, a in acked.items() if a.t_ack >= t_switch0} | set(res.in_doubt)
+    assert extra <= since_switch, "outbox rows on the target only: %r" % (
+        list(extra - since_switch)[:3],)
     dst_outbox = {v[1] for v in do.values()}
     lost_outbox = [e for e, (tn, _) in res.outbox.items() if tn == t and e not in dst_outbox]
     assert not lost_outbox, "acknowledged outbox rows not on the target: %r" % lost_outbox[:3]
