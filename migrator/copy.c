@@ -117,7 +117,7 @@ run_rc_t mig_run_classify(run_t *r, PGconn *c, const PGresult *res, const char *
 
 /* Run sql on c; on failure classify it (and return NULL with *rc set). */
 PGresult *mig_run_q(run_t *r, PGconn *c, const char *what, const char *sql, int n,
-                   const char *const *params, run_rc_t *rc)
+                    const char *const *params, run_rc_t *rc)
 {
     PGresult *res = mig_pq_exec(c, r->env->latch, QUERY_TIMEOUT_MS, sql, n, params);
 
@@ -132,7 +132,7 @@ PGresult *mig_run_q(run_t *r, PGconn *c, const char *what, const char *sql, int 
 
 /* Like q, for statements whose result does not matter. */
 run_rc_t mig_run_x(run_t *r, PGconn *c, const char *what, const char *sql, int n,
-                  const char *const *params)
+                   const char *const *params)
 {
     run_rc_t rc;
     PGresult *res = mig_run_q(r, c, what, sql, n, params, &rc);
@@ -231,14 +231,15 @@ static run_rc_t load_record(run_t *r, bool *needed)
 {
     const char *params[] = { r->ids };
     run_rc_t rc;
-    PGresult *res = mig_run_q(r, r->ctl, "control store",
-                      "SELECT tenant, source_store, target_store, phase, paused, cleanup_pending, "
-                      "  bulk_copy_completed_at IS NOT NULL, "
-                      "  coalesce((config->>'batch_size')::int, 1000), "
-                      "  coalesce((config->>'max_bulk_copy_rate')::int, 0), "
-                      "  coalesce(position_mode, 'preserve') "
-                      "FROM pgshift.migrations WHERE id = $1::bigint",
-                      1, params, &rc);
+    PGresult *res =
+        mig_run_q(r, r->ctl, "control store",
+                  "SELECT tenant, source_store, target_store, phase, paused, cleanup_pending, "
+                  "  bulk_copy_completed_at IS NOT NULL, "
+                  "  coalesce((config->>'batch_size')::int, 1000), "
+                  "  coalesce((config->>'max_bulk_copy_rate')::int, 0), "
+                  "  coalesce(position_mode, 'preserve') "
+                  "FROM pgshift.migrations WHERE id = $1::bigint",
+                  1, params, &rc);
 
     *needed = false;
     if (res == NULL)
@@ -257,14 +258,13 @@ static run_rc_t load_record(run_t *r, bool *needed)
         r->position_mode = cm_xstrdup(PQgetvalue(res, 0, 9));
         if (r->batch_size < 1)
             r->batch_size = 1000;
-        *needed = r->cleanup_pending ||
-                  ((strcmp(r->phase, "PENDING") == 0 || strcmp(r->phase, "BULK_COPY") == 0) &&
-                   !r->copy_complete);
+        *needed = r->cleanup_pending || strcmp(r->phase, "PENDING") == 0 ||
+                  strcmp(r->phase, "BULK_COPY") == 0 || strcmp(r->phase, "DUAL_WRITE") == 0 ||
+                  strcmp(r->phase, "CUTOVER") == 0;
     }
     PQclear(res);
     return RUN_OK;
 }
-
 
 static verdict_t verdict_of(const PGresult *res)
 {
@@ -280,9 +280,9 @@ run_rc_t mig_run_look(run_t *r, verdict_t *v)
     const char *params[] = { r->ids };
     run_rc_t rc;
     PGresult *res = mig_run_q(r, r->ctl, "control store",
-                      "SELECT phase, paused, cleanup_pending FROM pgshift.migrations "
-                      "WHERE id = $1::bigint",
-                      1, params, &rc);
+                              "SELECT phase, paused, cleanup_pending FROM pgshift.migrations "
+                              "WHERE id = $1::bigint",
+                              1, params, &rc);
 
     if (res == NULL)
         return rc;
@@ -296,9 +296,9 @@ run_rc_t mig_run_set_status(run_t *r, const char *detail)
     const char *params[] = { r->ids, detail };
 
     return mig_run_x(r, r->ctl, "control store",
-             "UPDATE pgshift.migrations SET status_detail = $2, updated_at = now() "
-             "WHERE id = $1::bigint",
-             2, params);
+                     "UPDATE pgshift.migrations SET status_detail = $2, updated_at = now() "
+                     "WHERE id = $1::bigint",
+                     2, params);
 }
 
 /*
@@ -363,9 +363,9 @@ void mig_run_audit(run_t *r, const char *type, const char *details_json)
     const char *params[] = { r->ids, type, details_json };
 
     (void)mig_run_x(r, r->ctl, "control store",
-            "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
-            "VALUES ($1::bigint, $2, 'pgshift', $3::jsonb)",
-            3, params);
+                    "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
+                    "VALUES ($1::bigint, $2, 'pgshift', $3::jsonb)",
+                    3, params);
 }
 
 /* Count an error on the record and in the audit log (best effort). */
@@ -379,15 +379,15 @@ void mig_run_note_error(run_t *r, bool retrying)
     if (r->ctl == NULL)
         return;
     (void)mig_run_x(r, r->ctl, "control store",
-            "WITH m AS (UPDATE pgshift.migrations SET error_count = error_count + 1, "
-            "    last_error = $2, updated_at = now(), "
-            "    status_detail = CASE WHEN $4::bool THEN 'retrying after an error' "
-            "                    ELSE status_detail END "
-            "  WHERE id = $1::bigint RETURNING id) "
-            "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
-            "SELECT id, 'error_occurred', 'pgshift', jsonb_build_object('error', $2::text, "
-            "  'sqlstate', $3::text, 'retrying', $4::bool) FROM m",
-            4, params);
+                    "WITH m AS (UPDATE pgshift.migrations SET error_count = error_count + 1, "
+                    "    last_error = $2, updated_at = now(), "
+                    "    status_detail = CASE WHEN $4::bool THEN 'retrying after an error' "
+                    "                    ELSE status_detail END "
+                    "  WHERE id = $1::bigint RETURNING id) "
+                    "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
+                    "SELECT id, 'error_occurred', 'pgshift', jsonb_build_object('error', $2::text, "
+                    "  'sqlstate', $3::text, 'retrying', $4::bool) FROM m",
+                    4, params);
 }
 
 /*
@@ -400,22 +400,23 @@ run_rc_t mig_run_fail_migration(run_t *r)
     run_rc_t rc;
 
     LOG_ERROR(LOG_CTX, "migration %s failed: %s", r->ids, r->err ? r->err : "?");
-    rc = mig_run_x(r, r->ctl, "control store",
-           "WITH old AS (SELECT id, phase FROM pgshift.migrations WHERE id = $1::bigint "
-           "  AND phase NOT IN ('COMPLETED', 'ABORTED', 'FAILED') FOR UPDATE), "
-           "m AS (UPDATE pgshift.migrations g SET phase = 'FAILED', failed_at = now(), "
-           "    cleanup_pending = true, error_count = error_count + 1, last_error = $2, "
-           "    status_detail = NULL, updated_at = now() "
-           "  FROM old WHERE g.id = old.id RETURNING g.id, g.tenant, old.phase AS from_phase), "
-           "rt AS (UPDATE pgshift.routes SET state = 'normal', migration_id = NULL, "
-           "    version = version + 1, updated_at = now() "
-           "  WHERE tenant = (SELECT tenant FROM m) AND migration_id = (SELECT id FROM m)) "
-           "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
-           "SELECT id, 'phase_changed', 'pgshift', jsonb_build_object('from', from_phase, "
-           "  'to', 'FAILED') FROM m "
-           "UNION ALL SELECT id, 'migration_failed', 'pgshift', jsonb_build_object('error', "
-           "  $2::text, 'sqlstate', $3::text, 'from_phase', from_phase) FROM m",
-           3, params);
+    rc = mig_run_x(
+        r, r->ctl, "control store",
+        "WITH old AS (SELECT id, phase FROM pgshift.migrations WHERE id = $1::bigint "
+        "  AND phase NOT IN ('COMPLETED', 'ABORTED', 'FAILED') FOR UPDATE), "
+        "m AS (UPDATE pgshift.migrations g SET phase = 'FAILED', failed_at = now(), "
+        "    cleanup_pending = true, error_count = error_count + 1, last_error = $2, "
+        "    status_detail = NULL, updated_at = now() "
+        "  FROM old WHERE g.id = old.id RETURNING g.id, g.tenant, old.phase AS from_phase), "
+        "rt AS (UPDATE pgshift.routes SET state = 'normal', migration_id = NULL, "
+        "    version = version + 1, updated_at = now() "
+        "  WHERE tenant = (SELECT tenant FROM m) AND migration_id = (SELECT id FROM m)) "
+        "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
+        "SELECT id, 'phase_changed', 'pgshift', jsonb_build_object('from', from_phase, "
+        "  'to', 'FAILED') FROM m "
+        "UNION ALL SELECT id, 'migration_failed', 'pgshift', jsonb_build_object('error', "
+        "  $2::text, 'sqlstate', $3::text, 'from_phase', from_phase) FROM m",
+        3, params);
     return rc == RUN_OK ? RUN_RECHECK : rc;
 }
 
@@ -428,7 +429,8 @@ run_rc_t mig_run_connect_stores(run_t *r)
     int rc;
 
     if (r->src_idx < 0 || r->dst_idx < 0) {
-        mig_run_set_err(r, "42704", cm_xstrdup("the source or target store is no longer configured"));
+        mig_run_set_err(r, "42704",
+                        cm_xstrdup("the source or target store is no longer configured"));
         return RUN_PERMANENT;
     }
     if (r->src == NULL) {
@@ -439,14 +441,14 @@ run_rc_t mig_run_connect_stores(run_t *r)
             if (rc == -ECANCELED)
                 return RUN_STOP;
             mig_run_set_err(r, "08006",
-                    cm_xasprintf("source store \"%s\": %s", env->store_names[r->src_idx],
-                                 err ? err : "?"));
+                            cm_xasprintf("source store \"%s\": %s", env->store_names[r->src_idx],
+                                         err ? err : "?"));
             free(err);
             return RUN_TRANSIENT;
         }
         /* The source is never written: make that a property of the connection. */
-        if (mig_run_x(r, r->src, "source store", "SET default_transaction_read_only = on", 0, NULL) !=
-            RUN_OK) {
+        if (mig_run_x(r, r->src, "source store", "SET default_transaction_read_only = on", 0,
+                      NULL) != RUN_OK) {
             mig_run_drop_conn(&r->src);
             return RUN_TRANSIENT;
         }
@@ -459,8 +461,8 @@ run_rc_t mig_run_connect_stores(run_t *r)
             if (rc == -ECANCELED)
                 return RUN_STOP;
             mig_run_set_err(r, "08006",
-                    cm_xasprintf("target store \"%s\": %s", env->store_names[r->dst_idx],
-                                 err ? err : "?"));
+                            cm_xasprintf("target store \"%s\": %s", env->store_names[r->dst_idx],
+                                         err ? err : "?"));
             free(err);
             return RUN_TRANSIENT;
         }
@@ -476,29 +478,29 @@ run_rc_t mig_run_connect_stores(run_t *r)
 static run_rc_t ensure_target_schema(run_t *r)
 {
     return mig_run_x(r, r->dst, "target store",
-             "BEGIN;\n"
-             "SET LOCAL client_min_messages = warning;\n"
-             "SELECT pg_advisory_xact_lock(" RUN_LOCK_CLASS ", 0);\n"
-             "CREATE SCHEMA IF NOT EXISTS pgshift;\n"
-             "CREATE TABLE IF NOT EXISTS pgshift.target_copy_state (\n"
-             "    migration_id bigint NOT NULL,\n"
-             "    table_name text NOT NULL,\n"
-             "    mode text NOT NULL,\n"
-             "    barrier_xid text,\n"
-             "    hi_bound text,\n"
-             "    last_key text,\n"
-             "    rows_total bigint NOT NULL DEFAULT 0,\n"
-             "    rows_copied bigint NOT NULL DEFAULT 0,\n"
-             "    done boolean NOT NULL DEFAULT false,\n"
-             "    updated_at timestamptz NOT NULL DEFAULT now(),\n"
-             "    PRIMARY KEY (migration_id, table_name));\n"
-             "CREATE TABLE IF NOT EXISTS pgshift.target_position_map (\n"
-             "    migration_id bigint NOT NULL,\n"
-             "    source_position bigint NOT NULL,\n"
-             "    target_position bigint NOT NULL,\n"
-             "    PRIMARY KEY (migration_id, source_position));\n"
-             "COMMIT",
-             0, NULL);
+                     "BEGIN;\n"
+                     "SET LOCAL client_min_messages = warning;\n"
+                     "SELECT pg_advisory_xact_lock(" RUN_LOCK_CLASS ", 0);\n"
+                     "CREATE SCHEMA IF NOT EXISTS pgshift;\n"
+                     "CREATE TABLE IF NOT EXISTS pgshift.target_copy_state (\n"
+                     "    migration_id bigint NOT NULL,\n"
+                     "    table_name text NOT NULL,\n"
+                     "    mode text NOT NULL,\n"
+                     "    barrier_xid text,\n"
+                     "    hi_bound text,\n"
+                     "    last_key text,\n"
+                     "    rows_total bigint NOT NULL DEFAULT 0,\n"
+                     "    rows_copied bigint NOT NULL DEFAULT 0,\n"
+                     "    done boolean NOT NULL DEFAULT false,\n"
+                     "    updated_at timestamptz NOT NULL DEFAULT now(),\n"
+                     "    PRIMARY KEY (migration_id, table_name));\n"
+                     "CREATE TABLE IF NOT EXISTS pgshift.target_position_map (\n"
+                     "    migration_id bigint NOT NULL,\n"
+                     "    source_position bigint NOT NULL,\n"
+                     "    target_position bigint NOT NULL,\n"
+                     "    PRIMARY KEY (migration_id, source_position));\n"
+                     "COMMIT",
+                     0, NULL);
 }
 
 /* Columns of table on c: "name|type|is_serial_on_c" rows, sorted by attnum. */
@@ -506,16 +508,17 @@ static PGresult *columns_of(run_t *r, PGconn *c, const char *what, const char *t
 {
     char *qt = mig_quote_table(c, table);
     const char *params[] = { qt };
-    PGresult *res = mig_run_q(r, c, what,
-                      "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
-                      "  (a.attidentity <> '' OR coalesce(pg_get_expr(d.adbin, d.adrelid), '') "
-                      "   LIKE 'nextval(%') "
-                      "FROM pg_attribute a LEFT JOIN pg_attrdef d "
-                      "  ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
-                      "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 "
-                      "  AND NOT a.attisdropped AND a.attgenerated = '' "
-                      "ORDER BY a.attnum",
-                      1, params, rc);
+    PGresult *res =
+        mig_run_q(r, c, what,
+                  "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
+                  "  (a.attidentity <> '' OR coalesce(pg_get_expr(d.adbin, d.adrelid), '') "
+                  "   LIKE 'nextval(%') "
+                  "FROM pg_attribute a LEFT JOIN pg_attrdef d "
+                  "  ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+                  "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 "
+                  "  AND NOT a.attisdropped AND a.attgenerated = '' "
+                  "ORDER BY a.attnum",
+                  1, params, rc);
 
     free(qt);
     return res;
@@ -582,7 +585,8 @@ static run_rc_t describe_table(run_t *r, const char *table, const char *mode, ta
         return rc;
     }
     if (PQntuples(dcols) == 0) {
-        mig_run_set_err(r, "42P01", cm_xasprintf("table \"%s\" is missing on the target store", table));
+        mig_run_set_err(r, "42P01",
+                        cm_xasprintf("table \"%s\" is missing on the target store", table));
         PQclear(scols);
         PQclear(dcols);
         return RUN_PERMANENT;
@@ -612,12 +616,13 @@ static run_rc_t describe_table(run_t *r, const char *table, const char *mode, ta
         {
             const char *params[] = { qt };
 
-            pk = mig_run_q(r, r->src, "source store",
-                   "SELECT a.attname, format_type(a.atttypid, a.atttypmod) "
-                   "FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(n, o) "
-                   "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n "
-                   "WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY k.o",
-                   1, params, &rc);
+            pk = mig_run_q(
+                r, r->src, "source store",
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) "
+                "FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(n, o) "
+                "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n "
+                "WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY k.o",
+                1, params, &rc);
         }
         free(qt);
         if (pk == NULL) {
@@ -649,7 +654,7 @@ static run_rc_t barrier(run_t *r, char **xid)
 {
     run_rc_t rc;
     PGresult *res = mig_run_q(r, r->src, "source store",
-                      "SELECT pg_snapshot_xmax(pg_current_snapshot())::text", 0, NULL, &rc);
+                              "SELECT pg_snapshot_xmax(pg_current_snapshot())::text", 0, NULL, &rc);
     bool announced = false;
 
     if (res == NULL)
@@ -661,8 +666,9 @@ static run_rc_t barrier(run_t *r, char **xid)
         bool passed;
         verdict_t v;
 
-        res = mig_run_q(r, r->src, "source store",
-                "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::xid8", 1, params, &rc);
+        res =
+            mig_run_q(r, r->src, "source store",
+                      "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::xid8", 1, params, &rc);
         if (res == NULL)
             break;
         passed = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
@@ -670,7 +676,8 @@ static run_rc_t barrier(run_t *r, char **xid)
         if (passed)
             return RUN_OK;
         if (!announced) {
-            rc = mig_run_set_status(r, "waiting for source transactions older than the copy to end");
+            rc =
+                mig_run_set_status(r, "waiting for source transactions older than the copy to end");
             if (rc != RUN_OK)
                 break;
             announced = true;
@@ -693,15 +700,16 @@ static run_rc_t barrier(run_t *r, char **xid)
 }
 
 /* Read the plan from the target. *found = whether there is one. */
-static run_rc_t read_plan(run_t *r, bool *found)
+run_rc_t mig_run_read_plan(run_t *r, bool *found)
 {
     const char *params[] = { r->ids };
     run_rc_t rc;
-    PGresult *res = mig_run_q(r, r->dst, "target store",
-                      "SELECT table_name, mode, hi_bound, last_key, rows_total, rows_copied, done, "
-                      "  barrier_xid "
-                      "FROM pgshift.target_copy_state WHERE migration_id = $1::bigint",
-                      1, params, &rc);
+    PGresult *res =
+        mig_run_q(r, r->dst, "target store",
+                  "SELECT table_name, mode, hi_bound, last_key, rows_total, rows_copied, done, "
+                  "  barrier_xid "
+                  "FROM pgshift.target_copy_state WHERE migration_id = $1::bigint",
+                  1, params, &rc);
 
     *found = false;
     if (res == NULL)
@@ -724,8 +732,8 @@ static run_rc_t read_plan(run_t *r, bool *found)
             }
             if (!is_tenant) {
                 mig_run_set_err(r, "42P01",
-                        cm_xasprintf("table \"%s\" lost its tenant column on the source",
-                                     r->env->tables[i]));
+                                cm_xasprintf("table \"%s\" lost its tenant column on the source",
+                                             r->env->tables[i]));
                 PQclear(res);
                 return RUN_PERMANENT;
             }
@@ -757,10 +765,10 @@ run_rc_t mig_run_bump_sequence(run_t *r, const tab_t *t)
     char *src_last = NULL;
 
     res = mig_run_q(r, r->src, "source store",
-            "SELECT s.last_value::text FROM pg_sequences s "
-            "WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass = "
-            "  pg_get_serial_sequence($1, $2)::regclass",
-            2, params, &rc);
+                    "SELECT s.last_value::text FROM pg_sequences s "
+                    "WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass = "
+                    "  pg_get_serial_sequence($1, $2)::regclass",
+                    2, params, &rc);
     if (res == NULL)
         return rc;
     if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
@@ -771,12 +779,13 @@ run_rc_t mig_run_bump_sequence(run_t *r, const tab_t *t)
     {
         const char *p3[] = { t->q, r->env->position_column, src_last };
 
-        rc = mig_run_x(r, r->dst, "target store",
-               "SELECT setval(s, greatest($3::bigint, (SELECT coalesce(last_value, 0) "
-               "  FROM pg_sequences WHERE format('%I.%I', schemaname, sequencename)::regclass "
-               "  = s::regclass))) "
-               "FROM pg_get_serial_sequence($1, $2) s WHERE s IS NOT NULL",
-               3, p3);
+        rc = mig_run_x(
+            r, r->dst, "target store",
+            "SELECT setval(s, greatest($3::bigint, (SELECT coalesce(last_value, 0) "
+            "  FROM pg_sequences WHERE format('%I.%I', schemaname, sequencename)::regclass "
+            "  = s::regclass))) "
+            "FROM pg_get_serial_sequence($1, $2) s WHERE s IS NOT NULL",
+            3, p3);
     }
     free(src_last);
     return rc;
@@ -835,7 +844,8 @@ static run_rc_t make_plan(run_t *r)
         if (res == NULL)
             goto next;
         total = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-        hi_lit = PQgetisnull(res, 0, 1) ? cm_xstrdup("NULL") : mig_run_lit(r->dst, PQgetvalue(res, 0, 1));
+        hi_lit = PQgetisnull(res, 0, 1) ? cm_xstrdup("NULL")
+                                        : mig_run_lit(r->dst, PQgetvalue(res, 0, 1));
         PQclear(res);
         if (t.has_pos && strcmp(mode, "preserve") == 0) {
             rc = mig_run_bump_sequence(r, &t);
@@ -877,7 +887,7 @@ static run_rc_t make_plan(run_t *r)
     if (rc == RUN_OK) {
         bool found;
 
-        rc = read_plan(r, &found);
+        rc = mig_run_read_plan(r, &found);
         if (rc == RUN_OK && !found) {
             /* No tenant table at all: an empty plan, nothing to copy. */
             r->n_tabs = 0;
@@ -887,10 +897,11 @@ static run_rc_t make_plan(run_t *r)
         /* The barrier and the bounds, for display and for issue #5's hand-over. */
         const char *params[] = { r->ids, xid };
 
-        rc = mig_run_x(r, r->ctl, "control store",
-               "UPDATE pgshift.migrations SET copy_barrier_xid = $2, copy_barrier_at = now(), "
-               "  updated_at = now() WHERE id = $1::bigint",
-               2, params);
+        rc = mig_run_x(
+            r, r->ctl, "control store",
+            "UPDATE pgshift.migrations SET copy_barrier_xid = $2, copy_barrier_at = now(), "
+            "  updated_at = now() WHERE id = $1::bigint",
+            2, params);
         LOG_INFO(LOG_CTX, "migration %s: barrier passed at xid %s", r->ids, xid);
     }
 out:
@@ -928,15 +939,16 @@ static run_rc_t publish(run_t *r, const char *detail, verdict_t *v)
         const char *params[] = { r->ids, copied,        total, rate, detail, (const char *)js.data,
                                  high,   r->barrier_xid };
 
-        res = mig_run_q(r, r->ctl, "control store",
-                "UPDATE pgshift.migrations SET events_copied = $2::bigint, "
-                "  rows_copied = $2::bigint, events_total = $3::bigint, rows_total = $3::bigint, "
-                "  copy_rate = $4::float8, status_detail = $5, copy_progress = $6::jsonb, "
-                "  source_high_water = coalesce($7::bigint, source_high_water), "
-                "  copy_barrier_xid = coalesce(copy_barrier_xid, $8), "
-                "  copy_barrier_at = coalesce(copy_barrier_at, now()), updated_at = now() "
-                "WHERE id = $1::bigint RETURNING phase, paused, cleanup_pending",
-                8, params, &rc);
+        res = mig_run_q(
+            r, r->ctl, "control store",
+            "UPDATE pgshift.migrations SET events_copied = $2::bigint, "
+            "  rows_copied = $2::bigint, events_total = $3::bigint, rows_total = $3::bigint, "
+            "  copy_rate = $4::float8, status_detail = $5, copy_progress = $6::jsonb, "
+            "  source_high_water = coalesce($7::bigint, source_high_water), "
+            "  copy_barrier_xid = coalesce(copy_barrier_xid, $8), "
+            "  copy_barrier_at = coalesce(copy_barrier_at, now()), updated_at = now() "
+            "WHERE id = $1::bigint RETURNING phase, paused, cleanup_pending",
+            8, params, &rc);
     }
     cm_buf_free(&js);
     if (res == NULL)
@@ -1216,7 +1228,8 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
     *finished = false;
     /* 1. The last key of this batch (an index-only walk of at most batch_size keys). */
     if (t->n_key > 0) {
-        char *tuple = mig_run_key_tuple(t), *asc = mig_run_key_order(t, false), *desc = mig_run_key_order(t, true);
+        char *tuple = mig_run_key_tuple(t), *asc = mig_run_key_order(t, false),
+             *desc = mig_run_key_order(t, true);
         cm_buf_t arr = { 0 };
 
         for (size_t k = 0; k < t->n_key; k++) {
@@ -1259,9 +1272,9 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
         const char *params[] = { r->ids, t->name };
 
         rc = mig_run_x(r, r->dst, "target store",
-               "UPDATE pgshift.target_copy_state SET done = true, updated_at = now() "
-               "WHERE migration_id = $1::bigint AND table_name = $2",
-               2, params);
+                       "UPDATE pgshift.target_copy_state SET done = true, updated_at = now() "
+                       "WHERE migration_id = $1::bigint AND table_name = $2",
+                       2, params);
         if (rc == RUN_OK)
             t->done = true;
         return rc;
@@ -1319,11 +1332,12 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
                                  (t->n_key == 0 || expected < r->batch_size) ? "true" : "false" };
 
         snprintf(n, sizeof(n), "%lld", rows);
-        rc = mig_run_x(r, r->dst, "target store",
-               "UPDATE pgshift.target_copy_state SET last_key = coalesce($3, last_key), "
-               "  rows_copied = rows_copied + $4::bigint, done = $5::bool, updated_at = now() "
-               "WHERE migration_id = $1::bigint AND table_name = $2",
-               5, params);
+        rc = mig_run_x(
+            r, r->dst, "target store",
+            "UPDATE pgshift.target_copy_state SET last_key = coalesce($3, last_key), "
+            "  rows_copied = rows_copied + $4::bigint, done = $5::bool, updated_at = now() "
+            "WHERE migration_id = $1::bigint AND table_name = $2",
+            5, params);
         if (rc != RUN_OK)
             goto out;
         rc = mig_run_x(r, r->dst, "target store", "COMMIT", 0, NULL);
@@ -1358,13 +1372,14 @@ run_rc_t mig_run_mirror_map(run_t *r)
 {
     const char *params[] = { r->ids, r->mirror_from ? r->mirror_from : "-9223372036854775808" };
     run_rc_t rc;
-    PGresult *res = mig_run_q(r, r->dst, "target store",
-                      "SELECT coalesce(array_agg(source_position ORDER BY source_position), "
-                      "'{}')::text, coalesce(array_agg(target_position ORDER BY source_position), "
-                      "'{}')::text, max(source_position)::text "
-                      "FROM pgshift.target_position_map "
-                      "WHERE migration_id = $1::bigint AND source_position > $2::bigint",
-                      2, params, &rc);
+    PGresult *res =
+        mig_run_q(r, r->dst, "target store",
+                  "SELECT coalesce(array_agg(source_position ORDER BY source_position), "
+                  "'{}')::text, coalesce(array_agg(target_position ORDER BY source_position), "
+                  "'{}')::text, max(source_position)::text "
+                  "FROM pgshift.target_position_map "
+                  "WHERE migration_id = $1::bigint AND source_position > $2::bigint",
+                  2, params, &rc);
 
     if (res == NULL)
         return rc;
@@ -1372,10 +1387,10 @@ run_rc_t mig_run_mirror_map(run_t *r)
         const char *p2[] = { r->ids, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1) };
 
         rc = mig_run_x(r, r->ctl, "control store",
-               "INSERT INTO pgshift.position_map (migration_id, source_position, "
-               "target_position) SELECT $1::bigint, s, t "
-               "FROM unnest($2::bigint[], $3::bigint[]) AS u(s, t) ON CONFLICT DO NOTHING",
-               3, p2);
+                       "INSERT INTO pgshift.position_map (migration_id, source_position, "
+                       "target_position) SELECT $1::bigint, s, t "
+                       "FROM unnest($2::bigint[], $3::bigint[]) AS u(s, t) ON CONFLICT DO NOTHING",
+                       3, p2);
         if (rc == RUN_OK) {
             free(r->mirror_from);
             r->mirror_from = cm_xstrdup(PQgetvalue(res, 0, 2));
@@ -1416,15 +1431,16 @@ static run_rc_t to_bulk_copy(run_t *r)
 {
     const char *params[] = { r->ids };
 
-    return mig_run_x(r, r->ctl, "control store",
-             "WITH m AS (UPDATE pgshift.migrations SET phase = 'BULK_COPY', "
-             "    bulk_copy_started_at = now(), updated_at = now(), status_detail = 'starting' "
-             "  WHERE id = $1::bigint AND phase = 'PENDING' AND NOT cleanup_pending "
-             "  RETURNING id) "
-             "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
-             "SELECT id, 'phase_changed', 'pgshift', "
-             "  '{\"from\": \"PENDING\", \"to\": \"BULK_COPY\"}' FROM m",
-             1, params);
+    return mig_run_x(
+        r, r->ctl, "control store",
+        "WITH m AS (UPDATE pgshift.migrations SET phase = 'BULK_COPY', "
+        "    bulk_copy_started_at = now(), updated_at = now(), status_detail = 'starting' "
+        "  WHERE id = $1::bigint AND phase = 'PENDING' AND NOT cleanup_pending "
+        "  RETURNING id) "
+        "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
+        "SELECT id, 'phase_changed', 'pgshift', "
+        "  '{\"from\": \"PENDING\", \"to\": \"BULK_COPY\"}' FROM m",
+        1, params);
 }
 
 static run_rc_t copy_complete(run_t *r, uint64_t started_ms)
@@ -1435,16 +1451,17 @@ static run_rc_t copy_complete(run_t *r, uint64_t started_ms)
     snprintf(copied, sizeof(copied), "%lld", r->copied);
     snprintf(secs, sizeof(secs), "%.3f", (double)(cm_now_ms() - started_ms) / 1000.0);
     LOG_INFO(LOG_CTX, "migration %s: bulk copy complete, %s rows", r->ids, copied);
-    return mig_run_x(r, r->ctl, "control store",
-             "WITH m AS (UPDATE pgshift.migrations SET bulk_copy_completed_at = now(), "
-             "    events_copied = $2::bigint, rows_copied = $2::bigint, copy_rate = 0, "
-             "    status_detail = NULL, updated_at = now() "
-             "  WHERE id = $1::bigint AND phase = 'BULK_COPY' AND bulk_copy_completed_at IS NULL "
-             "  AND NOT cleanup_pending RETURNING id) "
-             "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
-             "SELECT id, 'progress_checkpoint', 'pgshift', jsonb_build_object('bulk_copy', "
-             "  'complete', 'events_copied', $2::bigint, 'seconds_this_run', $3::numeric) FROM m",
-             3, params);
+    return mig_run_x(
+        r, r->ctl, "control store",
+        "WITH m AS (UPDATE pgshift.migrations SET bulk_copy_completed_at = now(), "
+        "    events_copied = $2::bigint, rows_copied = $2::bigint, copy_rate = 0, "
+        "    status_detail = NULL, updated_at = now() "
+        "  WHERE id = $1::bigint AND phase = 'BULK_COPY' AND bulk_copy_completed_at IS NULL "
+        "  AND NOT cleanup_pending RETURNING id) "
+        "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
+        "SELECT id, 'progress_checkpoint', 'pgshift', jsonb_build_object('bulk_copy', "
+        "  'complete', 'events_copied', $2::bigint, 'seconds_this_run', $3::numeric) FROM m",
+        3, params);
 }
 
 static run_rc_t do_copy(run_t *r)
@@ -1460,7 +1477,7 @@ static run_rc_t do_copy(run_t *r)
     rc = ensure_target_schema(r);
     if (rc != RUN_OK)
         return rc;
-    rc = read_plan(r, &found);
+    rc = mig_run_read_plan(r, &found);
     if (rc != RUN_OK)
         return rc;
     if (!found) {
@@ -1471,9 +1488,9 @@ static run_rc_t do_copy(run_t *r)
     if (strcmp(r->position_mode, "map") == 0 && r->mirror_from == NULL) {
         const char *params[] = { r->ids };
         PGresult *res = mig_run_q(r, r->ctl, "control store",
-                          "SELECT max(source_position)::text FROM pgshift.position_map "
-                          "WHERE migration_id = $1::bigint",
-                          1, params, &rc);
+                                  "SELECT max(source_position)::text FROM pgshift.position_map "
+                                  "WHERE migration_id = $1::bigint",
+                                  1, params, &rc);
 
         if (res == NULL)
             return rc;
@@ -1561,8 +1578,8 @@ static run_rc_t do_cleanup(run_t *r)
             if (c == -ECANCELED)
                 return RUN_STOP;
             mig_run_set_err(r, "08006",
-                    cm_xasprintf("cannot clean target store \"%s\": %s",
-                                 env->store_names[r->dst_idx], err ? err : "?"));
+                            cm_xasprintf("cannot clean target store \"%s\": %s",
+                                         env->store_names[r->dst_idx], err ? err : "?"));
             free(err);
             return RUN_TRANSIENT;
         }
@@ -1580,9 +1597,9 @@ static run_rc_t do_cleanup(run_t *r)
         bool has;
 
         res = mig_run_q(r, r->dst, "target store",
-                "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) "
-                "AND attname = $2 AND NOT attisdropped",
-                2, params, &rc);
+                        "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) "
+                        "AND attname = $2 AND NOT attisdropped",
+                        2, params, &rc);
         has = res != NULL && strcmp(PQgetvalue(res, 0, 0), "1") == 0;
         PQclear(res);
         if (rc == RUN_OK && has) {
@@ -1603,17 +1620,19 @@ static run_rc_t do_cleanup(run_t *r)
     {
         const char *params[] = { r->ids };
 
-        res = mig_run_q(r, r->dst, "target store",
-                "SELECT to_regclass('pgshift.target_copy_state') IS NOT NULL", 0, NULL, &rc);
+        res =
+            mig_run_q(r, r->dst, "target store",
+                      "SELECT to_regclass('pgshift.target_copy_state') IS NOT NULL", 0, NULL, &rc);
         if (res != NULL && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
             PQclear(res);
             rc = mig_run_x(r, r->dst, "target store",
-                   "DELETE FROM pgshift.target_copy_state WHERE migration_id = $1::bigint", 1,
-                   params);
+                           "DELETE FROM pgshift.target_copy_state WHERE migration_id = $1::bigint",
+                           1, params);
             if (rc == RUN_OK)
-                rc = mig_run_x(r, r->dst, "target store",
-                       "DELETE FROM pgshift.target_position_map WHERE migration_id = $1::bigint", 1,
-                       params);
+                rc = mig_run_x(
+                    r, r->dst, "target store",
+                    "DELETE FROM pgshift.target_position_map WHERE migration_id = $1::bigint", 1,
+                    params);
         } else {
             PQclear(res);
         }
@@ -1628,15 +1647,16 @@ static run_rc_t do_cleanup(run_t *r)
         const char *params[] = { r->ids, n };
 
         snprintf(n, sizeof(n), "%lld", removed);
-        rc = mig_run_x(r, r->ctl, "control store",
-               "WITH m AS (UPDATE pgshift.migrations SET cleanup_pending = false, "
-               "    status_detail = NULL, updated_at = now() "
-               "  WHERE id = $1::bigint AND cleanup_pending RETURNING id), "
-               "d AS (DELETE FROM pgshift.position_map WHERE migration_id = $1::bigint) "
-               "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
-               "SELECT id, 'progress_checkpoint', 'pgshift', jsonb_build_object("
-               "  'target_cleaned', true, 'rows_removed', $2::bigint) FROM m",
-               2, params);
+        rc =
+            mig_run_x(r, r->ctl, "control store",
+                      "WITH m AS (UPDATE pgshift.migrations SET cleanup_pending = false, "
+                      "    status_detail = NULL, updated_at = now() "
+                      "  WHERE id = $1::bigint AND cleanup_pending RETURNING id), "
+                      "d AS (DELETE FROM pgshift.position_map WHERE migration_id = $1::bigint) "
+                      "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
+                      "SELECT id, 'progress_checkpoint', 'pgshift', jsonb_build_object("
+                      "  'target_cleaned', true, 'rows_removed', $2::bigint) FROM m",
+                      2, params);
     }
     LOG_INFO(LOG_CTX, "migration %s: removed %lld copied rows from the target", r->ids, removed);
     return rc;
@@ -1648,8 +1668,9 @@ static run_rc_t take_lock(run_t *r, bool *got)
 {
     const char *params[] = { r->ids };
     run_rc_t rc;
-    PGresult *res = mig_run_q(r, r->ctl, "control store",
-                      "SELECT pg_try_advisory_lock(" RUN_LOCK_CLASS ", $1::int)", 1, params, &rc);
+    PGresult *res =
+        mig_run_q(r, r->ctl, "control store",
+                  "SELECT pg_try_advisory_lock(" RUN_LOCK_CLASS ", $1::int)", 1, params, &rc);
 
     *got = false;
     if (res == NULL)
@@ -1663,7 +1684,7 @@ static run_rc_t take_lock(run_t *r, bool *got)
         (void)gethostname(host, sizeof(host) - 1);
         snprintf(who, sizeof(who), "%s:%ld", host, (long)getpid());
         rc = mig_run_x(r, r->ctl, "control store",
-               "UPDATE pgshift.migrations SET runner = $2 WHERE id = $1::bigint", 2, p2);
+                       "UPDATE pgshift.migrations SET runner = $2 WHERE id = $1::bigint", 2, p2);
     }
     return rc;
 }
@@ -1709,7 +1730,12 @@ void mig_runner_main(const mig_env_t *env, int64_t id)
                 rc = to_bulk_copy(&r);
             if (rc == RUN_OK)
                 rc = load_record(&r, &needed);
-            if (rc == RUN_OK && needed && !r.cleanup_pending && strcmp(r.phase, "BULK_COPY") == 0) {
+            if (rc == RUN_OK && needed && !r.cleanup_pending &&
+                ((strcmp(r.phase, "BULK_COPY") == 0 && r.copy_complete) ||
+                 strcmp(r.phase, "DUAL_WRITE") == 0 || strcmp(r.phase, "CUTOVER") == 0)) {
+                rc = mig_dw_run(&r);
+            } else if (rc == RUN_OK && needed && !r.cleanup_pending &&
+                       strcmp(r.phase, "BULK_COPY") == 0) {
                 rc = hold_while_paused(&r);
                 if (rc == RUN_OK)
                     rc = do_copy(&r);

@@ -1,13 +1,127 @@
 /*
- * migrator/cutover.c - CUTOVER id on the admin worker (placeholder while
- * the dual-write runner lands).
+ * migrator/cutover.c - CUTOVER id on the admin worker. The runner of the
+ * migration (dualwrite.c, in this pgshift process or another) owns the
+ * dual-write state and performs the cutover; the admin side checks that the
+ * migration is in DUAL_WRITE and ready, files a request in the record
+ * (cutover_request + 1) and waits for the runner's outcome
+ * (cutover_result with that request number), which it answers as one row.
  */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
 #include "migrator/migrator_int.h"
+
+#define LOG_CTX       "cutover"
+#define POLL_MS       5
+#define EXTRA_WAIT_MS 30000 /* beyond the budget: the runner's pick-up and clean-up */
 
 mig_result_t *mig_cutover_request(const mig_env_t *env, PGconn **control, const mig_request_t *req)
 {
-    (void)env;
-    (void)control;
-    (void)req;
-    return mig_result_error("0A000", "CUTOVER is not available yet");
+    static const char *const cols[] = { "migration_id", "success", "pause_ms", "events_synced",
+                                        "error" };
+    char ids[24], reqs[24];
+    const char *params[] = { ids, req->user, reqs };
+    mig_result_t *fail, *r;
+    PGresult *res;
+    int64_t request;
+    uint64_t deadline;
+    int timeout_ms;
+
+    snprintf(ids, sizeof(ids), "%lld", (long long)req->migration_id);
+    res = mig_control_exec(
+        env, control,
+        "SELECT phase, paused, coalesce((dw_status->>'ready')::bool, false), "
+        "  dw_status->>'not_ready', coalesce((dw_status->>'at_ms')::double precision, 0) < "
+        "  extract(epoch FROM clock_timestamp()) * 1000 - 3000, "
+        "  coalesce((config->>'cutover_timeout_ms')::int, 500) "
+        "FROM pgshift.migrations WHERE id = $1::bigint",
+        1, params, &fail);
+    if (res == NULL)
+        return fail;
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        return mig_result_error("42704", "migration %s does not exist", ids);
+    }
+    if (strcmp(PQgetvalue(res, 0, 0), "DUAL_WRITE") != 0) {
+        r = mig_result_error("55000",
+                             "migration %s is in phase %s: CUTOVER needs DUAL_WRITE (the bulk copy "
+                             "complete and the target kept in sync)",
+                             ids, PQgetvalue(res, 0, 0));
+        PQclear(res);
+        return r;
+    }
+    if (strcmp(PQgetvalue(res, 0, 1), "t") == 0) {
+        PQclear(res);
+        return mig_result_error("55000", "migration %s is paused: RESUME MIGRATION %s first", ids,
+                                ids);
+    }
+    if (strcmp(PQgetvalue(res, 0, 4), "t") == 0) {
+        PQclear(res);
+        return mig_result_error("55000",
+                                "migration %s is not ready for cutover: no runner keeps the target "
+                                "in sync (is pgshift starting?)",
+                                ids);
+    }
+    if (strcmp(PQgetvalue(res, 0, 2), "t") != 0) {
+        r = mig_result_error("55000", "migration %s is not ready for cutover: %s", ids,
+                             PQgetisnull(res, 0, 3) ? "not caught up" : PQgetvalue(res, 0, 3));
+        PQclear(res);
+        return r;
+    }
+    timeout_ms = atoi(PQgetvalue(res, 0, 5));
+    PQclear(res);
+
+    res = mig_control_exec(env, control,
+                           "UPDATE pgshift.migrations SET cutover_request = cutover_request + 1, "
+                           "  cutover_request_by = $2 WHERE id = $1::bigint AND phase = "
+                           "'DUAL_WRITE' RETURNING cutover_request",
+                           2, params, &fail);
+    if (res == NULL)
+        return fail;
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return mig_result_error("55000", "migration %s left DUAL_WRITE", ids);
+    }
+    request = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    snprintf(reqs, sizeof(reqs), "%lld", (long long)request);
+    LOG_INFO(LOG_CTX, "migration %s: cutover requested by %s", ids, req->user ? req->user : "?");
+
+    deadline = cm_now_ms() + (uint64_t)timeout_ms + EXTRA_WAIT_MS;
+    while (cm_now_ms() < deadline) {
+        res = mig_control_exec(env, control,
+                               "SELECT cutover_result->>'success', cutover_result->>'pause_ms', "
+                               "  cutover_result->>'events_synced', cutover_result->>'error', "
+                               "  coalesce((cutover_result->>'attempt')::int, 0) "
+                               "FROM pgshift.migrations WHERE id = $1::bigint "
+                               "  AND (cutover_result->>'request')::bigint = $3::bigint",
+                               3, params, &fail);
+        if (res == NULL)
+            return fail;
+        if (PQntuples(res) == 1) {
+            const char *cells[] = { ids, strcmp(PQgetvalue(res, 0, 0), "true") == 0 ? "t" : "f",
+                                    PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
+                                    PQgetisnull(res, 0, 3) ? NULL : PQgetvalue(res, 0, 3) };
+
+            if (strcmp(PQgetvalue(res, 0, 4), "0") == 0 && cells[4] != NULL) {
+                /* The runner refused before holding anything. */
+                r = mig_result_error("55000", "migration %s: %s", ids, cells[4]);
+                PQclear(res);
+                return r;
+            }
+            r = mig_result_new("CUTOVER", CM_ARRAY_LEN(cols), cols);
+            mig_result_add_row(r, cells);
+            PQclear(res);
+            return r;
+        }
+        PQclear(res);
+        if (mig_latch_wait(env->latch, POLL_MS))
+            break;
+    }
+    return mig_result_error("57014",
+                            "migration %s: no answer from its runner; SHOW MIGRATION %s tells "
+                            "the outcome",
+                            ids, ids);
 }

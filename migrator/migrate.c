@@ -458,7 +458,8 @@ out:
     "              WHEN phase IN ('ABORTED', 'FAILED') THEN ', target cleaned' ELSE '' END "       \
     "       WHEN paused AND status_detail = 'paused' THEN 'paused' "                               \
     "       WHEN paused THEN 'pausing' "                                                           \
-    "       WHEN bulk_copy_completed_at IS NOT NULL THEN 'copy complete, waiting for dual-write' " \
+    "       WHEN phase = 'BULK_COPY' AND bulk_copy_completed_at IS NOT NULL "                      \
+    "            THEN 'copy complete, starting dual-write' "                                       \
     "       ELSE coalesce(status_detail, lower(phase)) END AS status, "                            \
     "  (bulk_copy_completed_at IS NOT NULL)::text AS copy_complete, "                              \
     "  paused::text AS paused, pause_reason, "                                                     \
@@ -482,6 +483,32 @@ out:
     "  operator, abort_reason, cleanup_pending::text AS cleanup_pending, "                         \
     "  created_at::text AS created_at, bulk_copy_started_at::text AS bulk_copy_started_at, "       \
     "  bulk_copy_completed_at::text AS bulk_copy_completed_at, updated_at::text AS updated_at, "   \
+    "  dual_write_started_at::text AS dual_write_started_at, "                                     \
+    "  CASE WHEN phase IN ('DUAL_WRITE', 'CUTOVER') THEN dw_status->>'lag_events' END "            \
+    "    AS lag_events, "                                                                          \
+    "  CASE WHEN phase IN ('DUAL_WRITE', 'CUTOVER') THEN dw_status->>'lag_age_ms' END "            \
+    "    AS lag_age_ms, "                                                                          \
+    "  CASE WHEN phase IN ('DUAL_WRITE', 'CUTOVER') THEN dw_status->>'converging' END "            \
+    "    AS lag_converging, "                                                                      \
+    "  CASE WHEN phase IN ('DUAL_WRITE', 'CUTOVER') THEN dw_status->>'breaker' END "               \
+    "    AS breaker_state, "                                                                       \
+    "  (SELECT count(*) FROM pgshift.dual_write_failures f WHERE f.migration_id = "                \
+    "    migrations.id AND f.repaired_at IS NULL)::text AS unrepaired_failures, "                  \
+    "  (phase = 'DUAL_WRITE' AND NOT paused AND coalesce((dw_status->>'ready')::bool, false) "     \
+    "    AND coalesce((dw_status->>'at_ms')::double precision, 0) > "                              \
+    "    extract(epoch FROM clock_timestamp()) * 1000 - 3000)::text AS cutover_ready, "            \
+    "  CASE WHEN phase <> 'DUAL_WRITE' THEN 'phase is ' || phase "                                 \
+    "       WHEN paused THEN 'paused' "                                                            \
+    "       WHEN coalesce((dw_status->>'at_ms')::double precision, 0) <= "                         \
+    "            extract(epoch FROM clock_timestamp()) * 1000 - 3000 "                             \
+    "            THEN 'no runner keeps the target in sync' "                                       \
+    "       ELSE dw_status->>'not_ready' END AS cutover_not_ready_reason, "                        \
+    "  dw_status->>'predicted_pause_ms' AS predicted_pause_ms, "                                   \
+    "  dw_status->>'open_tenant_transactions' AS open_tenant_transactions, "                       \
+    "  coalesce(dw_status->>'applied', '0') AS dual_write_rows_applied, "                          \
+    "  dw_status->>'warning' AS dual_write_warning, "                                              \
+    "  cutover_attempt::text AS cutover_attempts, cutover_result::text AS last_cutover, "          \
+    "  completed_at::text AS completed_at, "                                                       \
     "  (phase IN " TERMINAL_SQL " AND NOT cleanup_pending)::text AS is_terminal "                  \
     "FROM pgshift.migrations "
 

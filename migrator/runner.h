@@ -111,5 +111,17 @@ char *mig_run_key_tuple(const tab_t *t);
 char *mig_run_key_order(const tab_t *t, bool desc);
 run_rc_t mig_run_ensure_stage(run_t *r, tab_t *t, size_t i);
 run_rc_t mig_run_mirror_map(run_t *r);
+/* Read the copy plan (the tables and their modes) from the target; *found = whether there is one.
+ */
+run_rc_t mig_run_read_plan(run_t *r, bool *found);
+
+/* ---- DUAL_WRITE and CUTOVER (dualwrite.c) ---- */
+/*
+ * Run a migration whose bulk copy is complete (phase BULK_COPY with the copy
+ * complete, DUAL_WRITE or CUTOVER) until it is COMPLETED, left DUAL_WRITE
+ * (abort, failure: RUN_RECHECK) or the latch is set. Needs r's control
+ * connection and lock.
+ */
+run_rc_t mig_dw_run(run_t *r);
 
 #endif

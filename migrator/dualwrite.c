@@ -1,0 +1,1454 @@
+/*
+ * migrator/dualwrite.c - DUAL_WRITE and CUTOVER of one migration, on its
+ * runner thread (copy.c hands over once the bulk copy is complete).
+ *
+ * Mirror rows, not statements. The source stays the only store the
+ * application writes to until the switch (I3): pgshift forwards the
+ * client's write to the source alone and acknowledges it from there. In
+ * rounds of dual_write_interval_ms the runner reads the tenant rows that
+ * committed on the source since the last round and writes those very rows
+ * (every column as the source committed it) to the target, idempotently:
+ * ON CONFLICT (row key) DO NOTHING for position tables, upserts by primary
+ * key for the others, in position order.
+ *
+ * Which rows are new: a watermark per table, W = an xid8. Every change of a
+ * tenant row by a transaction whose xid is below W is on the target. A
+ * round takes a REPEATABLE READ snapshot S on the source and copies the
+ * tenant rows with xmin >= W (age(xmin) <= age(W)); afterwards W = xmin(S):
+ * a change S does not see belongs to a transaction running at S (xid >=
+ * xmin(S)) or to a later one (a transaction without an xid at S gets one
+ * later, >= xmax(S)). The bulk copy's barrier X0 is the first W - the
+ * hand-over contract of copy.c: no gap, and no duplicate thanks to the row
+ * key.
+ *
+ * Keeping rounds cheap: the xmin filter needs a scan of the tenant's rows.
+ * Position tables are scanned only above a lower bound L: every row at or
+ * below L is on the target. L moves with a barrier on virtual transaction
+ * ids (what CREATE INDEX CONCURRENTLY waits on): read the table's highest
+ * position M, then the vxids of every open transaction; once none of them
+ * is left, every row with a position <= M has committed or aborted (its
+ * position was drawn before M was read, so inside one of those
+ * transactions), the next round's snapshot sees it and copies it, and L
+ * becomes M. Tables without a position (outbox, snapshots) are mutable:
+ * they are scanned whole for the tenant every second and in the cutover's
+ * final sweep, which also removes target rows deleted on the source.
+ *
+ * Failures of the target never reach clients: a failed round is retried,
+ * recorded in pgshift.dual_write_failures (repaired = the first round that
+ * succeeds after it, since W did not move), and guarded by a circuit
+ * breaker (failure_threshold, recovery_timeout_seconds,
+ * half_open_max_calls).
+ *
+ * CUTOVER (DESIGN.md, "Hard parts"): persist phase CUTOVER with a new attempt
+ * number -> every pgshift process holds new work of the tenant, lets the
+ * transactions already inside finish, and acknowledges (ctl.c); once every
+ * live process has, the runner fences the tenant on the source (a row in
+ * pgshift.fence, checked by a trigger on every tenant table, taken under an
+ * exclusive advisory lock that waits out every writer of the tenant still
+ * in flight, pgshift's or not), runs the exact final round, moves the
+ * target's sequence past the source's, and persists the route flip with
+ * phase COMPLETED in one control-store transaction. Any failure, an ABORT,
+ * or the budget cutover_timeout_ms running out before the flip: the fence
+ * is lifted, the phase goes back to DUAL_WRITE, cutover_rolled_back is
+ * audited, and the held work resumes on the source. A fenced source
+ * refuses every later write of the tenant (SQLSTATE 40001), so a pgshift
+ * process with a stale route cannot commit there (I5).
+ */
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "migrator/runner.h"
+
+#define LOG_CTX            "dual-write"
+#define FENCE_LOCK_CLASS   "1885827945" /* 'pgsi': advisory lock class of tenant fences */
+#define STATUS_EVERY_MS    100          /* publish status, look at the record */
+#define FULL_SCAN_EVERY_MS 1000         /* mutable tables */
+#define STATE_EVERY_MS     1000         /* persist watermarks */
+#define CONNECT_TIMEOUT_MS 10000
+#define FLIP_RESERVE_MS    5 /* keep this much of the budget for the flip itself */
+#define ACK_RTT_MS         5 /* predicted cost of the hold hand-shake */
+#define AUTO_RETRY_MS      2000
+
+typedef enum breaker {
+    BRK_CLOSED,
+    BRK_OPEN,
+    BRK_HALF_OPEN,
+} breaker_t;
+
+/* Per table of the plan (same index as r->tabs). */
+typedef struct dw_tab {
+    char *w;      /* xid8: changes by transactions below it are on the target */
+    char *lo;     /* position tables: every row <= lo is on the target; NULL = none known */
+    char *bar_hi; /* the pending barrier's highest position; NULL = none */
+    char *new_lo; /* set when the barrier passed before this round's snapshot */
+    uint64_t last_full_ms;
+    bool scanned; /* this round read the table */
+} dw_tab_t;
+
+typedef struct dw {
+    run_t *r;
+    dw_tab_t *t;
+    PGconn *fence;    /* writable source connection: fence and advisory lock */
+    char *bar_vxids;  /* the pending barrier's vxids (text[] literal), NULL = none */
+    char *tenant_src; /* the tenant as a literal for the source */
+
+    /* settings */
+    int interval_ms, max_lag, timeout_ms;
+    int failure_threshold, recovery_s, half_open_max;
+    int timeout_minutes;
+    bool auto_cutover;
+
+    /* status */
+    long long applied_total;
+    long long lag_events; /* rows the last successful round had to bring over */
+    double lag_ewma;
+    bool converging;
+    uint64_t caught_up_ms;  /* snapshot time of the last successful round */
+    uint64_t last_round_ms; /* duration */
+    uint64_t last_full_round_ms;
+    double ms_per_row;
+    int open_txns;
+    int64_t oldest_open_ms;
+    breaker_t brk;
+    int fails;
+    uint64_t opened_ms;
+    int half_open_calls;
+    bool failure_open; /* a dual_write_failures row is open */
+    uint64_t started_ms;
+    bool warned_timeout;
+    uint64_t last_status_ms, last_state_ms;
+
+    /* cutover */
+    int64_t request_seen; /* the last CUTOVER request answered */
+    int64_t request_pending;
+    uint64_t next_auto_ms;
+    bool in_cutover_phase; /* record says CUTOVER (restart recovery) */
+} dw_t;
+
+static const char *brk_name(breaker_t b)
+{
+    switch (b) {
+    case BRK_CLOSED:
+        return "closed";
+    case BRK_OPEN:
+        return "open";
+    case BRK_HALF_OPEN:
+        return "half_open";
+    }
+    return "?";
+}
+
+static bool is_target_error(const run_t *r)
+{
+    return r->err != NULL && strncmp(r->err, "target", 6) == 0;
+}
+
+static void set_str(char **dst, const char *v)
+{
+    free(*dst);
+    *dst = v ? cm_xstrdup(v) : NULL;
+}
+
+static uint64_t realtime_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Drop notifications queued on c (LISTEN leftovers). */
+static void drop_notifies(PGconn *c)
+{
+    PGnotify *n;
+
+    if (c == NULL)
+        return;
+    (void)PQconsumeInput(c);
+    while ((n = PQnotifies(c)) != NULL)
+        PQfreemem(n);
+}
+
+/* The low 32 bits of an xid8 text, as the xid the rows' xmin is compared with. */
+static void xid32(const char *xid8, char out[16])
+{
+    unsigned long long v = strtoull(xid8, NULL, 10);
+
+    snprintf(out, 16, "%llu", v & 0xffffffffULL);
+}
+
+/* ---- set-up --------------------------------------------------------------------------- */
+
+static void dw_free(dw_t *d)
+{
+    if (d->t != NULL)
+        for (size_t i = 0; i < d->r->n_tabs; i++) {
+            free(d->t[i].w);
+            free(d->t[i].lo);
+            free(d->t[i].bar_hi);
+            free(d->t[i].new_lo);
+        }
+    free(d->t);
+    mig_run_drop_conn(&d->fence);
+    free(d->bar_vxids);
+    free(d->tenant_src);
+}
+
+/* Settings, the saved watermarks and the cutover hand-shake from the record. */
+static run_rc_t load_state(dw_t *d)
+{
+    run_t *r = d->r;
+    const char *params[] = { r->ids };
+    run_rc_t rc;
+    PGresult *res = mig_run_q(
+        r, r->ctl, "control store",
+        "SELECT coalesce((config->>'dual_write_interval_ms')::int, $d$20$d$::int), "
+        "  coalesce((config->>'cutover_max_lag_events')::int, 100), "
+        "  coalesce((config->>'cutover_timeout_ms')::int, 500), "
+        "  coalesce((config->>'failure_threshold')::int, 5), "
+        "  coalesce((config->>'recovery_timeout_seconds')::int, 30), "
+        "  coalesce((config->>'half_open_max_calls')::int, 1), "
+        "  coalesce((config->>'dual_write_timeout_minutes')::int, 30), "
+        "  coalesce((config->>'auto_cutover')::bool, false), "
+        "  copy_barrier_xid, dw_state::text, cutover_request, "
+        "  coalesce((cutover_result->>'request')::bigint, 0), "
+        "  (extract(epoch FROM now() - coalesce(dual_write_started_at, now())) * 1000)::bigint "
+        "FROM pgshift.migrations WHERE id = $1::bigint",
+        1, params, &rc);
+
+    if (res == NULL)
+        return rc;
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return RUN_RECHECK;
+    }
+    d->interval_ms = atoi(PQgetvalue(res, 0, 0));
+    d->max_lag = atoi(PQgetvalue(res, 0, 1));
+    d->timeout_ms = atoi(PQgetvalue(res, 0, 2));
+    d->failure_threshold = atoi(PQgetvalue(res, 0, 3));
+    d->recovery_s = atoi(PQgetvalue(res, 0, 4));
+    d->half_open_max = atoi(PQgetvalue(res, 0, 5));
+    d->timeout_minutes = atoi(PQgetvalue(res, 0, 6));
+    d->auto_cutover = strcmp(PQgetvalue(res, 0, 7), "t") == 0;
+    if (d->interval_ms < 1)
+        d->interval_ms = 20;
+    d->request_pending = strtoll(PQgetvalue(res, 0, 10), NULL, 10);
+    d->request_seen = strtoll(PQgetvalue(res, 0, 11), NULL, 10);
+    d->started_ms = cm_now_ms() - (uint64_t)strtoll(PQgetvalue(res, 0, 12), NULL, 10);
+    for (size_t i = 0; i < r->n_tabs; i++) {
+        const char *x0 = PQgetisnull(res, 0, 8) ? NULL : PQgetvalue(res, 0, 8);
+        char *sql = cm_xasprintf("SELECT $1::jsonb #>> '{%s,w}', $1::jsonb #>> '{%s,lo}'",
+                                 r->tabs[i].name, r->tabs[i].name);
+        const char *p2[] = { PQgetvalue(res, 0, 9) };
+        run_rc_t rc2;
+        PGresult *st = mig_run_q(r, r->ctl, "control store", sql, 1, p2, &rc2);
+
+        free(sql);
+        if (st == NULL) {
+            PQclear(res);
+            return rc2;
+        }
+        set_str(&d->t[i].w, PQgetisnull(st, 0, 0) ? x0 : PQgetvalue(st, 0, 0));
+        set_str(&d->t[i].lo, PQgetisnull(st, 0, 1) ? NULL : PQgetvalue(st, 0, 1));
+        PQclear(st);
+        if (d->t[i].w == NULL) {
+            PQclear(res);
+            mig_run_set_err(r, "XX000", cm_xstrdup("the bulk copy left no barrier to start from"));
+            return RUN_PERMANENT;
+        }
+    }
+    PQclear(res);
+    return RUN_OK;
+}
+
+/*
+ * The fence on the source: a table of fenced tenants and a trigger on every
+ * tenant table that refuses their writes, under a shared advisory lock per
+ * tenant that the cutover takes exclusively. Created once, idempotent.
+ */
+static run_rc_t install_fence(dw_t *d)
+{
+    run_t *r = d->r;
+    const mig_env_t *env = r->env;
+    cm_buf_t sql = { 0 };
+    char *tc, *s;
+    run_rc_t rc;
+
+    if (d->fence == NULL) {
+        char *err = NULL;
+        int c = mig_pq_connect(env->store_conninfos[r->src_idx], "pgshift-fence", env->latch,
+                               CONNECT_TIMEOUT_MS, &d->fence, &err);
+
+        if (c != 0) {
+            d->fence = NULL;
+            if (c == -ECANCELED)
+                return RUN_STOP;
+            mig_run_set_err(r, "08006", cm_xasprintf("source store: %s", err ? err : "?"));
+            free(err);
+            return RUN_TRANSIENT;
+        }
+    }
+    if (d->tenant_src == NULL)
+        d->tenant_src = mig_run_lit(d->fence, r->tenant);
+    tc = mig_quote_ident(d->fence, env->tenant_column);
+    s = cm_xasprintf(
+        "BEGIN;\n"
+        "SET LOCAL client_min_messages = warning;\n"
+        "SELECT pg_advisory_xact_lock(" RUN_LOCK_CLASS ", 1);\n"
+        "CREATE SCHEMA IF NOT EXISTS pgshift;\n"
+        "CREATE TABLE IF NOT EXISTS pgshift.fence (tenant text PRIMARY KEY, migration_id bigint, "
+        "  fenced_at timestamptz NOT NULL DEFAULT now());\n"
+        "CREATE OR REPLACE FUNCTION pgshift.fence_guard() RETURNS trigger LANGUAGE plpgsql AS "
+        "$pgshift$\n"
+        "DECLARE t text; m bigint;\n"
+        "BEGIN\n"
+        "  IF TG_OP = 'DELETE' THEN t := OLD.%s::text; ELSE t := NEW.%s::text; END IF;\n"
+        "  IF t IS NOT NULL THEN\n"
+        "    PERFORM pg_advisory_xact_lock_shared(" FENCE_LOCK_CLASS ", hashtext(t));\n"
+        "    SELECT f.migration_id INTO m FROM pgshift.fence f WHERE f.tenant = t;\n"
+        "    IF FOUND THEN\n"
+        "      RAISE EXCEPTION 'pgshift: tenant %% has moved to another store (migration %%)', t, "
+        "m\n"
+        "        USING ERRCODE = '40001', HINT = 'retry: pgshift routes it to its new store';\n"
+        "    END IF;\n"
+        "  END IF;\n"
+        "  IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;\n"
+        "  RETURN NEW;\n"
+        "END $pgshift$;\n",
+        tc, tc);
+    cm_buf_append(&sql, s, strlen(s));
+    free(s);
+    free(tc);
+    for (size_t i = 0; i < r->n_tabs; i++) {
+        char *tl = mig_run_lit(d->fence, r->tabs[i].q);
+
+        s = cm_xasprintf("DO $pgshift$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE "
+                         "tgname = 'pgshift_fence' AND tgrelid = %s::regclass) THEN "
+                         "CREATE TRIGGER pgshift_fence BEFORE INSERT OR UPDATE OR DELETE ON %s "
+                         "FOR EACH ROW EXECUTE FUNCTION pgshift.fence_guard(); END IF; END "
+                         "$pgshift$;\n",
+                         tl, r->tabs[i].q);
+        cm_buf_append(&sql, s, strlen(s));
+        free(s);
+        free(tl);
+    }
+    /*
+     * Until the flip the source is the tenant's store: no fence may stand
+     * (one left by an interrupted attempt, or by an earlier move of the
+     * tenant off this store).
+     */
+    s = cm_xasprintf("DELETE FROM pgshift.fence WHERE tenant = %s;\n"
+                     "COMMIT",
+                     d->tenant_src);
+    cm_buf_append(&sql, s, strlen(s));
+    free(s);
+    cm_buf_append_u8(&sql, 0);
+    rc = mig_run_x(r, d->fence, "source store", (const char *)sql.data, 0, NULL);
+    cm_buf_free(&sql);
+    if (rc != RUN_OK) {
+        mig_run_drop_conn(&d->fence);
+        return rc;
+    }
+    /* The target may be a store this tenant was moved off before: lift that fence. */
+    {
+        char *t = cm_xasprintf("DO $pgshift$ BEGIN IF to_regclass('pgshift.fence') IS NOT NULL "
+                               "THEN DELETE FROM pgshift.fence WHERE tenant = %s; END IF; END "
+                               "$pgshift$",
+                               r->tenant_lit);
+
+        rc = mig_run_x(r, r->dst, "target store", t, 0, NULL);
+        free(t);
+    }
+    return rc;
+}
+
+/* BULK_COPY (copy complete) -> DUAL_WRITE, persisted and audited. */
+static run_rc_t to_dual_write(run_t *r)
+{
+    const char *params[] = { r->ids };
+
+    LOG_INFO(LOG_CTX, "migration %s: bulk copy complete, dual-write starts", r->ids);
+    return mig_run_x(
+        r, r->ctl, "control store",
+        "WITH m AS (UPDATE pgshift.migrations SET phase = 'DUAL_WRITE', "
+        "    dual_write_started_at = now(), updated_at = now(), status_detail = 'dual-write' "
+        "  WHERE id = $1::bigint AND phase = 'BULK_COPY' AND bulk_copy_completed_at IS NOT NULL "
+        "  AND NOT cleanup_pending RETURNING id) "
+        "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
+        "SELECT id, 'phase_changed', 'pgshift', "
+        "  '{\"from\": \"BULK_COPY\", \"to\": \"DUAL_WRITE\"}' FROM m",
+        1, params);
+}
+
+/* ---- one round ------------------------------------------------------------------------ */
+
+/* The vxid barrier: see whether the pending one passed, start the next. Before the snapshot. */
+static run_rc_t barrier_step(dw_t *d)
+{
+    run_t *r = d->r;
+    run_rc_t rc;
+    PGresult *res;
+    bool any_pos = false;
+
+    for (size_t i = 0; i < r->n_tabs; i++)
+        any_pos |= r->tabs[i].has_pos;
+    if (!any_pos)
+        return RUN_OK;
+    if (d->bar_vxids != NULL) {
+        const char *params[] = { d->bar_vxids };
+        bool passed;
+
+        res = mig_run_q(r, r->src, "source store",
+                        "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'virtualxid' "
+                        "AND virtualxid = ANY ($1::text[]))",
+                        1, params, &rc);
+        if (res == NULL)
+            return rc;
+        passed = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+        PQclear(res);
+        if (!passed)
+            return RUN_OK;
+        for (size_t i = 0; i < r->n_tabs; i++) {
+            set_str(&d->t[i].new_lo, d->t[i].bar_hi);
+            set_str(&d->t[i].bar_hi, NULL);
+        }
+        set_str(&d->bar_vxids, NULL);
+    }
+    /* A new barrier: the highest positions first, then the open transactions. */
+    for (size_t i = 0; i < r->n_tabs; i++) {
+        char *sql;
+
+        if (!r->tabs[i].has_pos)
+            continue;
+        sql = cm_xasprintf("SELECT max(%s)::text FROM %s", r->tabs[i].key_q[0], r->tabs[i].q);
+        res = mig_run_q(r, r->src, "source store", sql, 0, NULL, &rc);
+        free(sql);
+        if (res == NULL)
+            return rc;
+        set_str(&d->t[i].bar_hi, PQgetisnull(res, 0, 0) ? NULL : PQgetvalue(res, 0, 0));
+        PQclear(res);
+    }
+    res = mig_run_q(r, r->src, "source store",
+                    "SELECT coalesce(array_agg(virtualxid), '{}')::text FROM pg_locks "
+                    "WHERE locktype = 'virtualxid' AND pid <> pg_backend_pid()",
+                    0, NULL, &rc);
+    if (res == NULL)
+        return rc;
+    set_str(&d->bar_vxids, PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return RUN_OK;
+}
+
+/* "a = EXCLUDED.a, ..." for the columns of cols (a quoted list) that are not key columns. */
+static char *excluded_set(const tab_t *t)
+{
+    cm_buf_t b = { 0 };
+    char *cols = cm_xstrdup(t->copy_cols), *save = NULL, *s;
+
+    for (char *c = strtok_r(cols, ",", &save); c != NULL; c = strtok_r(NULL, ",", &save)) {
+        bool is_key = false;
+
+        while (*c == ' ')
+            c++;
+        for (size_t k = 0; k < t->n_key; k++)
+            if (strcmp(c, t->key_q[k]) == 0)
+                is_key = true;
+        if (is_key)
+            continue;
+        if (b.len)
+            cm_buf_append(&b, ", ", 2);
+        s = cm_xasprintf("%s = EXCLUDED.%s", c, c);
+        cm_buf_append(&b, s, strlen(s));
+        free(s);
+    }
+    cm_buf_append_u8(&b, 0);
+    s = cm_xstrdup((const char *)b.data);
+    cm_buf_free(&b);
+    free(cols);
+    return s;
+}
+
+/* Whether every key column of t is among the columns written. */
+static bool keys_written(const tab_t *t)
+{
+    for (size_t k = 0; k < t->n_key; k++) {
+        char *needle = cm_xasprintf(",%s,", t->key_q[k]);
+        char *hay = cm_xasprintf(",%s,", t->copy_cols);
+        bool found;
+
+        /* copy_cols is "a, b, c": drop the blanks after the commas */
+        for (char *p = hay, *o = hay;; p++) {
+            if (!(*p == ' ' && p > hay && p[-1] == ','))
+                *o++ = *p;
+            if (*p == '\0')
+                break;
+        }
+        found = strstr(hay, needle) != NULL;
+        free(needle);
+        free(hay);
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+/* Copy the new rows of table i into its stage and apply them; *applied = rows written. */
+static run_rc_t round_table(dw_t *d, size_t i, long long *applied)
+{
+    run_t *r = d->r;
+    const mig_env_t *env = r->env;
+    tab_t *t = &r->tabs[i];
+    dw_tab_t *dt = &d->t[i];
+    char w32[16], *lo = NULL, *order, *out_sql, *in_sql, *sql;
+    long long rows = 0;
+    run_rc_t rc;
+    PGresult *res;
+    bool map = strcmp(t->mode, "map") == 0;
+
+    *applied = 0;
+    rc = mig_run_ensure_stage(r, t, i);
+    if (rc != RUN_OK)
+        return rc;
+    xid32(dt->w, w32);
+    if (t->has_pos && dt->lo != NULL) {
+        char *l = mig_run_lit(r->src, dt->lo);
+
+        lo = cm_xasprintf(" AND %s > %s::%s", t->key_q[0], l, t->key_type[0]);
+        free(l);
+    }
+    order = t->n_key ? mig_run_key_order(t, false) : NULL;
+    out_sql = cm_xasprintf("COPY (SELECT %s FROM %s WHERE %s = %s AND age(xmin) <= age('%s'::xid)"
+                           "%s%s%s) TO STDOUT (FORMAT binary)",
+                           t->all_cols, t->q, r->tcol, r->tenant_lit, w32, lo ? lo : "",
+                           order ? " ORDER BY " : "", order ? order : "");
+    in_sql = cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", t->stage, t->all_cols);
+    rc = mig_run_stream(r, out_sql, in_sql, &rows);
+    free(out_sql);
+    free(in_sql);
+    free(lo);
+    if (rc != RUN_OK) {
+        free(order);
+        return rc;
+    }
+    if (rows > 0) {
+        char *rk = mig_quote_ident(r->dst, env->row_key);
+        char *pos = mig_quote_ident(r->dst, env->position_column);
+        bool has_rk = strstr(t->all_cols, rk) != NULL;
+
+        if (t->has_pos && map) {
+            /* The target assigns positions, in source order (I4); record the pairs. */
+            sql = cm_xasprintf("WITH ins AS (INSERT INTO %s (%s) SELECT %s FROM %s s WHERE NOT "
+                               "EXISTS (SELECT 1 FROM %s x WHERE x.%s = s.%s) ORDER BY s.%s "
+                               "ON CONFLICT DO NOTHING RETURNING %s AS pgshift_tpos, %s AS "
+                               "pgshift_rk) "
+                               "INSERT INTO pgshift.target_position_map (migration_id, "
+                               "source_position, target_position) "
+                               "SELECT %s, s.%s, ins.pgshift_tpos FROM ins JOIN %s s "
+                               "ON s.%s = ins.pgshift_rk ON CONFLICT DO NOTHING",
+                               t->q, t->copy_cols, t->copy_cols, t->stage, t->q, rk, rk, pos, pos,
+                               rk, r->ids, pos, t->stage, rk);
+        } else if (t->has_pos || t->n_key == 0 || !keys_written(t)) {
+            sql = cm_xasprintf("INSERT INTO %s (%s) SELECT %s FROM %s%s%s ON CONFLICT %s%s%s DO "
+                               "NOTHING",
+                               t->q, t->copy_cols, t->copy_cols, t->stage,
+                               order ? " ORDER BY " : "", order ? order : "", has_rk ? "(" : "",
+                               has_rk ? rk : "", has_rk ? ")" : "");
+        } else {
+            char *tuple = mig_run_key_tuple(t), *set = excluded_set(t);
+
+            sql = cm_xasprintf("INSERT INTO %s (%s) SELECT %s FROM %s ORDER BY %s ON CONFLICT %s "
+                               "%s%s",
+                               t->q, t->copy_cols, t->copy_cols, t->stage, order, tuple,
+                               *set ? "DO UPDATE SET " : "DO NOTHING", set);
+            free(tuple);
+            free(set);
+        }
+        free(rk);
+        free(pos);
+        res = mig_run_q(r, r->dst, "target store", sql, 0, NULL, &rc);
+        free(sql);
+        if (res == NULL) {
+            free(order);
+            return rc;
+        }
+        *applied = strtoll(PQcmdTuples(res), NULL, 10);
+        PQclear(res);
+    }
+    /* Rows deleted on the source: mutable tables, on full rounds. */
+    if (!t->has_pos && t->n_key > 0 && keys_written(t)) {
+        char *tuple = mig_run_key_tuple(t), *keys = cm_xstrndup(tuple + 1, strlen(tuple) - 2);
+        char *ktab = cm_xasprintf("pg_temp.pgshift_keys_%zu", i);
+
+        sql = cm_xasprintf("CREATE TEMP TABLE IF NOT EXISTS pgshift_keys_%zu ON COMMIT DELETE "
+                           "ROWS AS SELECT %s FROM %s LIMIT 0",
+                           i, keys, t->q);
+        rc = mig_run_x(r, r->dst, "target store", sql, 0, NULL);
+        free(sql);
+        if (rc == RUN_OK) {
+            out_sql = cm_xasprintf("COPY (SELECT %s FROM %s WHERE %s = %s) TO STDOUT (FORMAT "
+                                   "binary)",
+                                   keys, t->q, r->tcol, r->tenant_lit);
+            in_sql = cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", ktab, keys);
+            rc = mig_run_stream(r, out_sql, in_sql, &rows);
+            free(out_sql);
+            free(in_sql);
+        }
+        if (rc == RUN_OK) {
+            {
+                cm_buf_t cond = { 0 };
+
+                for (size_t k = 0; k < t->n_key; k++) {
+                    char *e =
+                        cm_xasprintf("%sk.%s = d.%s", k ? " AND " : "", t->key_q[k], t->key_q[k]);
+
+                    cm_buf_append(&cond, e, strlen(e));
+                    free(e);
+                }
+                cm_buf_append_u8(&cond, 0);
+                sql = cm_xasprintf("DELETE FROM %s d WHERE d.%s = %s AND NOT EXISTS (SELECT 1 "
+                                   "FROM %s k WHERE %s)",
+                                   t->q, r->tcol, r->tenant_lit, ktab, (const char *)cond.data);
+                cm_buf_free(&cond);
+            }
+            res = mig_run_q(r, r->dst, "target store", sql, 0, NULL, &rc);
+            free(sql);
+            if (res != NULL) {
+                *applied += strtoll(PQcmdTuples(res), NULL, 10);
+                PQclear(res);
+            }
+        }
+        free(tuple);
+        free(keys);
+        free(ktab);
+    }
+    free(order);
+    return rc;
+}
+
+/*
+ * One round: everything of the tenant that committed on the source since
+ * the watermarks, onto the target, in one target transaction. exact: every
+ * table (the cutover's final sweep). *applied = rows written.
+ */
+static run_rc_t round_once(dw_t *d, bool exact, long long *applied, long long *events)
+{
+    run_t *r = d->r;
+    uint64_t t0 = cm_now_ms(), now;
+    run_rc_t rc;
+    PGresult *res;
+    char *snap_xmin = NULL;
+    bool full = exact;
+
+    *applied = *events = 0;
+    rc = mig_run_connect_stores(r);
+    if (rc != RUN_OK)
+        return rc;
+    rc = barrier_step(d);
+    if (rc != RUN_OK)
+        return rc;
+    rc = mig_run_x(r, r->src, "source store", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0,
+                   NULL);
+    if (rc != RUN_OK)
+        return rc;
+    res = mig_run_q(r, r->src, "source store",
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text", 0, NULL, &rc);
+    if (res == NULL)
+        return rc;
+    snap_xmin = cm_xstrdup(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    rc = mig_run_x(r, r->dst, "target store", "BEGIN", 0, NULL);
+    for (size_t i = 0; rc == RUN_OK && i < r->n_tabs; i++) {
+        long long n = 0;
+
+        d->t[i].scanned = false;
+        if (!r->tabs[i].has_pos && !full && t0 - d->t[i].last_full_ms < FULL_SCAN_EVERY_MS)
+            continue;
+        rc = round_table(d, i, &n);
+        if (rc != RUN_OK)
+            break;
+        d->t[i].scanned = true;
+        *applied += n;
+        if (r->tabs[i].has_pos)
+            *events += n;
+    }
+    if (rc == RUN_OK)
+        rc = mig_run_x(r, r->src, "source store", "COMMIT", 0, NULL);
+    if (rc == RUN_OK)
+        rc = mig_run_x(r, r->dst, "target store", "COMMIT", 0, NULL);
+    if (rc != RUN_OK) {
+        free(snap_xmin);
+        return rc; /* the caller drops both connections: their transactions die with them */
+    }
+    now = cm_now_ms();
+    for (size_t i = 0; i < r->n_tabs; i++) {
+        dw_tab_t *dt = &d->t[i];
+
+        if (!dt->scanned)
+            continue;
+        set_str(&dt->w, snap_xmin);
+        if (!r->tabs[i].has_pos)
+            dt->last_full_ms = t0;
+        if (dt->new_lo != NULL) {
+            set_str(&dt->lo, dt->new_lo);
+            set_str(&dt->new_lo, NULL);
+        }
+    }
+    free(snap_xmin);
+    if (strcmp(r->position_mode, "map") == 0 && *events > 0) {
+        rc = mig_run_mirror_map(r);
+        if (rc != RUN_OK)
+            return rc;
+    }
+    d->last_round_ms = now - t0;
+    if (full)
+        d->last_full_round_ms = now - t0;
+    d->caught_up_ms = t0;
+    if (*applied > 0)
+        d->ms_per_row = 0.8 * d->ms_per_row + 0.2 * ((double)(now - t0) / (double)*applied);
+    return RUN_OK;
+}
+
+/* ---- status ---------------------------------------------------------------------------- */
+
+/* Why the migration is not ready for a cutover, or NULL. */
+static const char *not_ready(const dw_t *d, char *buf, size_t len, long long *predicted)
+{
+    *predicted = ACK_RTT_MS + (long long)d->last_full_round_ms + (long long)d->last_round_ms +
+                 (long long)(d->ms_per_row * (double)d->lag_events);
+    if (d->brk != BRK_CLOSED) {
+        snprintf(buf, len, "the target's circuit breaker is %s", brk_name(d->brk));
+        return buf;
+    }
+    if (d->failure_open || d->fails > 0) {
+        snprintf(buf, len, "dual-write failures are not repaired yet");
+        return buf;
+    }
+    if (d->caught_up_ms == 0) {
+        snprintf(buf, len, "the target has not caught up yet");
+        return buf;
+    }
+    if (d->lag_events > d->max_lag) {
+        snprintf(buf, len, "lag of %lld events exceeds cutover_max_lag_events (%d)", d->lag_events,
+                 d->max_lag);
+        return buf;
+    }
+    if (*predicted > d->timeout_ms) {
+        snprintf(buf, len, "predicted pause of %lld ms exceeds cutover_timeout_ms (%d)", *predicted,
+                 d->timeout_ms);
+        return buf;
+    }
+    return NULL;
+}
+
+/* The tenant's open write transactions on the source (they hold the fence's shared lock). */
+static void sample_open_txns(dw_t *d)
+{
+    run_t *r = d->r;
+    const char *params[] = { r->tenant };
+    run_rc_t rc;
+    PGresult *res =
+        mig_run_q(r, r->src, "source store",
+                  "SELECT count(*), coalesce(max(extract(epoch FROM now() - a.xact_start) * "
+                  "1000), 0)::bigint FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                  "WHERE l.locktype = 'advisory' AND l.classid = " FENCE_LOCK_CLASS
+                  "::bigint::oid AND l.objid = hashtext($1)::oid AND l.granted "
+                  "AND l.mode = 'ShareLock'",
+                  1, params, &rc);
+
+    if (res == NULL)
+        return;
+    d->open_txns = atoi(PQgetvalue(res, 0, 0));
+    d->oldest_open_ms = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    PQclear(res);
+}
+
+/*
+ * Publish the status and read what the record asks for (phase, paused,
+ * cutover requests). *phase_ok: still DUAL_WRITE and not to be cleaned.
+ */
+static run_rc_t publish_status(dw_t *d, bool *phase_ok, bool *paused)
+{
+    run_t *r = d->r;
+    char buf[200], js[1400], *state;
+    const char *why;
+    long long predicted;
+    uint64_t now = cm_now_ms();
+    run_rc_t rc;
+    PGresult *res;
+    cm_buf_t st = { 0 };
+    const char *warn = NULL;
+
+    if (r->src != NULL)
+        sample_open_txns(d);
+    why = not_ready(d, buf, sizeof(buf), &predicted);
+    if (d->timeout_minutes > 0 && now - d->started_ms > (uint64_t)d->timeout_minutes * 60000)
+        warn = "dual_write_timeout_minutes exceeded: cut over or abort";
+    {
+        char *why_js = why ? cm_xasprintf("\"%s\"", why) : cm_xstrdup("null");
+        char *warn_js = warn ? cm_xasprintf("\"%s\"", warn) : cm_xstrdup("null");
+
+        snprintf(js, sizeof(js),
+                 "{\"at_ms\": %" PRIu64 ", \"lag_events\": %lld, \"lag_age_ms\": %" PRIu64
+                 ", \"converging\": %s, \"breaker\": \"%s\", \"ready\": %s, \"not_ready\": %s, "
+                 "\"applied\": %lld, \"predicted_pause_ms\": %lld, \"round_ms\": %" PRIu64
+                 ", \"open_tenant_transactions\": %d, \"oldest_open_tenant_transaction_ms\": "
+                 "%" PRId64 ", \"warning\": %s}",
+                 realtime_ms(), d->lag_events,
+                 d->caught_up_ms ? (d->lag_events > 0 || d->fails > 0 ? now - d->caught_up_ms : 0)
+                                 : now - d->started_ms,
+                 d->converging ? "true" : "false", brk_name(d->brk), why ? "false" : "true", why_js,
+                 d->applied_total, predicted, d->last_round_ms, d->open_txns, d->oldest_open_ms,
+                 warn_js);
+        free(why_js);
+        free(warn_js);
+    }
+    /* The watermarks, so a restart resumes from here (stale is fine: rounds are idempotent). */
+    cm_buf_append_u8(&st, '{');
+    for (size_t i = 0; i < r->n_tabs; i++) {
+        char *e = cm_xasprintf("%s\"%s\": {\"w\": \"%s\", \"lo\": %s%s%s}", i ? ", " : "",
+                               r->tabs[i].name, d->t[i].w, d->t[i].lo ? "\"" : "",
+                               d->t[i].lo ? d->t[i].lo : "null", d->t[i].lo ? "\"" : "");
+
+        cm_buf_append(&st, e, strlen(e));
+        free(e);
+    }
+    cm_buf_append_cstr(&st, "}");
+    state = (char *)st.data;
+    {
+        const char *params[] = { r->ids, js, state };
+
+        res =
+            mig_run_q(r, r->ctl, "control store",
+                      "UPDATE pgshift.migrations SET dw_status = $2::jsonb, dw_state = $3::jsonb, "
+                      "  updated_at = now() WHERE id = $1::bigint "
+                      "RETURNING phase, cleanup_pending, paused, cutover_request",
+                      3, params, &rc);
+    }
+    cm_buf_free(&st);
+    if (res == NULL)
+        return rc;
+    *phase_ok = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "DUAL_WRITE") == 0 &&
+                strcmp(PQgetvalue(res, 0, 1), "f") == 0;
+    *paused = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 2), "t") == 0;
+    if (PQntuples(res) == 1)
+        d->request_pending = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+    PQclear(res);
+    d->last_status_ms = now;
+    if (warn != NULL && !d->warned_timeout) {
+        d->warned_timeout = true;
+        mig_run_audit(r, "progress_checkpoint",
+                      "{\"warning\": \"dual_write_timeout_minutes exceeded; the operator "
+                      "decides: CUTOVER or ABORT\"}");
+    }
+    return RUN_OK;
+}
+
+/* ---- failures and the breaker ---------------------------------------------------------- */
+
+static void record_failure(dw_t *d)
+{
+    run_t *r = d->r;
+    const char *params[] = { r->ids, r->err ? r->err : "?", r->n_tabs ? d->t[0].w : NULL };
+
+    d->fails++;
+    if (d->brk == BRK_HALF_OPEN || (d->brk == BRK_CLOSED && d->fails >= d->failure_threshold)) {
+        if (d->brk != BRK_OPEN)
+            LOG_WARN(LOG_CTX, "migration %s: target failing (%s): circuit breaker open", r->ids,
+                     r->err ? r->err : "?");
+        d->brk = BRK_OPEN;
+        d->opened_ms = cm_now_ms();
+    }
+    if (r->ctl == NULL)
+        return;
+    if (!d->failure_open) {
+        if (mig_run_x(r, r->ctl, "control store",
+                      "INSERT INTO pgshift.dual_write_failures (migration_id, last_error, "
+                      "pending_from) VALUES ($1::bigint, $2, $3)",
+                      3, params) == RUN_OK)
+            d->failure_open = true;
+        mig_run_note_error(r, true);
+    } else {
+        (void)mig_run_x(r, r->ctl, "control store",
+                        "UPDATE pgshift.dual_write_failures SET attempts = attempts + 1, "
+                        "  last_failed_at = now(), last_error = $2 "
+                        "WHERE migration_id = $1::bigint AND repaired_at IS NULL",
+                        2, params);
+    }
+}
+
+static void record_success(dw_t *d)
+{
+    run_t *r = d->r;
+    const char *params[] = { r->ids };
+
+    if (d->brk != BRK_CLOSED)
+        LOG_INFO(LOG_CTX, "migration %s: target back, circuit breaker closed", r->ids);
+    d->brk = BRK_CLOSED;
+    d->fails = 0;
+    d->half_open_calls = 0;
+    if (d->failure_open && mig_run_x(r, r->ctl, "control store",
+                                     "UPDATE pgshift.dual_write_failures SET repaired_at = now() "
+                                     "WHERE migration_id = $1::bigint AND repaired_at IS NULL",
+                                     1, params) == RUN_OK) {
+        d->failure_open = false;
+        mig_run_audit(r, "progress_checkpoint", "{\"dual_write\": \"failures repaired\"}");
+    }
+}
+
+/* Whether the breaker lets a round through now. */
+static bool breaker_allows(dw_t *d)
+{
+    if (d->brk == BRK_OPEN) {
+        if (cm_now_ms() - d->opened_ms < (uint64_t)d->recovery_s * 1000)
+            return false;
+        d->brk = BRK_HALF_OPEN;
+        d->half_open_calls = 0;
+    }
+    if (d->brk == BRK_HALF_OPEN)
+        return d->half_open_calls++ < d->half_open_max;
+    return true;
+}
+
+/* ---- cutover --------------------------------------------------------------------------- */
+
+typedef struct outcome {
+    bool success;
+    long long pause_ms;
+    long long synced;
+    char error[300];
+} outcome_t;
+
+/* Persist the outcome of request (0 = automatic) in the record, for CUTOVER's answer. */
+static char *outcome_json(const outcome_t *o, int64_t request, int attempt)
+{
+    char *e = NULL;
+    char *j;
+
+    if (!o->success) {
+        /* a JSON string: escape what the message may hold */
+        cm_buf_t b = { 0 };
+
+        cm_buf_append_u8(&b, '"');
+        for (const char *p = o->error; *p; p++) {
+            if (*p == '"' || *p == '\\')
+                cm_buf_append_u8(&b, '\\');
+            if ((unsigned char)*p >= 0x20)
+                cm_buf_append_u8(&b, (uint8_t)*p);
+        }
+        cm_buf_append_cstr(&b, "\"");
+        e = cm_xstrdup((const char *)b.data);
+        cm_buf_free(&b);
+    }
+    j = cm_xasprintf("{\"request\": %" PRId64 ", \"attempt\": %d, \"success\": %s, \"pause_ms\": "
+                     "%lld, \"events_synced\": %lld, \"error\": %s}",
+                     request, attempt, o->success ? "true" : "false", o->pause_ms, o->synced,
+                     e ? e : "null");
+    free(e);
+    return j;
+}
+
+/* Lift the fence (if set) and release the lock: the source takes the tenant's writes again. */
+static void unfence(dw_t *d, bool fenced, bool locked)
+{
+    run_t *r = d->r;
+
+    if (d->fence == NULL)
+        return;
+    if (fenced) {
+        char *s = cm_xasprintf("DELETE FROM pgshift.fence WHERE tenant = %s", d->tenant_src);
+
+        if (mig_run_x(r, d->fence, "source store", s, 0, NULL) != RUN_OK)
+            mig_run_drop_conn(&d->fence); /* the row stays: see recover_cutover */
+        free(s);
+    }
+    if (locked && d->fence != NULL) {
+        /* Dropping the connection releases the lock too. */
+        if (mig_run_x(r, d->fence, "source store",
+                      "SELECT pg_advisory_unlock_all(); RESET lock_timeout", 0, NULL) != RUN_OK)
+            mig_run_drop_conn(&d->fence);
+    }
+}
+
+/* Back to DUAL_WRITE after a failed attempt; persisted with the outcome and audited. */
+static run_rc_t roll_back(dw_t *d, int attempt, int64_t request, outcome_t *o, uint64_t t0)
+{
+    run_t *r = d->r;
+    char att[16], *res_js;
+    run_rc_t rc;
+
+    o->success = false;
+    o->pause_ms = (long long)(cm_now_ms() - t0);
+    snprintf(att, sizeof(att), "%d", attempt);
+    res_js = outcome_json(o, request, attempt);
+    {
+        const char *params[] = { r->ids, att, res_js, o->error };
+
+        rc = mig_run_x(
+            r, r->ctl, "control store",
+            "WITH m AS (UPDATE pgshift.migrations SET phase = 'DUAL_WRITE', updated_at = now(), "
+            "    cutover_result = $3::jsonb, status_detail = 'dual-write' "
+            "  WHERE id = $1::bigint AND phase = 'CUTOVER' AND cutover_attempt = $2::int "
+            "  RETURNING id) "
+            "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
+            "SELECT id, 'phase_changed', 'pgshift', '{\"from\": \"CUTOVER\", \"to\": "
+            "\"DUAL_WRITE\"}' FROM m "
+            "UNION ALL SELECT id, 'cutover_rolled_back', 'pgshift', $3::jsonb FROM m",
+            4, params);
+        if (rc == RUN_OK) {
+            /* Aborted meanwhile: still answer the request. */
+            const char *p3[] = { r->ids, res_js };
+
+            rc = mig_run_x(r, r->ctl, "control store",
+                           "UPDATE pgshift.migrations SET cutover_result = $2::jsonb "
+                           "WHERE id = $1::bigint AND phase IN ('ABORTED', 'FAILED')",
+                           2, p3);
+        }
+    }
+    free(res_js);
+    LOG_WARN(LOG_CTX, "migration %s: cutover attempt %d rolled back after %lld ms: %s", r->ids,
+             attempt, o->pause_ms, o->error);
+    return rc;
+}
+
+/* Wait until every live pgshift process acknowledged attempt, or the deadline. */
+static run_rc_t wait_acks(dw_t *d, int attempt, uint64_t deadline, bool *all, char *why,
+                          size_t why_len)
+{
+    run_t *r = d->r;
+    char att[16], lease[16];
+    const char *params[] = { r->ids, att, lease };
+
+    snprintf(att, sizeof(att), "%d", attempt);
+    snprintf(lease, sizeof(lease), "%d", MIG_PROCESS_LEASE_MS);
+    *all = false;
+    for (;;) {
+        run_rc_t rc;
+        PGresult *res = mig_run_q(
+            r, r->ctl, "control store",
+            "SELECT count(*) FILTER (WHERE a.process_id IS NULL), count(*) "
+            "FROM pgshift.processes p LEFT JOIN pgshift.cutover_acks a ON a.process_id = p.id "
+            "  AND a.migration_id = $1::bigint AND a.attempt = $2::int "
+            "WHERE p.heartbeat_at > clock_timestamp() - make_interval(secs => $3::int / 1000.0)",
+            3, params, &rc);
+        long long missing, total;
+        uint64_t now;
+
+        if (res == NULL)
+            return rc;
+        missing = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        total = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+        PQclear(res);
+        if (missing == 0) {
+            *all = true;
+            return RUN_OK;
+        }
+        now = cm_now_ms();
+        if (now + FLIP_RESERVE_MS >= deadline) {
+            snprintf(why, why_len,
+                     "%lld of %lld pgshift processes did not drain the tenant's transactions "
+                     "within cutover_timeout_ms",
+                     missing, total);
+            return RUN_OK;
+        }
+        /* Sleep on the control connection: the ack worker NOTIFYs. */
+        if (PQconsumeInput(r->ctl) == 0)
+            return mig_run_classify(r, r->ctl, NULL, "control store");
+        {
+            PGnotify *n;
+            bool any = false;
+
+            while ((n = PQnotifies(r->ctl)) != NULL) {
+                any = true;
+                PQfreemem(n);
+            }
+            if (!any &&
+                mig_pq_wait_readable(r->ctl, r->env->latch, (int)CM_MIN(deadline - now, 10)) < 0)
+                return mig_run_stopping(r) ? RUN_STOP
+                                           : mig_run_classify(r, r->ctl, NULL, "control store");
+        }
+    }
+}
+
+/*
+ * One cutover attempt. request: the CUTOVER request answered (0 = auto).
+ * Returns RUN_OK whether it succeeded or rolled back (d says which through
+ * *completed); an error return leaves recovery to recover_cutover.
+ */
+static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
+{
+    run_t *r = d->r;
+    outcome_t o = { 0 };
+    uint64_t t0, deadline;
+    int attempt = 0;
+    bool fenced = false, locked = false, all = false;
+    run_rc_t rc;
+    PGresult *res;
+    char lt[32];
+
+    *completed = false;
+    /* Listen before the phase change, so no acknowledgement is missed. */
+    rc = mig_run_x(r, r->ctl, "control store", "LISTEN " MIG_ACKS_CHANNEL, 0, NULL);
+    if (rc != RUN_OK)
+        return rc;
+    {
+        char reqs[24];
+        const char *params[] = { r->ids, reqs };
+
+        snprintf(reqs, sizeof(reqs), "%" PRId64, request);
+        res = mig_run_q(
+            r, r->ctl, "control store",
+            "WITH m AS (UPDATE pgshift.migrations SET phase = 'CUTOVER', "
+            "    cutover_attempt = cutover_attempt + 1, cutover_started_at = now(), "
+            "    updated_at = now(), status_detail = 'cutover' "
+            "  WHERE id = $1::bigint AND phase = 'DUAL_WRITE' AND NOT paused "
+            "  RETURNING id, cutover_attempt, cutover_request_by), "
+            "a AS (INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
+            "  SELECT id, 'phase_changed', coalesce(cutover_request_by, 'pgshift'), "
+            "    '{\"from\": \"DUAL_WRITE\", \"to\": \"CUTOVER\"}' FROM m "
+            "  UNION ALL SELECT id, 'cutover_initiated', coalesce(cutover_request_by, 'pgshift'), "
+            "    jsonb_build_object('attempt', cutover_attempt, 'request', $2::bigint, "
+            "    'automatic', $2::bigint = 0) FROM m) "
+            "SELECT cutover_attempt FROM m",
+            2, params, &rc);
+    }
+    if (res == NULL)
+        return rc;
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return RUN_RECHECK;
+    }
+    attempt = atoi(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    t0 = cm_now_ms();
+    deadline = t0 + (uint64_t)d->timeout_ms;
+    LOG_INFO(LOG_CTX, "migration %s: cutover attempt %d, budget %d ms", r->ids, attempt,
+             d->timeout_ms);
+
+    /* 1. Every live process holds the tenant's new work and has drained what was inside. */
+    rc = wait_acks(d, attempt, deadline, &all, o.error, sizeof(o.error));
+    if (rc != RUN_OK)
+        goto failed;
+    if (!all)
+        goto rollback;
+    /* 2. The fence: wait out the tenant's writers still in flight (any client), then refuse. */
+    if (d->fence == NULL) {
+        rc = install_fence(d);
+        if (rc != RUN_OK)
+            goto failed;
+    }
+    {
+        uint64_t now = cm_now_ms();
+        long long left = (long long)deadline - (long long)now - FLIP_RESERVE_MS;
+        char *s;
+
+        if (left < 1) {
+            snprintf(o.error, sizeof(o.error), "cutover_timeout_ms spent before the fence");
+            goto rollback;
+        }
+        snprintf(lt, sizeof(lt), "%lld", left);
+        s = cm_xasprintf("SET lock_timeout = %s; SELECT pg_advisory_lock(" FENCE_LOCK_CLASS
+                         ", hashtext(%s))",
+                         lt, d->tenant_src);
+        res = mig_run_q(r, d->fence, "source store", s, 0, NULL, &rc);
+        free(s);
+        if (res == NULL) {
+            if (strcmp(r->sqlstate, "55P03") == 0) {
+                snprintf(o.error, sizeof(o.error),
+                         "a transaction of the tenant on the source did not end within "
+                         "cutover_timeout_ms");
+                rc = RUN_OK;
+                locked = true; /* nothing held, but reset lock_timeout */
+                goto rollback;
+            }
+            goto failed;
+        }
+        PQclear(res);
+        locked = true;
+        s = cm_xasprintf("INSERT INTO pgshift.fence (tenant, migration_id) VALUES (%s, %s) "
+                         "ON CONFLICT (tenant) DO UPDATE SET migration_id = EXCLUDED.migration_id",
+                         d->tenant_src, r->ids);
+        rc = mig_run_x(r, d->fence, "source store", s, 0, NULL);
+        free(s);
+        if (rc != RUN_OK)
+            goto failed;
+        fenced = true;
+    }
+    /* 3. The exact final sweep: nothing of the tenant can commit on the source any more. */
+    {
+        long long applied = 0, events = 0;
+
+        rc = round_once(d, true, &applied, &events);
+        if (rc != RUN_OK) {
+            snprintf(o.error, sizeof(o.error), "final sweep: %s", r->err ? r->err : "failed");
+            mig_run_drop_stores(r);
+            rc = RUN_OK;
+            goto rollback;
+        }
+        o.synced = events;
+        d->applied_total += applied;
+    }
+    /* 4. The target's sequences past the source's, before the target takes its first write. */
+    for (size_t i = 0; i < r->n_tabs; i++) {
+        if (!r->tabs[i].has_pos || strcmp(r->tabs[i].mode, "preserve") != 0)
+            continue;
+        rc = mig_run_bump_sequence(r, &r->tabs[i]);
+        if (rc != RUN_OK) {
+            snprintf(o.error, sizeof(o.error), "sequence: %s", r->err ? r->err : "failed");
+            rc = RUN_OK;
+            goto rollback;
+        }
+    }
+    if (cm_now_ms() + FLIP_RESERVE_MS > deadline) {
+        snprintf(o.error, sizeof(o.error), "cutover_timeout_ms (%d) would be exceeded",
+                 d->timeout_ms);
+        goto rollback;
+    }
+    /* 5. The flip, in one control-store transaction. */
+    {
+        char att[16], *res_js;
+        const char *params[3];
+
+        o.success = true;
+        o.pause_ms = (long long)(cm_now_ms() - t0);
+        snprintf(att, sizeof(att), "%d", attempt);
+        res_js = outcome_json(&o, request, attempt);
+        params[0] = r->ids;
+        params[1] = att;
+        params[2] = res_js;
+        res = mig_run_q(
+            r, r->ctl, "control store",
+            "WITH m AS (UPDATE pgshift.migrations SET phase = 'COMPLETED', completed_at = now(), "
+            "    updated_at = now(), cutover_result = $3::jsonb, status_detail = NULL "
+            "  WHERE id = $1::bigint AND phase = 'CUTOVER' AND cutover_attempt = $2::int "
+            "  RETURNING id, tenant, target_store, cutover_request_by), "
+            "rt AS (UPDATE pgshift.routes SET store = (SELECT target_store FROM m), "
+            "    state = 'normal', migration_id = NULL, version = version + 1, updated_at = now() "
+            "  WHERE tenant = (SELECT tenant FROM m) RETURNING tenant), "
+            "a AS (INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
+            "  SELECT id, 'phase_changed', 'pgshift', '{\"from\": \"CUTOVER\", \"to\": "
+            "    \"COMPLETED\"}' FROM m "
+            "  UNION ALL SELECT id, 'cutover_completed', coalesce(cutover_request_by, 'pgshift'), "
+            "    $3::jsonb FROM m "
+            "  UNION ALL SELECT id, 'migration_completed', 'pgshift', jsonb_build_object("
+            "    'target_store', target_store) FROM m) "
+            "SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM rt)",
+            3, params, &rc);
+        free(res_js);
+        if (res == NULL) {
+            /*
+             * Unknown whether it committed: keep the fence (the tenant may
+             * live on the target now) and let the record decide - COMPLETED
+             * stays, CUTOVER is recovered by recover_cutover.
+             */
+            unfence(d, false, locked);
+            return rc;
+        }
+        if (strcmp(PQgetvalue(res, 0, 0), "1") != 0) {
+            PQclear(res);
+            o.success = false;
+            snprintf(o.error, sizeof(o.error), "the migration left CUTOVER (aborted?)");
+            goto rollback;
+        }
+        PQclear(res);
+    }
+    unfence(d, false, locked); /* the fence stays: the source refuses the tenant for good */
+    (void)mig_run_x(r, r->ctl, "control store", "UNLISTEN *", 0, NULL);
+    drop_notifies(r->ctl);
+    LOG_INFO(LOG_CTX, "migration %s: cutover complete in %lld ms, %lld events in the final sweep",
+             r->ids, o.pause_ms, o.synced);
+    *completed = true;
+    return RUN_OK;
+
+rollback:
+    unfence(d, fenced, locked);
+    (void)mig_run_x(r, r->ctl, "control store", "UNLISTEN *", 0, NULL);
+    drop_notifies(r->ctl);
+    return roll_back(d, attempt, request, &o, t0);
+failed:
+    /* An error (connection, stop): lift what we can; recover_cutover finishes the job. */
+    unfence(d, fenced, locked);
+    if (r->ctl != NULL && PQstatus(r->ctl) == CONNECTION_OK && !mig_run_stopping(r)) {
+        snprintf(o.error, sizeof(o.error), "%s", r->err ? r->err : "cutover failed");
+        (void)roll_back(d, attempt, request, &o, t0);
+    }
+    return rc;
+}
+
+/*
+ * The record says CUTOVER but no attempt runs here (a restart, or an error
+ * mid-attempt): the flip was not persisted (else it would say COMPLETED),
+ * so lift the fence and go back to DUAL_WRITE.
+ */
+static run_rc_t recover_cutover(dw_t *d)
+{
+    run_t *r = d->r;
+    outcome_t o = { 0 };
+    const char *params[] = { r->ids };
+    run_rc_t rc;
+    PGresult *res;
+    int attempt;
+    int64_t request;
+
+    res = mig_run_q(r, r->ctl, "control store",
+                    "SELECT cutover_attempt, cutover_request FROM pgshift.migrations "
+                    "WHERE id = $1::bigint AND phase = 'CUTOVER'",
+                    1, params, &rc);
+    if (res == NULL)
+        return rc;
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return RUN_OK;
+    }
+    attempt = atoi(PQgetvalue(res, 0, 0));
+    request = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    PQclear(res);
+    rc = install_fence(d); /* lifts the fence of the interrupted attempt */
+    if (rc != RUN_OK)
+        return rc;
+    snprintf(o.error, sizeof(o.error),
+             "the cutover was interrupted (pgshift restarted or lost a store); back to dual-write");
+    return roll_back(d, attempt, request, &o, cm_now_ms());
+}
+
+/* ---- the loop --------------------------------------------------------------------------- */
+
+static run_rc_t dw_loop(dw_t *d)
+{
+    run_t *r = d->r;
+    uint64_t next_round = 0;
+
+    for (;;) {
+        uint64_t now = cm_now_ms();
+        bool phase_ok = true, paused = false;
+        run_rc_t rc;
+
+        if (mig_run_stopping(r))
+            return RUN_STOP;
+        if (now - d->last_status_ms >= STATUS_EVERY_MS) {
+            rc = publish_status(d, &phase_ok, &paused);
+            if (rc != RUN_OK)
+                return rc;
+            if (!phase_ok)
+                return RUN_RECHECK;
+        }
+        /* A CUTOVER request, or auto_cutover once ready. */
+        {
+            char buf[200];
+            long long predicted;
+            const char *why = not_ready(d, buf, sizeof(buf), &predicted);
+            int64_t req = d->request_pending > d->request_seen ? d->request_pending : 0;
+            bool autogo = d->auto_cutover && why == NULL && now >= d->next_auto_ms && !paused;
+
+            if (req > 0 || autogo) {
+                bool completed = false;
+
+                if (req > 0 && (why != NULL || paused)) {
+                    /* Refused: nothing changed. */
+                    outcome_t o = { 0 };
+                    char *js;
+
+                    snprintf(o.error, sizeof(o.error), "not ready for cutover: %s",
+                             paused ? "the migration is paused" : why);
+                    js = outcome_json(&o, req, 0);
+                    {
+                        const char *params[] = { r->ids, js };
+
+                        rc = mig_run_x(r, r->ctl, "control store",
+                                       "UPDATE pgshift.migrations SET cutover_result = "
+                                       "$2::jsonb WHERE id = $1::bigint",
+                                       2, params);
+                    }
+                    free(js);
+                    if (rc != RUN_OK)
+                        return rc;
+                    d->request_seen = req;
+                    continue;
+                }
+                d->request_seen = CM_MAX(d->request_seen, req);
+                rc = cutover(d, req, &completed);
+                if (rc != RUN_OK)
+                    return rc;
+                if (completed)
+                    return RUN_OK;
+                d->next_auto_ms = cm_now_ms() + AUTO_RETRY_MS;
+                d->last_status_ms = 0;
+                continue;
+            }
+        }
+        if (now < next_round) {
+            if (mig_run_nap(r, (int)CM_MIN(next_round - now, (uint64_t)STATUS_EVERY_MS)))
+                return RUN_STOP;
+            continue;
+        }
+        next_round = now + (uint64_t)d->interval_ms;
+        if (paused || !breaker_allows(d))
+            continue;
+        {
+            long long applied = 0, events = 0;
+
+            rc = round_once(d, false, &applied, &events);
+            if (rc == RUN_STOP)
+                return rc;
+            if (rc == RUN_PERMANENT && !is_target_error(r))
+                return rc;
+            if (rc != RUN_OK) {
+                mig_run_drop_stores(r);
+                record_failure(d);
+                continue;
+            }
+            record_success(d);
+            d->applied_total += applied;
+            d->converging = (double)events <= d->lag_ewma + 0.5 || events <= d->max_lag;
+            d->lag_ewma = 0.8 * d->lag_ewma + 0.2 * (double)events;
+            d->lag_events = events;
+            if (d->last_full_round_ms == 0)
+                d->last_full_round_ms = d->last_round_ms;
+            else {
+                bool full = false;
+
+                for (size_t i = 0; i < r->n_tabs; i++)
+                    full |= !r->tabs[i].has_pos && d->t[i].scanned;
+                if (full)
+                    d->last_full_round_ms = d->last_round_ms;
+            }
+        }
+    }
+}
+
+run_rc_t mig_dw_run(run_t *r)
+{
+    dw_t d = { .r = r };
+    run_rc_t rc;
+    bool found = false;
+
+    if (strcmp(r->phase, "BULK_COPY") == 0) {
+        rc = to_dual_write(r);
+        if (rc != RUN_OK)
+            return rc;
+    }
+    rc = mig_run_connect_stores(r);
+    if (rc != RUN_OK)
+        return rc;
+    if (r->n_tabs == 0) {
+        rc = mig_run_read_plan(r, &found);
+        if (rc != RUN_OK)
+            return rc;
+    }
+    d.t = cm_xcalloc(r->n_tabs ? r->n_tabs : 1, sizeof(*d.t));
+    rc = load_state(&d);
+    if (rc == RUN_OK)
+        rc = install_fence(&d);
+    if (rc == RUN_OK && strcmp(r->phase, "CUTOVER") == 0)
+        rc = recover_cutover(&d);
+    if (rc == RUN_OK) {
+        d.last_status_ms = 0;
+        rc = dw_loop(&d);
+    }
+    dw_free(&d);
+    return rc;
+}
