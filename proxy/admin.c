@@ -215,20 +215,30 @@ static void show_pools(px_client_t *c)
 static void show_stats(px_client_t *c)
 {
     static const char *const cols[] = {
-        "store",      "total_xact_count", "total_query_count", "total_received",
-        "total_sent", "total_errors",     "total_server_conns"
+        "store",
+        "total_xact_count",
+        "total_query_count",
+        "total_received",
+        "total_sent",
+        "total_errors",
+        "total_server_conns",
+        "cutover_holds_total", /* statements held while a tenant of the store was at cutover */
+        "cutover_hold_ms_max",
+        "cutover_hold_ms_sum",
     };
-    adm_table_t t = { .n_cols = 7, .cols = cols };
+    adm_table_t t = { .n_cols = CM_ARRAY_LEN(cols), .cols = cols };
     px_proxy_t *p = c->conn.proxy;
 
     for (size_t i = 0; i < p->n_stores; i++) {
         px_store_t *s = p->stores[i];
-        char x[24], q[24], r[24], w[24], e[24], n[24];
+        char x[24], q[24], r[24], w[24], e[24], n[24], hn[24], hx[24], hs[24];
 
         if (s->is_removed)
             continue;
         adm_row(&t, s->name, u64s(x, s->n_xacts), u64s(q, s->n_queries), u64s(r, s->bytes_in),
-                u64s(w, s->bytes_out), u64s(e, s->n_errors), u64s(n, s->n_server_conns));
+                u64s(w, s->bytes_out), u64s(e, s->n_errors), u64s(n, s->n_server_conns),
+                u64s(hn, s->n_cutover_holds), u64s(hx, s->cutover_hold_ms_max),
+                u64s(hs, s->cutover_hold_ms_sum));
     }
     adm_send_table(c, &t, "SHOW");
 }

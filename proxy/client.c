@@ -197,6 +197,14 @@ void px_client_check_timeouts(px_client_t *c, uint64_t now_ms)
                            p->cfg->client_login_timeout_ms);
         return;
     }
+    if (c->hold_start_ms != 0) {
+        /* Held at a cutover: never idle; past max_hold_ms the statement is refused. */
+        if (!c->is_hold_expired && now_ms - c->hold_start_ms >= (uint64_t)p->cfg->max_hold_ms) {
+            c->is_hold_expired = 1;
+            px_client_kick(c); /* the router answers 55000 and the session goes on */
+        }
+        return;
+    }
     if (p->cfg->client_idle_timeout_ms > 0 && !c->is_admin && px_client_is_idle(c) &&
         now_ms - c->last_active_ms >= (uint64_t)p->cfg->client_idle_timeout_ms)
         px_client_fail(c, "57P05", "terminating connection due to idle timeout");
@@ -846,6 +854,7 @@ void px_client_accept(px_proxy_t *p, uv_stream_t *listener, bool is_admin, bool 
     c->id = ++p->next_id;
     c->batch_store = -1;
     c->bound_store = -1;
+    c->hold_store = -1;
     c->is_admin = is_admin;
     c->is_unix = is_unix;
     c->connect_ms = wall_ms();

@@ -100,6 +100,28 @@ static void render_metrics(px_proxy_t *p, cm_buf_t *b)
     appendf(b, "# TYPE pgshift_protocol_errors_total counter\npgshift_protocol_errors_total %llu\n",
             (unsigned long long)st->n_protocol_errors);
     appendf(b, "# TYPE pgshift_paused gauge\npgshift_paused %d\n", p->is_paused ? 1 : 0);
+    appendf(b,
+            "# HELP pgshift_cutover_holds_total Statements held while their tenant was at "
+            "cutover, counted when the hold ended.\n# TYPE pgshift_cutover_holds_total "
+            "counter\npgshift_cutover_holds_total %llu\n",
+            (unsigned long long)st->n_cutover_holds);
+    appendf(b,
+            "# HELP pgshift_cutover_hold_ms_max Longest cutover hold since start.\n# TYPE "
+            "pgshift_cutover_hold_ms_max gauge\npgshift_cutover_hold_ms_max %llu\n",
+            (unsigned long long)st->cutover_hold_ms_max);
+    appendf(b,
+            "# HELP pgshift_cutover_hold_ms_sum Total time statements were held at cutovers.\n"
+            "# TYPE pgshift_cutover_hold_ms_sum counter\npgshift_cutover_hold_ms_sum %llu\n",
+            (unsigned long long)st->cutover_hold_ms_sum);
+    appendf(b,
+            "# HELP pgshift_cutover_hold_timeouts_total Held statements refused after "
+            "max_hold_ms.\n# TYPE pgshift_cutover_hold_timeouts_total "
+            "counter\npgshift_cutover_hold_timeouts_total %llu\n",
+            (unsigned long long)st->n_cutover_hold_timeouts);
+    appendf(b, "# TYPE pgshift_cutover_held_clients gauge\npgshift_cutover_held_clients %d\n",
+            px_router_n_held(p));
+    appendf(b, "# TYPE pgshift_cutover_pending_acks gauge\npgshift_cutover_pending_acks %d\n",
+            p->n_cutover_unacked);
     appendf(b, "# TYPE pgshift_store_queries_total counter\n");
     for (size_t i = 0; i < p->n_stores; i++)
         appendf(b, "pgshift_store_queries_total{store=\"%s\"} %llu\n", p->stores[i]->name,

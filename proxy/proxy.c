@@ -168,6 +168,8 @@ static void janitor_cb(uv_timer_t *t)
     cm_list_foreach_safe(it, tmp, &p->clients) {
         px_client_check_timeouts(cm_container_of(it, px_client_t, node), now);
     }
+    /* A safety net: drains are noticed when stores go idle, this catches the rest. */
+    px_router_check_drain(p);
 }
 
 int px_proxy_init(px_proxy_t *p, uv_loop_t *loop, cfg_t *cfg, char **err)

@@ -214,6 +214,8 @@ struct px_store {
     uint64_t query_time_us, xact_time_us;
     int n_servers; /* open server connections */
     int n_active;  /* linked to a client */
+    /* statements held while a tenant of this store was at cutover */
+    uint64_t n_cutover_holds, cutover_hold_ms_sum, cutover_hold_ms_max;
 };
 
 /* ---- server connections ---- */
@@ -250,7 +252,16 @@ struct px_server {
     uint64_t connect_start_ms;
     uint64_t xact_start_us;
     uint64_t query_start_us;
-    int n_handles;            /* open uv handles: conn + timer */
+    int n_handles; /* open uv handles: conn + timer */
+    /*
+     * Cutover drain: the store is busy for the session from the first
+     * request sent while it was idle until a ReadyForQuery 'I' that leaves
+     * nothing pending (so an explicit transaction, an extended batch before
+     * its Sync and pipelined requests all count). work_gen is the proxy's
+     * route_gen when it got busy: the "bound_gen" of the work it carries.
+     */
+    uint64_t work_gen;
+    unsigned is_busy : 1;
     unsigned is_copy_in : 1;  /* the store sent CopyInResponse: client streams CopyData */
     unsigned is_copy_out : 1; /* the store streams CopyData to the client */
     char ctx[64];             /* log prefix */
@@ -315,8 +326,12 @@ struct px_client {
     uint64_t connect_ms; /* wall-clock ms at accept, for SHOW CLIENTS */
     uint64_t last_active_ms;
     uint64_t n_queries;
-    unsigned is_held : 1;        /* input processing suspended (pause, waiting server) */
-    unsigned is_terminating : 1; /* got Terminate */
+    uint64_t hold_start_ms;       /* cm_now_ms() when a statement was first held at a cutover;
+                                     0 = not held */
+    int hold_store;               /* store of the tenant at cutover that holds it */
+    unsigned is_hold_expired : 1; /* held past max_hold_ms: refuse the statement (55000) */
+    unsigned is_held : 1;         /* input processing suspended (pause, waiting server) */
+    unsigned is_terminating : 1;  /* got Terminate */
     unsigned is_unix : 1;
     unsigned close_when_idle : 1; /* shutdown: close at the next idle point */
     unsigned in_copy_in : 1;      /* streaming CopyData to the server */
@@ -348,6 +363,11 @@ typedef struct px_stats {
     uint64_t n_xacts;
     uint64_t bytes_in;
     uint64_t bytes_out;
+    /* cutover holds that ended (released, or refused past max_hold_ms) */
+    uint64_t n_cutover_holds;
+    uint64_t cutover_hold_ms_sum;
+    uint64_t cutover_hold_ms_max;
+    uint64_t n_cutover_hold_timeouts; /* of them: refused past max_hold_ms */
 } px_stats_t;
 
 struct px_proxy {
@@ -390,6 +410,8 @@ struct px_proxy {
     struct px_scram_cache *scram_cache; /* SCRAM secrets derived from plain passwords */
     size_t n_scram_cache;
     struct px_router *router; /* proxy/router.c state */
+    uint64_t route_gen;       /* bumped on every route-table install (cutover holds) */
+    int n_cutover_unacked;    /* cutovers whose drain this process has not acknowledged yet */
     void *http;               /* proxy/http.c state */
     void *admin;              /* proxy/admin.c state */
 };
@@ -483,6 +505,15 @@ void px_router_server_gone(px_client_t *c, px_server_t *s);
 void px_router_client_gone(px_client_t *c);
 /* An admin command the migrator serves; false when sql is not one. */
 bool px_router_admin(px_client_t *c, const char *sql);
+/*
+ * Acknowledge every cutover whose store no longer carries work that began
+ * before its hold (px_server_t.is_busy / work_gen). Cheap to call: it
+ * returns at once unless p->n_cutover_unacked > 0. Called after a route
+ * table install, when a store goes idle or away, and by the janitor.
+ */
+void px_router_check_drain(px_proxy_t *p);
+/* Clients held at a cutover right now. */
+int px_router_n_held(px_proxy_t *p);
 
 /* proxy/admin.c */
 /* The migrator answered an admin command of client `cookie`; takes res. */

@@ -44,6 +44,20 @@ typedef enum rt_rc {
 
 /* ---- setup ---- */
 
+/*
+ * A cutover this process takes part in: one per route in CUTOVER, kept
+ * across table installs while (tenant, migration, attempt) stay the same.
+ */
+typedef struct rt_cutover {
+    char *tenant;         /* owned */
+    int store;            /* the tenant's store (the source) */
+    int64_t migration_id; /* */
+    int64_t attempt;      /* cutover_attempt */
+    uint64_t hold_gen;    /* work that began before this generation must drain */
+    uint64_t start_ms;    /* cm_now_ms() when this process began holding */
+    bool is_acked;        /* mig_ctl_cutover_ack was called */
+} rt_cutover_t;
+
 struct px_router {
     route_tenancy_t tenancy;
     route_cache_t *cache;
@@ -51,6 +65,8 @@ struct px_router {
     route_table_t *table; /* frozen snapshot */
     mig_ctl_t *ctl;
     uint64_t next_lookup;
+    rt_cutover_t *cutovers; /* owned, n_cutovers of them */
+    size_t n_cutovers;
 };
 
 static route_table_t *empty_table(px_proxy_t *p)
@@ -84,6 +100,137 @@ static route_phase_t phase_from(const char *s)
     return ROUTE_PHASE_NONE;
 }
 
+/* ---- cutover: hold, drain, acknowledge ---- */
+
+static void cutovers_free(struct px_router *r)
+{
+    for (size_t i = 0; i < r->n_cutovers; i++)
+        free(r->cutovers[i].tenant);
+    free(r->cutovers);
+    r->cutovers = NULL;
+    r->n_cutovers = 0;
+}
+
+/*
+ * The cutovers of the new table t: the ones already known keep their start
+ * and acknowledgement, new ones start now. Borrows t.
+ */
+static void cutovers_update(px_proxy_t *p, const route_table_t *t)
+{
+    struct px_router *r = p->router;
+    rt_cutover_t *next = NULL;
+    size_t n = 0, cap = 0;
+    uint64_t now = cm_now_ms();
+
+    p->n_cutover_unacked = 0;
+    for (size_t i = 0; i < route_table_len(t); i++) {
+        const route_entry_t *e = route_table_at(t, i);
+        rt_cutover_t *c = NULL;
+
+        if (e->phase != ROUTE_PHASE_CUTOVER)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 4;
+            next = cm_xrealloc(next, cap * sizeof(*next));
+        }
+        for (size_t k = 0; k < r->n_cutovers; k++) {
+            rt_cutover_t *o = &r->cutovers[k];
+
+            if (o->tenant != NULL && o->migration_id == e->migration_id &&
+                o->attempt == e->cutover_attempt && strcmp(o->tenant, e->tenant) == 0) {
+                next[n] = *o;
+                o->tenant = NULL; /* moved */
+                c = &next[n];
+                break;
+            }
+        }
+        if (c == NULL) {
+            c = &next[n];
+            memset(c, 0, sizeof(*c));
+            c->tenant = cm_xstrdup(e->tenant);
+            c->migration_id = e->migration_id;
+            c->attempt = e->cutover_attempt;
+            c->start_ms = now;
+            LOG_INFO(NULL,
+                     "tenant %s at cutover (migration %lld, attempt %lld): holding its new work",
+                     e->tenant, (long long)e->migration_id, (long long)e->cutover_attempt);
+            if (e->cutover_attempt <= 0 || e->migration_id <= 0) {
+                LOG_WARN(NULL, "tenant %s at cutover without a migration attempt: not acknowledged",
+                         e->tenant);
+                c->is_acked = true;
+            }
+        }
+        c->store = route_entry_store(e);
+        c->hold_gen = e->hold_gen;
+        if (!c->is_acked)
+            p->n_cutover_unacked++;
+        n++;
+    }
+    for (size_t k = 0; k < r->n_cutovers; k++) {
+        rt_cutover_t *o = &r->cutovers[k];
+
+        if (o->tenant != NULL && !o->is_acked)
+            LOG_INFO(NULL,
+                     "tenant %s left cutover (migration %lld, attempt %lld) before this process "
+                     "drained",
+                     o->tenant, (long long)o->migration_id, (long long)o->attempt);
+    }
+    cutovers_free(r);
+    r->cutovers = next;
+    r->n_cutovers = n;
+}
+
+/* Whether a store of `store` still carries work that began before generation gen. */
+static bool store_has_work_before(px_proxy_t *p, int store, uint64_t gen)
+{
+    cm_list_t *it;
+
+    for (it = p->servers.next; it != &p->servers; it = it->next) {
+        px_server_t *s = cm_container_of(it, px_server_t, node);
+
+        if (s->is_busy && s->state == PX_SV_ACTIVE && s->client != NULL &&
+            s->store->index == store && s->work_gen < gen)
+            return true;
+    }
+    return false;
+}
+
+void px_router_check_drain(px_proxy_t *p)
+{
+    struct px_router *r = p->router;
+    uint64_t now;
+
+    if (p->n_cutover_unacked <= 0 || r == NULL)
+        return;
+    now = cm_now_ms();
+    for (size_t i = 0; i < r->n_cutovers; i++) {
+        rt_cutover_t *c = &r->cutovers[i];
+
+        if (c->is_acked || store_has_work_before(p, c->store, c->hold_gen))
+            continue;
+        c->is_acked = true;
+        p->n_cutover_unacked--;
+        LOG_INFO(NULL,
+                 "tenant %s drained for cutover (migration %lld, attempt %lld) on store %s in "
+                 "%llu ms: acknowledged",
+                 c->tenant, (long long)c->migration_id, (long long)c->attempt,
+                 p->stores[c->store]->name, (unsigned long long)(now - c->start_ms));
+        if (r->ctl != NULL)
+            mig_ctl_cutover_ack(r->ctl, c->migration_id, c->attempt);
+    }
+}
+
+int px_router_n_held(px_proxy_t *p)
+{
+    cm_list_t *it;
+    int n = 0;
+
+    for (it = p->clients.next; it != &p->clients; it = it->next)
+        if (cm_container_of(it, px_client_t, node)->hold_start_ms != 0)
+            n++;
+    return n;
+}
+
 /* Build a frozen table from the control store's routes. */
 static void router_set_routes(px_proxy_t *p, const mig_route_t *routes, size_t n)
 {
@@ -113,12 +260,18 @@ static void router_set_routes(px_proxy_t *p, const mig_route_t *routes, size_t n
             strcmp(routes[i].state, "migrating") == 0 ? ROUTE_STATE_MIGRATING : ROUTE_STATE_NORMAL;
         e.target_store = target ? target->index : -1;
         e.version = routes[i].version;
+        e.migration_id = routes[i].migration_id;
+        e.cutover_attempt = e.phase == ROUTE_PHASE_CUTOVER ? routes[i].cutover_attempt : 0;
         route_table_put(t, &e);
     }
+    p->route_gen++;
+    route_table_set_hold_gens(t, r->table, p->route_gen);
     route_table_freeze(t);
     route_table_unref(r->table);
     r->table = t;
-    LOG_DEBUG(NULL, "route table: %zu routes", route_table_len(t));
+    cutovers_update(p, t);
+    LOG_DEBUG(NULL, "route table: %zu routes, generation %llu", route_table_len(t),
+              (unsigned long long)p->route_gen);
 }
 
 static void router_lookup_done(px_proxy_t *p, uint64_t id, mig_result_t *res);
@@ -130,6 +283,8 @@ static void router_event_cb(void *arg, mig_event_t *ev)
     switch (ev->kind) {
     case MIG_EV_ROUTES:
         router_set_routes(p, ev->routes, ev->n_routes);
+        /* A process without work from before the hold acknowledges at once. */
+        px_router_check_drain(p);
         /* Held clients may now route elsewhere. */
         {
             cm_list_t *it, *tmp;
@@ -155,6 +310,13 @@ static void router_event_cb(void *arg, mig_event_t *ev)
         break;
     case MIG_EV_CONTROL_UP:
         LOG_INFO(NULL, "control store reachable again");
+        /* Acknowledgements are idempotent: repeat the ones of cutovers still on. */
+        for (size_t i = 0; i < p->router->n_cutovers; i++) {
+            rt_cutover_t *c = &p->router->cutovers[i];
+
+            if (c->is_acked && c->attempt > 0 && c->migration_id > 0 && p->router->ctl != NULL)
+                mig_ctl_cutover_ack(p->router->ctl, c->migration_id, c->attempt);
+        }
         break;
     default:
         break;
@@ -237,8 +399,10 @@ void px_router_destroy(px_proxy_t *p)
     route_aggmap_free(r->aggs);
     route_table_unref(r->table);
     route_tenancy_destroy(&r->tenancy);
+    cutovers_free(r);
     free(r);
     p->router = NULL;
+    p->n_cutover_unacked = 0;
 }
 
 /* Admin commands the migrator serves; false when `sql` is not one of them. */
@@ -625,6 +789,20 @@ void px_router_ready(px_client_t *c, px_server_t *s, uint8_t status)
 
 /* ---- decisions ---- */
 
+/*
+ * The route generation at which the session's work on `store` began: the
+ * store's, while it is busy with earlier work; else now (the work starts
+ * with this statement).
+ */
+static uint64_t cl_work_gen(px_client_t *c, int store)
+{
+    px_server_t *s = store >= 0 ? cl_server(c, store) : NULL;
+
+    if (s != NULL && s->is_busy)
+        return s->work_gen;
+    return c->conn.proxy->route_gen;
+}
+
 static void cl_session(px_client_t *c, route_session_t *ss)
 {
     px_proxy_t *p = c->conn.proxy;
@@ -636,6 +814,7 @@ static void cl_session(px_client_t *c, route_session_t *ss)
     ss->bound_store = bound;
     ss->bound_tentative = c->bound_store >= 0 ? c->bound_tentative : false;
     ss->in_txn = c->in_txn || batch >= 0;
+    ss->bound_gen = cl_work_gen(c, bound);
     ss->default_store = p->default_store->index;
     ss->aggs = p->router->aggs;
 }
@@ -678,6 +857,67 @@ static void apply_session_set(px_client_t *c, const route_stmt_t *st, const rout
     }
 }
 
+/* ---- cutover holds ---- */
+
+#define CUTOVER_RETRY_MSG "tenant is being moved to another store; retry"
+
+/* The hold of the client's statement ended (released, or refused when expired). */
+static void cl_hold_end(px_client_t *c, bool expired)
+{
+    px_proxy_t *p = c->conn.proxy;
+    uint64_t ms;
+
+    if (c->hold_start_ms == 0)
+        return;
+    ms = cm_now_ms() - c->hold_start_ms;
+    c->hold_start_ms = 0;
+    c->is_hold_expired = 0;
+    p->stats.n_cutover_holds++;
+    p->stats.cutover_hold_ms_sum += ms;
+    p->stats.cutover_hold_ms_max = CM_MAX(p->stats.cutover_hold_ms_max, ms);
+    if (expired)
+        p->stats.n_cutover_hold_timeouts++;
+    if (c->hold_store >= 0 && (size_t)c->hold_store < p->n_stores) {
+        px_store_t *st = p->stores[c->hold_store];
+
+        st->n_cutover_holds++;
+        st->cutover_hold_ms_sum += ms;
+        st->cutover_hold_ms_max = CM_MAX(st->cutover_hold_ms_max, ms);
+    }
+    LOG_DEBUG(c->ctx, "cutover hold %s after %llu ms", expired ? "expired" : "released",
+              (unsigned long long)ms);
+}
+
+/*
+ * HOLD decision d: the client waits until the route table changes (the
+ * router's event callback kicks it), or, once the janitor marked the hold
+ * expired (max_hold_ms), the statement is refused with 55000 like any other
+ * refusal.
+ */
+static rt_rc_t cl_hold(px_client_t *c, bool is_simple, const route_decision_t *d)
+{
+    if (c->hold_start_ms == 0) {
+        c->hold_start_ms = cm_now_ms();
+        if (c->hold_start_ms == 0)
+            c->hold_start_ms = 1;
+        c->hold_store = d->route != NULL ? d->route->store : -1;
+        c->is_hold_expired = 0;
+        LOG_DEBUG(c->ctx, "held: tenant %s is at cutover", d->tenant);
+    }
+    if (c->is_hold_expired) {
+        rt_rc_t rc = cl_refuse(c, is_simple, "55000", CUTOVER_RETRY_MSG);
+
+        if (rc == RT_DONE) {
+            LOG_INFO(c->ctx, "statement of tenant %s held longer than max_hold_ms (%d): refused",
+                     d->tenant, c->conn.proxy->cfg->max_hold_ms);
+            cl_hold_end(c, true);
+        }
+        return rc;
+    }
+    c->is_waiting = 1; /* released when the route table changes */
+    return RT_WAIT;
+}
+
 /* ---- simple Query ---- */
 
 static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, const char *sql,
@@ -703,14 +943,15 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
         switch (d.action) {
         case ROUTE_ACT_REFUSE:
             route_class_unref(cls);
+            cl_hold_end(c, false);
             return cl_refuse(c, true, d.sqlstate, d.message);
         case ROUTE_ACT_NEED_LOOKUP:
             route_class_unref(cls);
+            cl_hold_end(c, false);
             return cl_lookup(c, &d);
         case ROUTE_ACT_HOLD:
             route_class_unref(cls);
-            c->is_waiting = 1; /* released when the route table changes */
-            return RT_WAIT;
+            return cl_hold(c, true, &d);
         case ROUTE_ACT_DEFER:
         case ROUTE_ACT_LOCAL:
             break;
@@ -741,9 +982,12 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
             ss.in_txn = true;
         else if (st->kind == ROUTE_KIND_TXN_COMMIT || st->kind == ROUTE_KIND_TXN_ROLLBACK)
             ss.in_txn = false;
-        if (d.action == ROUTE_ACT_SEND && ss.in_txn && ss.bound_store < 0)
+        if (d.action == ROUTE_ACT_SEND && ss.in_txn && ss.bound_store < 0) {
             ss.bound_store = d.store;
+            ss.bound_gen = cl_work_gen(c, d.store);
+        }
     }
+    cl_hold_end(c, false);
     if (all_local && cls->n_stmts == 1 && c->has_deferred_work && c->deferred != NULL &&
         (cls->stmts[0].kind == ROUTE_KIND_TXN_COMMIT ||
          cls->stmts[0].kind == ROUTE_KIND_TXN_ROLLBACK)) {
@@ -1062,14 +1306,15 @@ static rt_rc_t rt_bind(px_client_t *c, const uint8_t *msg, size_t msg_len, const
         d.binds = true;
         d.tentative = false;
     }
+    if (d.action != ROUTE_ACT_HOLD)
+        cl_hold_end(c, false);
     switch (d.action) {
     case ROUTE_ACT_REFUSE:
         return cl_refuse(c, false, d.sqlstate, d.message);
     case ROUTE_ACT_NEED_LOOKUP:
         return cl_lookup(c, &d);
     case ROUTE_ACT_HOLD:
-        c->is_waiting = 1;
-        return RT_WAIT;
+        return cl_hold(c, false, &d);
     case ROUTE_ACT_DEFER:
     case ROUTE_ACT_LOCAL: {
         /* BEGIN and friends: answered here; the Execute gets its tag. */

@@ -63,12 +63,28 @@ static void sv_conn_closed(px_conn_t *c)
     sv_unref(c->owner);
 }
 
+/*
+ * The store carries no more work for the session (its answers are in, or it
+ * goes away): a cutover waiting for that work may now be acknowledged.
+ */
+static void sv_work_done(px_server_t *s)
+{
+    px_proxy_t *p = s->conn.proxy;
+
+    if (!s->is_busy)
+        return;
+    s->is_busy = 0;
+    if (p->n_cutover_unacked > 0)
+        px_router_check_drain(p);
+}
+
 /* Close without notifying the client (it is gone or told already). */
 static void sv_close(px_server_t *s)
 {
     if (s->state == PX_SV_CLOSING)
         return;
     sv_set_state(s, PX_SV_CLOSING);
+    sv_work_done(s);
     s->client = NULL;
     uv_timer_stop(&s->timer);
     uv_close((uv_handle_t *)&s->timer, sv_handle_closed);
@@ -108,6 +124,7 @@ void px_server_release(px_server_t *s)
         px_conn_send(&s->conn, b.data, b.len);
         cm_buf_free(&b);
         sv_set_state(s, PX_SV_CLOSING);
+        sv_work_done(s); /* Terminate ends whatever transaction was open */
         uv_timer_stop(&s->timer);
         uv_close((uv_handle_t *)&s->timer, sv_handle_closed);
         px_conn_close_after_flush(&s->conn);
@@ -391,6 +408,11 @@ static bool needs_body(uint8_t type)
 
 void px_server_expect(px_server_t *s, uint8_t type, bool swallow)
 {
+    if (!s->is_busy) {
+        /* New work on an idle store: it began at the current route generation. */
+        s->is_busy = 1;
+        s->work_gen = s->conn.proxy->route_gen;
+    }
     if (s->rq_n == s->rq_cap) {
         uint32_t cap = s->rq_cap ? s->rq_cap * 2 : 16;
         uint8_t *nq = cm_xmalloc(cap);
@@ -519,7 +541,7 @@ static void sv_forward(px_server_t *s)
     size_t run = c->rpos; /* start of the bytes to forward */
     wire_limits_t lim = { .max_msg_len = (size_t)1 << 30, .max_startup_len = 0 };
     size_t need = 0; /* size of a partial message that must be read whole */
-    bool saw_ready = false;
+    bool saw_ready = false, went_idle = false;
 
     while (c->rpos < c->rlen) {
         const uint8_t *buf = c->rbuf + c->rpos;
@@ -591,6 +613,8 @@ static void sv_forward(px_server_t *s)
                 }
                 s->txn_status = st;
                 s->is_copy_in = s->is_copy_out = 0;
+                if (st == WIRE_TXN_IDLE && s->rq_n == 0 && s->is_busy)
+                    went_idle = true; /* its work ended; told after the forward loop */
                 if (!drop) {
                     cl->txn_status = st;
                     px_router_ready(cl, s, st);
@@ -632,6 +656,8 @@ static void sv_forward(px_server_t *s)
     if (need > 0)
         px_conn_reserve(c, need);
     px_conn_flush(&cl->conn);
+    if (went_idle && s->rq_n == 0 && s->txn_status == WIRE_TXN_IDLE)
+        sv_work_done(s);
     if (saw_ready && s->rq_n == 0)
         px_client_server_idle(cl, s); /* a waiting client may go on */
 }

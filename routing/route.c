@@ -773,8 +773,8 @@ route_decision_t route_decide(const route_table_t *t, const route_session_t *ses
 {
     route_decision_t d;
     char val[ROUTE_VALUE_MAX + 1], sess_tenant[ROUTE_VALUE_MAX + 1];
-    const route_entry_t *e = NULL;
-    bool has_sess = false, bound, fallback, held = false;
+    const route_entry_t *e = NULL, *held = NULL;
+    bool has_sess = false, bound, fallback;
     int def = sess->default_store, store = -1;
     route_reason_t why;
 
@@ -838,8 +838,8 @@ route_decision_t route_decide(const route_table_t *t, const route_session_t *ses
             return refuse(d, ROUTE_R_TENANT_MISMATCH, "42501");
         }
         s = tenant_store(t, val, def, &te);
-        if (cutover_holds(sess, bound, te))
-            held = true;
+        if (held == NULL && cutover_holds(sess, bound, te))
+            held = te;
         if (store < 0) {
             store = s;
             e = te;
@@ -865,7 +865,8 @@ route_decision_t route_decide(const route_table_t *t, const route_session_t *ses
     } else if (has_sess) {
         /* Rule 2: the session tenant. */
         store = tenant_store(t, sess_tenant, def, &e);
-        held = cutover_holds(sess, bound, e);
+        if (cutover_holds(sess, bound, e))
+            held = e;
         copy_str(d.tenant, sizeof(d.tenant), sess_tenant);
         why = ROUTE_R_SESSION_TENANT;
     } else {
@@ -892,8 +893,8 @@ route_decision_t route_decide(const route_table_t *t, const route_session_t *ses
                 continue;
             }
             s = tenant_store(t, kt, def, &te);
-            if (cutover_holds(sess, bound, te))
-                held = true;
+            if (held == NULL && cutover_holds(sess, bound, te))
+                held = te;
             if (store < 0) {
                 store = s;
                 e = te;
@@ -926,10 +927,12 @@ route_decision_t route_decide(const route_table_t *t, const route_session_t *ses
      * hold goes on (cutover_holds). A later one waits; a tentative one then
      * moves to the tenant's new store through the rebind below once released.
      */
-    if (held) {
+    if (held != NULL) {
         d.action = ROUTE_ACT_HOLD;
         d.reason = ROUTE_R_CUTOVER_HOLD;
         d.store = -1;
+        d.route = held;
+        copy_str(d.tenant, sizeof(d.tenant), held->tenant);
         return d;
     }
     if (bound && store != sess->bound_store) {

@@ -386,8 +386,10 @@ typedef struct route_decision {
     bool tentative; /* with binds: a default-store read; a later tenant statement may move it */
     bool rebind;    /* roll the transaction back on sess->bound_store, replay deferred work on
                        `store`, then send: set only when sess->bound_tentative */
-    const route_entry_t *route;       /* the tenant's route (borrowed from the table) or NULL */
-    char tenant[ROUTE_VALUE_MAX + 1]; /* the tenant decided, canonical; "" = none */
+    const route_entry_t *route;       /* the tenant's route (borrowed from the table) or NULL;
+                                         HOLD: the route at cutover that holds the statement */
+    char tenant[ROUTE_VALUE_MAX + 1]; /* the tenant decided, canonical; "" = none; HOLD: the
+                                         tenant at cutover */
     char key[ROUTE_VALUE_MAX + 1];    /* NEED_LOOKUP: the key value to look up */
     int key_column;                   /* NEED_LOOKUP: index into route_tenancy_t.key_columns */
     char sqlstate[6];                 /* REFUSE: "42501", "0A000", "22023" */

@@ -1266,6 +1266,15 @@ static void test_cutover_release_flow(void **state)
     d = decide_sql(f, APPEND, &sess, append_tcut);
     assert_int_equal(d.action, ROUTE_ACT_HOLD);
     assert_int_equal(d.store, -1);
+    assert_string_equal(d.tenant, "tcut");
+    assert_non_null(d.route);
+    assert_int_equal(d.route->hold_gen, CUT_GEN);
+    assert_int_equal(d.route->cutover_attempt, 1);
+    /* the decision names the tenant at cutover, not the first one of the statement */
+    d = decide_sql(f, "SELECT * FROM events WHERE tenant_id IN ('ta', 'tcut')", &sess, NULL);
+    assert_int_equal(d.action, ROUTE_ACT_HOLD);
+    assert_string_equal(d.tenant, "tcut");
+    assert_int_equal(d.route->store, S_EAST);
 
     /* flipped: the held statement rebinds the tentative transaction to the target */
     done = table_with_tcut(held_table, &e);
@@ -1694,6 +1703,85 @@ static void test_fast_path_edges(void **state)
 }
 
 /* The cache: fast answers are not inserted and do not evict; parsed texts still are. */
+/*
+ * The fast path checks the grammar once per shape (literal operands
+ * normalized): every text of a shape the grammar accepted once must still
+ * get route_classify's answer, including texts whose literals the grammar
+ * does look at (float(0)), overflowing integers, trailing junk, string
+ * continuations, U&'' strings and second statements.
+ */
+/* tmpl with its first '@' replaced by a and its second by b; the length. */
+static int fill2(char *q, size_t size, const char *tmpl, const char *a, const char *b)
+{
+    size_t n = 0;
+    int k = 0;
+
+    for (const char *p = tmpl; *p != '\0'; p++) {
+        const char *v = *p == '@' ? (k++ == 0 ? a : b) : NULL;
+        size_t vl = v != NULL ? strlen(v) : 1;
+
+        assert_true(n + vl < size);
+        memcpy(q + n, v != NULL ? v : p, vl);
+        n += vl;
+    }
+    q[n] = '\0';
+    return (int)n;
+}
+
+static void test_fast_path_shapes(void **state)
+{
+    static const char *const tmpl[] = {
+        "SELECT abalance FROM pgbench_accounts WHERE aid = @;",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = @",
+        "UPDATE pgbench_accounts SET abalance = abalance + -@ WHERE aid = @;",
+        "INSERT INTO pgbench_history (tid, delta) VALUES (@, -@);",
+        "SELECT 1::float(@) + @",
+        "SELECT CAST(@ AS float(@))",
+        "SELECT a FROM t WHERE b = @ LIMIT @",
+        "SELECT a FROM t WHERE b = /* c */ @ OFFSET -@",
+        "SELECT a FROM t WHERE b = '@'\n'@'",
+        "SELECT a FROM t WHERE b = '@' '@'",
+        "SELECT a FROM t WHERE b = E'@' || '@'",
+        "SELECT U&'d!0061t' UESCAPE '@' = '@'",
+        "SELECT a FROM t WHERE b = @; SELECT @",
+        "SELECT a FROM t WHERE b = @.@",
+        "SELECT a FROM t WHERE b >= @e@",
+        "SELECT a[@] FROM t WHERE b <> @",
+        "DELETE FROM t WHERE b < @ AND c > '@'",
+    };
+    static const char *const vals[] = {
+        "1", "0",     "54", "123456789", "1234567890", "99999999999", "12abc",
+        "x", "it''s", "!",  "",          "0x1F",       "1e5",         "+",
+    };
+    route_cache_t *c = route_cache_new(4, &g_ten);
+
+    (void)state;
+    for (size_t t = 0; t < CM_ARRAY_LEN(tmpl); t++) {
+        for (size_t i = 0; i < CM_ARRAY_LEN(vals); i++) {
+            for (size_t j = 0; j < CM_ARRAY_LEN(vals); j++) {
+                char q[256];
+                route_class_t *got, *want;
+                int n = fill2(q, sizeof(q), tmpl[t], vals[i], vals[j]);
+
+                got = route_cache_get(c, q, (size_t)n);
+                want = route_classify(q, (size_t)n, &g_ten);
+                if (got->is_error != want->is_error || got->n_stmts != want->n_stmts ||
+                    got->stmts[0].kind != want->stmts[0].kind ||
+                    got->stmts[0].is_write != want->stmts[0].is_write ||
+                    got->stmts[0].len != want->stmts[0].len) {
+                    print_error("shape answer differs from route_classify for: %s\n", q);
+                    fail();
+                }
+                route_class_unref(got);
+                route_class_unref(want);
+            }
+        }
+    }
+    /* the shapes did their work: most texts were answered without a parse */
+    assert_true(route_cache_stats(c).fast > 100);
+    route_cache_free(c);
+}
+
 static void test_cache_fast_path(void **state)
 {
     route_cache_t *c = route_cache_new(2, &g_ten);
@@ -1720,13 +1808,13 @@ static void test_cache_fast_path(void **state)
     a2 = route_cache_get(c, qa, strlen(qa)); /* the parsed entry survived */
     assert_ptr_equal(a1, a2);
     assert_int_equal(route_cache_stats(c).hits, 1);
-    /* the same fast text twice: two answers, each the caller's own */
+    /* the same fast shape twice: one shared answer, a reference for each caller */
     f1 = route_cache_get(c, "UPDATE pgbench_accounts SET abalance = abalance + -4 WHERE aid = 5",
                          66);
-    f2 = route_cache_get(c, "UPDATE pgbench_accounts SET abalance = abalance + -4 WHERE aid = 5",
+    f2 = route_cache_get(c, "UPDATE pgbench_accounts SET abalance = abalance + -7 WHERE aid = 8",
                          66);
-    assert_ptr_not_equal(f1, f2);
-    assert_int_equal(f1->refcount, 1);
+    assert_ptr_equal(f1, f2);
+    assert_int_equal(f1->refcount, 3); /* f1, f2 and the fast path's shape slot */
     assert_int_equal(f1->stmts[0].kind, ROUTE_KIND_WRITE);
     assert_true(f1->stmts[0].is_write);
     assert_int_equal(route_cache_stats(c).fast, 52);
@@ -1844,6 +1932,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fast_path_table, setup_ten, teardown_ten),
         cmocka_unit_test_setup_teardown(test_fast_path_edges, setup_ten, teardown_ten),
         cmocka_unit_test_setup_teardown(test_cache_fast_path, setup_ten, teardown_ten),
+        cmocka_unit_test_setup_teardown(test_fast_path_shapes, setup_ten, teardown_ten),
     };
     const struct CMUnitTest decide[] = {
         cmocka_unit_test_setup_teardown(test_decide_table, setup_fixture, teardown_fixture),
