@@ -299,7 +299,7 @@ static run_rc_t install_fence(dw_t *d)
     s = cm_xasprintf(
         "BEGIN;\n"
         "SET LOCAL client_min_messages = warning;\n"
-        "SELECT pg_advisory_xact_lock(" RUN_LOCK_CLASS ", 1);\n"
+        "SELECT pg_advisory_xact_lock(" FENCE_LOCK_CLASS ", 0);\n"
         "CREATE SCHEMA IF NOT EXISTS pgshift;\n"
         "CREATE TABLE IF NOT EXISTS pgshift.fence (tenant text PRIMARY KEY, migration_id bigint, "
         "  fenced_at timestamptz NOT NULL DEFAULT now());\n"
