@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "routing/routing.h"
+#include "routing/routing_int.h"
 
 typedef struct centry {
     uint64_t hash;
@@ -34,6 +35,7 @@ struct route_cache {
     centry_t *head;   /* most recently used */
     centry_t *tail;   /* least recently used */
     uint64_t hits, misses, fast, evictions;
+    route_shapes_t *shapes; /* literal-normalized texts the fast path's grammar check passed */
 };
 
 /* 64-bit hash of the text: 8 bytes a step, multiply-xorshift mixing. */
@@ -71,6 +73,7 @@ route_cache_t *route_cache_new(size_t capacity, const route_tenancy_t *ten)
     while (c->n_buckets < capacity && c->n_buckets < ((size_t)1 << 30))
         c->n_buckets *= 2;
     c->buckets = cm_xcalloc(c->n_buckets, sizeof(*c->buckets));
+    c->shapes = route_shapes_new();
     return c;
 }
 
@@ -133,6 +136,7 @@ void route_cache_free(route_cache_t *c)
         entry_free(e);
     }
     free(c->buckets);
+    route_shapes_free(c->shapes);
     free(c);
 }
 
@@ -154,7 +158,7 @@ route_class_t *route_cache_get(route_cache_t *c, const char *sql, size_t len)
     }
     c->misses++;
     /* Provably tenant-free texts (literal values: rarely seen twice) skip the parse and the LRU. */
-    if ((cls = route_classify_fast(sql, len, c->ten)) != NULL) {
+    if ((cls = route_classify_fast_shaped(sql, len, c->ten, c->shapes)) != NULL) {
         c->fast++;
         return cls;
     }

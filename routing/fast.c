@@ -29,7 +29,13 @@
  * - the grammar accepts it (libpg_query's raw parser, ~1 us, no JSON): text
  *   PostgreSQL rejects is UNKNOWN for the full classifier, and routed as such.
  *
- * Pure: no I/O, no globals.
+ * With a route_shapes_t (the route cache owns one), the grammar check runs
+ * once per shape instead of once per text: the text with its literal
+ * operands normalized (see shape_out_t), so "... WHERE aid = 12345" and
+ * "... WHERE aid = 678" share it; the answer for a shape is kept too, so a
+ * repeated shape costs the lexer only (~0.3 us instead of ~3 us).
+ *
+ * Pure: no I/O, no globals (the shapes are the caller's).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -201,14 +207,51 @@ static bool word_may_write(const char *w, size_t wl)
 }
 
 /*
+ * The shape of a text: the text with its literal operands normalized ('...'
+ * to '', integers to 0) where the raw grammar provably accepts the shape
+ * exactly when it accepts the text. A literal is normalized only right
+ * after an operator (= < > + - * / %), where the grammar reads any literal
+ * as an a_expr operand and never looks at its value (unlike, say,
+ * float(0), where "(" precedes it); a plain '...' string (no prefix letter,
+ * no '&' anywhere in the text, so no U&'' and no UESCAPE) of any content is
+ * one Sconst, and an integer of at most 9 digits without '.', exponent or
+ * trailing letters is one ICONST. Token boundaries, blanks, comments and
+ * ';' are kept, so the token sequence the grammar sees is the same.
+ */
+typedef struct shape_out {
+    char *buf;     /* ROUTE_FAST_MAX_LEN + 1 bytes */
+    size_t len;    /* bytes written */
+    size_t copied; /* source bytes up to here are accounted for */
+} shape_out_t;
+
+static bool is_operator_end(unsigned char c)
+{
+    return c == '=' || c == '<' || c == '>' || c == '+' || c == '-' || c == '*' || c == '/' ||
+           c == '%';
+}
+
+/* Replace the token s[a..b) by rep in the shape (the bytes before it are copied as they are). */
+static void shape_replace(shape_out_t *out, const char *s, size_t a, size_t b, const char *rep)
+{
+    size_t rl = strlen(rep);
+
+    memcpy(out->buf + out->len, s + out->copied, a - out->copied);
+    out->len += a - out->copied;
+    memcpy(out->buf + out->len, rep, rl);
+    out->len += rl;
+    out->copied = b;
+}
+
+/*
  * Lex s[0..n): the kind of its one statement, or FIRST_NONE when the text is
  * not provably tenant-free, single and of a fast kind. *end is the offset of
  * the terminating ';', or 0 when there is none (route_stmt_t.len).
  */
-static first_word_t lex(const char *s, size_t n, const names_t *nm, size_t *end)
+static first_word_t lex(const char *s, size_t n, const names_t *nm, size_t *end, shape_out_t *out)
 {
     first_word_t first = FIRST_NONE;
     bool ended = false, may_write = false, returning = false;
+    unsigned char prev = 0; /* last character of the previous token (blanks, comments skipped) */
     size_t i = 0;
 
     *end = 0;
@@ -239,6 +282,8 @@ static first_word_t lex(const char *s, size_t n, const names_t *nm, size_t *end)
         } else if (ended) {
             return FIRST_NONE; /* a second statement (or a second ';') */
         } else if (c == '\'') {
+            size_t a = i;
+
             for (i++;; i++) {
                 if (i >= n)
                     return FIRST_NONE; /* unterminated */
@@ -251,6 +296,11 @@ static first_word_t lex(const char *s, size_t n, const names_t *nm, size_t *end)
                 }
             }
             i++;
+            /* A plain '...' operand (no E/U&/B/X/N prefix): its content never matters. */
+            if (out != NULL && is_operator_end(prev) &&
+                (a == 0 || !ident_cont((unsigned char)s[a - 1])))
+                shape_replace(out, s, a, i, "''");
+            prev = '\'';
         } else if (ident_start(c)) {
             size_t w = i, wl;
             while (i < n && ident_cont((unsigned char)s[i]))
@@ -266,14 +316,31 @@ static first_word_t lex(const char *s, size_t n, const names_t *nm, size_t *end)
                 may_write |= word_may_write(s + w, wl);
                 returning |= wl == 9 && word_is(s + w, wl, "returning");
             }
+            prev = (unsigned char)s[i - 1];
         } else if (first == FIRST_NONE) {
             return FIRST_NONE; /* must begin with a keyword: "(SELECT ...)" is left alone */
         } else if (c == ';') {
             ended = true;
             *end = i;
+            prev = c;
             i++;
+        } else if (c >= '0' && c <= '9') {
+            size_t a = i;
+
+            while (i < n && s[i] >= '0' && s[i] <= '9')
+                i++;
+            /*
+             * An integer operand of at most 9 digits (an ICONST whatever its
+             * value): not part of a number with '.' or an exponent, no
+             * trailing junk (PostgreSQL 15 rejects "123abc").
+             */
+            if (out != NULL && is_operator_end(prev) && i - a <= 9 && (a == 0 || s[a - 1] != '.') &&
+                (i == n || (s[i] != '.' && !ident_cont((unsigned char)s[i]))))
+                shape_replace(out, s, a, i, "0");
+            prev = '0';
         } else {
-            i++; /* digits, operators, punctuation */
+            prev = c;
+            i++; /* operators, punctuation */
         }
     }
     if ((first == FIRST_READ && may_write) || (first == FIRST_WRITE && returning))
@@ -281,14 +348,92 @@ static first_word_t lex(const char *s, size_t n, const names_t *nm, size_t *end)
     return first;
 }
 
-route_class_t *route_classify_fast(const char *sql, size_t len, const route_tenancy_t *ten)
+/* ---- shapes the grammar accepted ---- */
+
+#define SHAPE_SLOTS    256 /* power of two */
+#define SHAPE_MAX_HITS 16
+
+typedef struct shape {
+    uint64_t hash;
+    char *key; /* owned shape text, NULL = empty slot */
+    size_t len;
+    unsigned hits;      /* a colliding new shape takes the slot only at 0 */
+    route_class_t *cls; /* the last answer for this shape (one reference), or NULL */
+} shape_t;
+
+struct route_shapes {
+    const route_tenancy_t *ten; /* the tenancy `names` was built for */
+    names_t names;
+    shape_t slot[SHAPE_SLOTS];
+};
+
+route_shapes_t *route_shapes_new(void)
+{
+    return cm_xcalloc(1, sizeof(route_shapes_t));
+}
+
+static void shape_clear(shape_t *e)
+{
+    free(e->key);
+    route_class_unref(e->cls);
+    memset(e, 0, sizeof(*e));
+}
+
+void route_shapes_free(route_shapes_t *sh)
+{
+    if (sh == NULL)
+        return;
+    for (size_t i = 0; i < SHAPE_SLOTS; i++)
+        shape_clear(&sh->slot[i]);
+    free(sh);
+}
+
+/* FNV-1a of the shape text. */
+static uint64_t shape_hash(const char *s, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static route_class_t *class_new(first_word_t first, size_t end)
+{
+    route_class_t *cl = cm_xcalloc(1, sizeof(*cl));
+
+    cl->refcount = 1;
+    cl->n_stmts = 1;
+    cl->stmts = cm_xcalloc(1, sizeof(*cl->stmts));
+    cl->stmts[0].kind = first == FIRST_READ ? ROUTE_KIND_READ : ROUTE_KIND_WRITE;
+    cl->stmts[0].is_write = first == FIRST_WRITE;
+    cl->stmts[0].loc = 0; /* the first statement starts at 0 even after blanks */
+    cl->stmts[0].len = end;
+    return cl;
+}
+
+static bool class_is(const route_class_t *cl, first_word_t first, size_t end)
+{
+    return cl != NULL && cl->stmts[0].len == end &&
+           cl->stmts[0].kind == (first == FIRST_READ ? ROUTE_KIND_READ : ROUTE_KIND_WRITE);
+}
+
+route_class_t *route_classify_fast_shaped(const char *sql, size_t len, const route_tenancy_t *ten,
+                                          route_shapes_t *sh)
 {
     const char *nul = len > 0 ? memchr(sql, '\0', len) : NULL;
     size_t n = nul != NULL ? (size_t)(nul - sql) : len, end;
     char text[ROUTE_FAST_MAX_LEN + 1];
+    char key[ROUTE_FAST_MAX_LEN + 1];
+    shape_out_t out = { .buf = key };
     first_word_t first;
-    route_class_t *cl;
-    names_t nm;
+    names_t nm_local;
+    const names_t *nm;
+    shape_t *e = NULL;
+    uint64_t h = 0;
+    bool shaped;
 
     if (n == 0 || n > ROUTE_FAST_MAX_LEN || memchr(sql, '"', n) != NULL ||
         memchr(sql, '$', n) != NULL || memchr(sql, '\\', n) != NULL)
@@ -298,22 +443,59 @@ route_class_t *route_classify_fast(const char *sql, size_t len, const route_tena
          !contains_ci(ten->tenant_setting, strlen(ten->tenant_setting), "pgshift") &&
          contains_ci(sql, n, ten->tenant_setting)))
         return NULL;
-    names_init(&nm, ten);
-    first = lex(sql, n, &nm, &end);
+    if (sh != NULL) {
+        if (sh->ten != ten) {
+            names_init(&sh->names, ten);
+            sh->ten = ten;
+        }
+        nm = &sh->names;
+    } else {
+        names_init(&nm_local, ten);
+        nm = &nm_local;
+    }
+    shaped = sh != NULL && memchr(sql, '&', n) == NULL;
+    first = lex(sql, n, nm, &end, shaped ? &out : NULL);
     if (first == FIRST_NONE)
         return NULL;
+    if (shaped) {
+        memcpy(key + out.len, sql + out.copied, n - out.copied);
+        out.len += n - out.copied;
+        h = shape_hash(key, out.len);
+        e = &sh->slot[h & (SHAPE_SLOTS - 1)];
+        if (e->key != NULL && e->hash == h && e->len == out.len &&
+            memcmp(e->key, key, out.len) == 0) {
+            /* The grammar accepted this shape before, so it accepts this text. */
+            if (e->hits < SHAPE_MAX_HITS)
+                e->hits++;
+            if (!class_is(e->cls, first, end)) {
+                route_class_unref(e->cls);
+                e->cls = class_new(first, end);
+            }
+            return route_class_ref(e->cls);
+        }
+    }
     memcpy(text, sql, n);
     text[n] = '\0';
     if (!route_parse_is_one_stmt(text))
         return NULL;
+    if (e != NULL) {
+        if (e->key != NULL && e->hits > 0) {
+            e->hits--; /* a shape in use keeps its slot against one-off shapes */
+        } else {
+            shape_clear(e);
+            e->hash = h;
+            e->len = out.len;
+            e->key = cm_xmalloc(out.len + 1);
+            memcpy(e->key, key, out.len);
+            e->key[out.len] = '\0';
+            e->cls = class_new(first, end);
+            return route_class_ref(e->cls);
+        }
+    }
+    return class_new(first, end);
+}
 
-    cl = cm_xcalloc(1, sizeof(*cl));
-    cl->refcount = 1;
-    cl->n_stmts = 1;
-    cl->stmts = cm_xcalloc(1, sizeof(*cl->stmts));
-    cl->stmts[0].kind = first == FIRST_READ ? ROUTE_KIND_READ : ROUTE_KIND_WRITE;
-    cl->stmts[0].is_write = first == FIRST_WRITE;
-    cl->stmts[0].loc = 0; /* the first statement starts at 0 even after blanks */
-    cl->stmts[0].len = end;
-    return cl;
+route_class_t *route_classify_fast(const char *sql, size_t len, const route_tenancy_t *ten)
+{
+    return route_classify_fast_shaped(sql, len, ten, NULL);
 }

@@ -70,4 +70,18 @@ uint32_t route_json_node(const route_jdoc_t *d, uint32_t i, const char **type, s
  */
 bool route_parse_is_one_stmt(const char *text);
 
+/*
+ * Literal-normalized texts the grammar accepted (routing/fast.c), so the
+ * fast path parses each shape once. Loop thread only, like the route cache
+ * that owns it.
+ */
+struct route_class;
+struct route_tenancy;
+typedef struct route_shapes route_shapes_t;
+route_shapes_t *route_shapes_new(void);
+void route_shapes_free(route_shapes_t *sh); /* NULL is a no-op */
+/* route_classify_fast, with sh (may be NULL) remembering the accepted shapes. */
+struct route_class *route_classify_fast_shaped(const char *sql, size_t len,
+                                               const struct route_tenancy *ten, route_shapes_t *sh);
+
 #endif
