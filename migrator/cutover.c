@@ -22,7 +22,8 @@ mig_result_t *mig_cutover_request(const mig_env_t *env, PGconn **control, const 
     static const char *const cols[] = { "migration_id", "success", "pause_ms", "events_synced",
                                         "error" };
     char ids[24], reqs[24];
-    const char *params[] = { ids, req->user, reqs };
+    const char *params[] = { ids, req->user };
+    const char *wait_params[] = { ids, reqs };
     mig_result_t *fail, *r;
     PGresult *res;
     int64_t request;
@@ -96,8 +97,8 @@ mig_result_t *mig_cutover_request(const mig_env_t *env, PGconn **control, const 
                                "  cutover_result->>'events_synced', cutover_result->>'error', "
                                "  coalesce((cutover_result->>'attempt')::int, 0) "
                                "FROM pgshift.migrations WHERE id = $1::bigint "
-                               "  AND (cutover_result->>'request')::bigint = $3::bigint",
-                               3, params, &fail);
+                               "  AND (cutover_result->>'request')::bigint = $2::bigint",
+                               2, wait_params, &fail);
         if (res == NULL)
             return fail;
         if (PQntuples(res) == 1) {
