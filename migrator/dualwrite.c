@@ -1083,7 +1083,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
 {
     run_t *r = d->r;
     outcome_t o = { 0 };
-    uint64_t t0, deadline;
+    uint64_t t0, deadline, t_acked = 0, t_fenced = 0, t_swept = 0;
     int attempt = 0;
     bool fenced = false, locked = false, all = false;
     run_rc_t rc;
@@ -1131,6 +1131,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
 
     /* 1. Every live process holds the tenant's new work and has drained what was inside. */
     rc = wait_acks(d, attempt, deadline, &all, o.error, sizeof(o.error));
+    t_acked = cm_now_ms();
     if (rc != RUN_OK)
         goto failed;
     if (!all)
@@ -1178,6 +1179,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
             goto failed;
         fenced = true;
     }
+    t_fenced = cm_now_ms();
     /* 3. The exact final sweep: nothing of the tenant can commit on the source any more. */
     {
         long long applied = 0, events = 0;
@@ -1192,6 +1194,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
         o.synced = events;
         d->applied_total += applied;
     }
+    t_swept = cm_now_ms();
     /* 4. The target's sequences past the source's, before the target takes its first write. */
     for (size_t i = 0; i < r->n_tabs; i++) {
         if (!r->tabs[i].has_pos || strcmp(r->tabs[i].mode, "preserve") != 0)
@@ -1259,8 +1262,12 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
     unfence(d, false, locked); /* the fence stays: the source refuses the tenant for good */
     (void)mig_run_x(r, r->ctl, "control store", "UNLISTEN *", 0, NULL);
     drop_notifies(r->ctl);
-    LOG_INFO(LOG_CTX, "migration %s: cutover complete in %lld ms, %lld events in the final sweep",
-             r->ids, o.pause_ms, o.synced);
+    LOG_INFO(LOG_CTX,
+             "migration %s: cutover complete in %lld ms (drained %" PRIu64 ", fenced %" PRIu64
+             ", swept %" PRIu64 ", flipped %" PRIu64 " ms after the hold), %lld events in the "
+             "final sweep",
+             r->ids, o.pause_ms, t_acked - t0, t_fenced - t0, t_swept - t0, cm_now_ms() - t0,
+             o.synced);
     *completed = true;
     return RUN_OK;
 
