@@ -37,7 +37,7 @@ from migration_util import TENANT_TABLES, MigEnv, new_tenant
 
 pytestmark = [pytest.mark.proxy_only, pytest.mark.feature("migrations")]
 
-HISTORY = 20_000  # events of the migrating tenant before the migration
+HISTORY = 10_000  # events of the migrating tenant before the migration
 TEST_SECONDS = 170  # per-test budget (SIGALRM), above the suite default
 OTHER_STALL_S = 2.0  # longest operation of another tenant around a cutover
 OTHER_STALL_ANY_S = 5.0  # ... at any time of the test (connection storms, bulk copy)
@@ -55,6 +55,14 @@ def truthy(v):
 class CutEnv(MigEnv):
     """MigEnv with a third store, cutover commands and row comparisons."""
 
+    def log(self, tail=3000):
+        """pgshift's stderr without the admin console's and clients' chatter."""
+        if not self.ep or not self.ep.pgshift:
+            return ""
+        keep = [ln for ln in self.ep.pgshift.stderr().splitlines()
+                if " LOG C#" not in ln]
+        return "\n".join(keep)[-tail:]
+
     # -- admin ---------------------------------------------------------------
     def route(self, tenant, store):
         rows = self.admin("ROUTE TENANT '%s' TO '%s'" % (tenant, store))
@@ -68,7 +76,9 @@ class CutEnv(MigEnv):
 
     def wait_phase(self, mid, phases, timeout=60):
         phases = (phases,) if isinstance(phases, str) else tuple(phases)
-        return self.wait(mid, lambda s: s["phase"] in phases, timeout, "phase in %s" % (phases,))
+        st = self.wait(mid, lambda s: s["phase"] in phases, timeout, "phase in %s" % (phases,))
+        step("phase %s" % st["phase"])
+        return st
 
     def wait_ready(self, mid, timeout=60):
         return self.wait(mid, lambda s: s["phase"] == "DUAL_WRITE" and truthy(s["cutover_ready"]),
@@ -90,6 +100,29 @@ class CutEnv(MigEnv):
             assert c in row, "CUTOVER answer lacks column %s: %r" % (c, row)
         assert int(row["migration_id"]) == mid, row
         return row, took, t0w, t1w
+
+    def cutover_when_ready(self, mid, within=30):
+        """CUTOVER as an operator does it: once SHOW MIGRATION says ready.
+        Readiness moves with the load (the lag goes up and down), so a
+        refusal "not ready" (55000) between the poll and the command is
+        retried; each refusal must have changed nothing. Returns cutover()'s
+        tuple plus the refusals."""
+        refusals = []
+        deadline = time.monotonic() + within
+        while True:
+            self.wait_ready(mid, timeout=max(1, deadline - time.monotonic()))
+            try:
+                out = self.cutover(mid) + (refusals,)
+                step("CUTOVER -> %r in %.3fs after %d refusals" % (out[0], out[1], len(refusals)))
+                return out
+            except psycopg.Error as e:
+                if e.sqlstate != "55000" or "not ready" not in str(e):
+                    raise
+                refusals.append(str(e))
+                st = self.status(mid)
+                assert st["phase"] == "DUAL_WRITE", (st, refusals)
+                if time.monotonic() > deadline:
+                    raise AssertionError("CUTOVER refused for %ds: %r" % (within, refusals[-3:]))
 
     def audit_rows(self, mid):
         return self.admin("SHOW AUDIT %d" % mid)
@@ -130,13 +163,16 @@ def cut_env(clusters, pgshift_factory):
     synchronous_commit on, so that killing it loses nothing it acknowledged.
     Afterwards every unfinished migration is aborted (the control store on
     src is shared by the next test's pgshift)."""
+    _T0[0] = time.monotonic()
     dst = clusters.new("co_dst_%d" % next(_dst_serial))
     dst.psql("ALTER SYSTEM SET synchronous_commit = on")
     dst.psql("SELECT pg_reload_conf()")
     stores = {"src": clusters.get("co_src"), "dst": dst, "other": clusters.get("co_other")}
     env = CutEnv(stores, pgshift_factory)
     env.loads = []
+    step("stores ready")
     yield env
+    step("test body done")
     for ld in env.loads:
         ld.kill()
     if not dst.running():
@@ -169,6 +205,7 @@ class Scenario:
 
     def start(self, migration=None):
         env = self.env
+        step("history loaded")
         env.start_pgshift(migration=migration)
         env.route(self.o_other, "other")
         tl = [TenantLoad(self.t, weight=3, hot=env.hot_aggregates(self.t), sessions=2),
@@ -183,12 +220,15 @@ class Scenario:
         # Every tenant is being written before the migration starts.
         for t in (self.t, self.o_src, self.o_other):
             self.load.wait_acked(t, 20, timeout=30)
+        step("load running")
         return self
 
     def migrate(self, **opts):
         opts.setdefault("max_bulk_copy_rate", 0)
         opts.setdefault("batch_size", 2000)
-        return self.env.migrate(self.t, **opts)
+        mid = self.env.migrate(self.t, **opts)
+        step("MIGRATE %s" % opts)
+        return mid
 
     @property
     def others(self):
@@ -272,6 +312,7 @@ def check_cutover(env, sc, res, t_switch0, t_switch1, src_count_at_switch, allow
     cutover; the load has been stopped. [t_switch0, t_switch1] (wall clock)
     contains the switch."""
     t = sc.t
+    step("checking rows")
     no_errors(res, allow)
     src = env.events("src", t)
     dst = env.events("dst", t)
@@ -379,7 +420,16 @@ def check_others(env, sc, res, window=None):
         assert n == 0, "dst.%s holds %d rows of other tenants" % (tb, n)
 
 
+_T0 = [time.monotonic()]
+
+
+def step(what):
+    """A timestamped progress line (shown with -s, and on failure)."""
+    print("[%6.1fs] %s" % (time.monotonic() - _T0[0], what), flush=True)
+
+
 def report(sc, res, *extra):
+    step("load stopped")
     print("load:", res.summary(), *extra)
     print("max stall per tenant: %s" % {tn[:8]: round(res.max_stall(tn), 3)
                                          for tn in (sc.t, sc.o_src, sc.o_other)})
@@ -406,7 +456,7 @@ def test_cutover_under_load(cut_env):
     assert int(st["lag_events"]) <= 100, st
     # Rows mirrored so far are the rows the source committed (not replays).
     time.sleep(1.0)
-    row, took, t0, t1 = env.cutover(mid)
+    row, took, t0, t1 = env.cutover_when_ready(mid)[:4]
     src_at_switch = env.count("src", sc.t)
     assert truthy(row["success"]), (row, env.log())
     assert_completed(env, sc, mid, row)
@@ -482,7 +532,7 @@ def test_target_killed_in_dual_write(cut_env):
                   and s["breaker_state"] == "closed" and truthy(s["cutover_ready"]), 60,
                   "failures repaired, breaker closed, ready")
     dual_write_status_ok(st)
-    row, took, t0, t1 = env.cutover(mid)
+    row, took, t0, t1 = env.cutover_when_ready(mid)[:4]
     src_at_switch = env.count("src", sc.t)
     assert truthy(row["success"]), (row, env.log())
     assert_completed(env, sc, mid, row)
@@ -519,7 +569,7 @@ def test_long_open_transaction_at_cutover(cut_env):
     th = threading.Thread(target=finish, daemon=True)
     th.start()
     try:
-        row, took, _, _ = env.cutover(mid)
+        row, took, _, _ = env.cutover_when_ready(mid)[:4]
         assert not truthy(row["success"]), row
         assert row["error"], row
         assert took < 3.0, "rollback answered after %.3fs (budget 300 ms)" % took
@@ -541,7 +591,7 @@ def test_long_open_transaction_at_cutover(cut_env):
     attempts = []
     for _ in range(3):
         env.wait_ready(mid, timeout=60)
-        row, took, t0, t1 = env.cutover(mid)
+        row, took, t0, t1 = env.cutover_when_ready(mid)[:4]
         attempts.append((row, took))
         if truthy(row["success"]):
             break
@@ -596,7 +646,7 @@ def test_kill9_in_dual_write(cut_env):
     time.sleep(2.0)
     st = env.wait_ready(mid, timeout=60)
     dual_write_status_ok(st)
-    row, took, t0, t1 = env.cutover(mid)
+    row, took, t0, t1 = env.cutover_when_ready(mid)[:4]
     src_at_switch = env.count("src", sc.t)
     assert truthy(row["success"]), (row, env.log())
     assert_completed(env, sc, mid, row)
@@ -626,7 +676,7 @@ def test_kill9_during_cutover(cut_env):
 
     def cutover():
         try:
-            answer["row"] = env.cutover(mid)
+            answer["row"] = env.cutover_when_ready(mid)[:4]
         except Exception as e:  # noqa: BLE001 - the crash cuts the answer off
             answer["error"] = repr(e)
 
@@ -655,7 +705,7 @@ def test_kill9_during_cutover(cut_env):
     time.sleep(2.0)
     if st["phase"] == "DUAL_WRITE":
         env.wait_ready(mid, timeout=60)
-        row, took, t0, t1 = env.cutover(mid)
+        row, took, t0, t1 = env.cutover_when_ready(mid)[:4]
         assert truthy(row["success"]), (row, env.log())
     else:
         row, t0, t1 = None, t_cut, t_up
