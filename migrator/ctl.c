@@ -578,6 +578,10 @@ static void worker_main(void *arg)
         watch_main(arg);
         return;
     }
+    if (w->kind == WK_ACK) {
+        /* Connected ahead: an acknowledgement is on a cutover's critical path. */
+        mig_result_free(mig_ensure_control(&m->env, &control));
+    }
     while ((req = worker_next(w)) != NULL) {
         mig_event_t *ev;
 

@@ -1259,6 +1259,18 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
         }
         PQclear(res);
     }
+    /* The pause as clients saw it ends with the flip's commit, which releases them. */
+    o.pause_ms = (long long)(cm_now_ms() - t0);
+    {
+        char pm[24];
+        const char *params[] = { r->ids, pm };
+
+        snprintf(pm, sizeof(pm), "%lld", o.pause_ms);
+        (void)mig_run_x(r, r->ctl, "control store",
+                        "UPDATE pgshift.migrations SET cutover_result = jsonb_set(cutover_result, "
+                        "'{pause_ms}', to_jsonb($2::bigint)) WHERE id = $1::bigint",
+                        2, params);
+    }
     unfence(d, false, locked); /* the fence stays: the source refuses the tenant for good */
     (void)mig_run_x(r, r->ctl, "control store", "UNLISTEN *", 0, NULL);
     drop_notifies(r->ctl);
