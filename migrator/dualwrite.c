@@ -127,7 +127,7 @@ typedef struct dw {
     int64_t request_seen; /* the last CUTOVER request answered */
     int64_t request_pending;
     uint64_t next_auto_ms;
-    bool in_cutover_phase; /* record says CUTOVER (restart recovery) */
+    bool target_unfenced;  /* lift_target_fence ran */
 } dw_t;
 
 static const char *brk_name(breaker_t b)
@@ -217,7 +217,9 @@ static run_rc_t load_state(dw_t *d)
         "  coalesce((config->>'auto_cutover')::bool, false), "
         "  copy_barrier_xid, dw_state::text, cutover_request, "
         "  coalesce((cutover_result->>'request')::bigint, 0), "
-        "  (extract(epoch FROM now() - coalesce(dual_write_started_at, now())) * 1000)::bigint "
+        "  (extract(epoch FROM now() - coalesce(dual_write_started_at, now())) * 1000)::bigint, "
+        "  EXISTS (SELECT 1 FROM pgshift.dual_write_failures f WHERE f.migration_id = $1::bigint "
+        "    AND f.repaired_at IS NULL) "
         "FROM pgshift.migrations WHERE id = $1::bigint",
         1, params, &rc);
 
@@ -240,6 +242,7 @@ static run_rc_t load_state(dw_t *d)
     d->request_pending = strtoll(PQgetvalue(res, 0, 10), NULL, 10);
     d->request_seen = strtoll(PQgetvalue(res, 0, 11), NULL, 10);
     d->started_ms = cm_now_ms() - (uint64_t)strtoll(PQgetvalue(res, 0, 12), NULL, 10);
+    d->failure_open = strcmp(PQgetvalue(res, 0, 13), "t") == 0;
     for (size_t i = 0; i < r->n_tabs; i++) {
         const char *x0 = PQgetisnull(res, 0, 8) ? NULL : PQgetvalue(res, 0, 8);
         char *sql = cm_xasprintf("SELECT $1::jsonb #>> '{%s,w}', $1::jsonb #>> '{%s,lo}'",
@@ -354,16 +357,25 @@ static run_rc_t install_fence(dw_t *d)
         mig_run_drop_conn(&d->fence);
         return rc;
     }
-    /* The target may be a store this tenant was moved off before: lift that fence. */
-    {
-        char *t = cm_xasprintf("DO $pgshift$ BEGIN IF to_regclass('pgshift.fence') IS NOT NULL "
-                               "THEN DELETE FROM pgshift.fence WHERE tenant = %s; END IF; END "
-                               "$pgshift$",
-                               r->tenant_lit);
+    return RUN_OK;
+}
 
-        rc = mig_run_x(r, r->dst, "target store", t, 0, NULL);
-        free(t);
-    }
+/* The target may be a store this tenant was moved off before: lift that fence (once). */
+static run_rc_t lift_target_fence(dw_t *d)
+{
+    run_t *r = d->r;
+    char *t;
+    run_rc_t rc;
+
+    if (d->target_unfenced)
+        return RUN_OK;
+    t = cm_xasprintf("DO $pgshift$ BEGIN IF to_regclass('pgshift.fence') IS NOT NULL "
+                     "THEN DELETE FROM pgshift.fence WHERE tenant = %s; END IF; END "
+                     "$pgshift$",
+                     r->tenant_lit);
+    rc = mig_run_x(r, r->dst, "target store", t, 0, NULL);
+    free(t);
+    d->target_unfenced = rc == RUN_OK;
     return rc;
 }
 
@@ -646,6 +658,9 @@ static run_rc_t round_once(dw_t *d, bool exact, long long *applied, long long *e
 
     *applied = *events = 0;
     rc = mig_run_connect_stores(r);
+    if (rc != RUN_OK)
+        return rc;
+    rc = lift_target_fence(d);
     if (rc != RUN_OK)
         return rc;
     rc = barrier_step(d);
@@ -1413,8 +1428,8 @@ static run_rc_t dw_loop(dw_t *d)
             rc = round_once(d, false, &applied, &events);
             if (rc == RUN_STOP)
                 return rc;
-            if (rc == RUN_PERMANENT && !is_target_error(r))
-                return rc;
+            if ((rc == RUN_PERMANENT || rc == RUN_TRANSIENT) && !is_target_error(r))
+                return rc; /* the source or the control store: the runner retries */
             if (rc != RUN_OK) {
                 mig_run_drop_stores(r);
                 record_failure(d);
