@@ -52,18 +52,18 @@ typedef enum first_word {
     FIRST_WRITE,
 } first_word_t;
 
-static bool is_blank(unsigned char c)
+static inline bool is_blank(unsigned char c)
 {
     /* PostgreSQL's scanner: space [ \t\n\r\f] */
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f';
 }
 
-static bool ident_start(unsigned char c)
+static inline bool ident_start(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
 }
 
-static bool ident_cont(unsigned char c)
+static inline bool ident_cont(unsigned char c)
 {
     return ident_start(c) || (c >= '0' && c <= '9') || c == '$';
 }
@@ -388,15 +388,27 @@ void route_shapes_free(route_shapes_t *sh)
     free(sh);
 }
 
-/* FNV-1a of the shape text. */
+/* 64-bit hash of the shape text, 8 bytes a step (the mixing of routing/cache.c). */
 static uint64_t shape_hash(const char *s, size_t n)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xC2B2AE3D27D4EB4Full);
+    size_t i = 0;
 
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ull;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        h ^= w * 0x87C37B91114253D5ull;
+        h = (h << 31 | h >> 33) * 0x4CF5AD432745937Full;
     }
+    if (i < n) {
+        uint64_t w = 0;
+        memcpy(&w, s + i, n - i);
+        h ^= w * 0x87C37B91114253D5ull;
+        h = (h << 31 | h >> 33) * 0x4CF5AD432745937Full;
+    }
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDull;
+    h ^= h >> 33;
     return h;
 }
 
