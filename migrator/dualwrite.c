@@ -127,7 +127,7 @@ typedef struct dw {
     int64_t request_seen; /* the last CUTOVER request answered */
     int64_t request_pending;
     uint64_t next_auto_ms;
-    bool target_unfenced;  /* lift_target_fence ran */
+    bool target_unfenced; /* lift_target_fence ran */
 } dw_t;
 
 static const char *brk_name(breaker_t b)
@@ -399,60 +399,154 @@ static run_rc_t to_dual_write(run_t *r)
 
 /* ---- one round ------------------------------------------------------------------------ */
 
-/* The vxid barrier: see whether the pending one passed, start the next. Before the snapshot. */
-static run_rc_t barrier_step(dw_t *d)
+/*
+ * Run the statements of sql (several, one simple query: one round trip) and
+ * keep their n results in order. RUN_OK with every one successful.
+ */
+static run_rc_t exec_multi(run_t *r, PGconn *c, const char *what, const char *sql, PGresult **out,
+                           size_t n)
+{
+    size_t k = 0;
+    run_rc_t rc = RUN_OK;
+    PGresult *res;
+
+    memset(out, 0, n * sizeof(*out));
+    if (!PQsendQuery(c, sql))
+        return mig_run_classify(r, c, NULL, what);
+    for (;;) {
+        while (PQisBusy(c)) {
+            if (mig_pq_wait(c, POLLIN, r->env->latch, 30000) <= 0 || !PQconsumeInput(c)) {
+                for (size_t i = 0; i < k; i++)
+                    PQclear(out[i]);
+                return mig_run_classify(r, c, NULL, what);
+            }
+        }
+        res = PQgetResult(c);
+        if (res == NULL)
+            break;
+        if (rc == RUN_OK && !mig_pq_ok(res))
+            rc = mig_run_classify(r, c, res, what);
+        if (rc == RUN_OK && k < n)
+            out[k++] = res;
+        else
+            PQclear(res);
+    }
+    if (rc == RUN_OK && k != n) {
+        mig_run_set_err(r, "XX000", cm_xasprintf("%s: %zu results, expected %zu", what, k, n));
+        rc = RUN_TRANSIENT;
+    }
+    if (rc != RUN_OK)
+        for (size_t i = 0; i < k; i++) {
+            PQclear(out[i]);
+            out[i] = NULL;
+        }
+    return rc;
+}
+
+/*
+ * The start of a round, in one round trip to the source: the vxid barrier
+ * (does the pending one still wait; the highest positions, then the open
+ * transactions, for the next one), then the round's snapshot, its xmin and,
+ * per position table, whether it has anything new. *changed[i] for them.
+ */
+static run_rc_t round_start(dw_t *d, bool *changed, char **snap_xmin)
 {
     run_t *r = d->r;
+    cm_buf_t sql = { 0 };
+    size_t n_pos = 0, n_res = 0, k = 0;
+    PGresult **res;
     run_rc_t rc;
-    PGresult *res;
-    bool any_pos = false;
+    char *s;
+    bool passed = true;
 
     for (size_t i = 0; i < r->n_tabs; i++)
-        any_pos |= r->tabs[i].has_pos;
-    if (!any_pos)
-        return RUN_OK;
-    if (d->bar_vxids != NULL) {
-        const char *params[] = { d->bar_vxids };
-        bool passed;
+        n_pos += r->tabs[i].has_pos;
+    if (n_pos > 0) {
+        if (d->bar_vxids != NULL) {
+            char *l = mig_run_lit(r->src, d->bar_vxids);
 
-        res = mig_run_q(r, r->src, "source store",
-                        "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'virtualxid' "
-                        "AND virtualxid = ANY ($1::text[]))",
-                        1, params, &rc);
-        if (res == NULL)
-            return rc;
-        passed = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-        PQclear(res);
-        if (!passed)
-            return RUN_OK;
-        for (size_t i = 0; i < r->n_tabs; i++) {
-            set_str(&d->t[i].new_lo, d->t[i].bar_hi);
-            set_str(&d->t[i].bar_hi, NULL);
+            s = cm_xasprintf("SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = "
+                             "'virtualxid' AND virtualxid = ANY (%s::text[]));\n",
+                             l);
+            free(l);
+            cm_buf_append(&sql, s, strlen(s));
+            free(s);
+            n_res++;
         }
-        set_str(&d->bar_vxids, NULL);
+        for (size_t i = 0; i < r->n_tabs; i++) {
+            if (!r->tabs[i].has_pos)
+                continue;
+            s = cm_xasprintf("SELECT max(%s)::text FROM %s;\n", r->tabs[i].key_q[0], r->tabs[i].q);
+            cm_buf_append(&sql, s, strlen(s));
+            free(s);
+            n_res++;
+        }
+        cm_buf_append_cstr(&sql, "SELECT coalesce(array_agg(virtualxid), '{}')::text FROM "
+                                 "pg_locks WHERE locktype = 'virtualxid' AND pid <> "
+                                 "pg_backend_pid();\n");
+        sql.len--;
+        n_res++;
     }
-    /* A new barrier: the highest positions first, then the open transactions. */
+    cm_buf_append_cstr(&sql, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n"
+                             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text");
+    sql.len--;
+    n_res += 2;
     for (size_t i = 0; i < r->n_tabs; i++) {
-        char *sql;
+        const tab_t *t = &r->tabs[i];
+        char w32[16], *lo = NULL;
 
-        if (!r->tabs[i].has_pos)
+        if (!t->has_pos)
             continue;
-        sql = cm_xasprintf("SELECT max(%s)::text FROM %s", r->tabs[i].key_q[0], r->tabs[i].q);
-        res = mig_run_q(r, r->src, "source store", sql, 0, NULL, &rc);
-        free(sql);
-        if (res == NULL)
-            return rc;
-        set_str(&d->t[i].bar_hi, PQgetisnull(res, 0, 0) ? NULL : PQgetvalue(res, 0, 0));
-        PQclear(res);
+        xid32(d->t[i].w, w32);
+        if (d->t[i].lo != NULL) {
+            char *l = mig_run_lit(r->src, d->t[i].lo);
+
+            lo = cm_xasprintf(" AND %s > %s::%s", t->key_q[0], l, t->key_type[0]);
+            free(l);
+        }
+        s = cm_xasprintf(", EXISTS (SELECT 1 FROM %s WHERE %s = %s AND age(xmin) <= age('%s'::xid)"
+                         "%s)",
+                         t->q, r->tcol, r->tenant_lit, w32, lo ? lo : "");
+        cm_buf_append(&sql, s, strlen(s));
+        free(s);
+        free(lo);
     }
-    res = mig_run_q(r, r->src, "source store",
-                    "SELECT coalesce(array_agg(virtualxid), '{}')::text FROM pg_locks "
-                    "WHERE locktype = 'virtualxid' AND pid <> pg_backend_pid()",
-                    0, NULL, &rc);
-    if (res == NULL)
+    cm_buf_append_u8(&sql, 0);
+    res = cm_xcalloc(n_res, sizeof(*res));
+    rc = exec_multi(r, r->src, "source store", (const char *)sql.data, res, n_res);
+    cm_buf_free(&sql);
+    if (rc != RUN_OK) {
+        free(res);
         return rc;
-    set_str(&d->bar_vxids, PQgetvalue(res, 0, 0));
-    PQclear(res);
+    }
+    if (n_pos > 0) {
+        if (d->bar_vxids != NULL)
+            passed = strcmp(PQgetvalue(res[k++], 0, 0), "t") == 0;
+        if (passed) {
+            /* The pending barrier passed (before the snapshot below): its bounds hold. */
+            for (size_t i = 0; i < r->n_tabs; i++) {
+                if (d->bar_vxids != NULL)
+                    set_str(&d->t[i].new_lo, d->t[i].bar_hi);
+                set_str(&d->t[i].bar_hi, NULL);
+            }
+            for (size_t i = 0; i < r->n_tabs; i++)
+                if (r->tabs[i].has_pos) {
+                    set_str(&d->t[i].bar_hi,
+                            PQgetisnull(res[k], 0, 0) ? NULL : PQgetvalue(res[k], 0, 0));
+                    k++;
+                }
+            set_str(&d->bar_vxids, PQgetvalue(res[k++], 0, 0));
+        } else {
+            k += n_pos + 1;
+        }
+    }
+    k++; /* BEGIN */
+    *snap_xmin = cm_xstrdup(PQgetvalue(res[k], 0, 0));
+    for (size_t i = 0, col = 1; i < r->n_tabs; i++)
+        changed[i] = !r->tabs[i].has_pos || strcmp(PQgetvalue(res[k], 0, (int)col++), "t") == 0;
+    for (size_t i = 0; i < n_res; i++)
+        PQclear(res[i]);
+    free(res);
     return RUN_OK;
 }
 
@@ -652,9 +746,8 @@ static run_rc_t round_once(dw_t *d, bool exact, long long *applied, long long *e
     run_t *r = d->r;
     uint64_t t0 = cm_now_ms(), now;
     run_rc_t rc;
-    PGresult *res;
     char *snap_xmin = NULL;
-    bool full = exact;
+    bool full = exact, dst_open = false, *changed;
 
     *applied = *events = 0;
     rc = mig_run_connect_stores(r);
@@ -663,26 +756,28 @@ static run_rc_t round_once(dw_t *d, bool exact, long long *applied, long long *e
     rc = lift_target_fence(d);
     if (rc != RUN_OK)
         return rc;
-    rc = barrier_step(d);
-    if (rc != RUN_OK)
+    changed = cm_xcalloc(r->n_tabs ? r->n_tabs : 1, sizeof(*changed));
+    rc = round_start(d, changed, &snap_xmin);
+    if (rc != RUN_OK) {
+        free(changed);
         return rc;
-    rc = mig_run_x(r, r->src, "source store", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0,
-                   NULL);
-    if (rc != RUN_OK)
-        return rc;
-    res = mig_run_q(r, r->src, "source store",
-                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text", 0, NULL, &rc);
-    if (res == NULL)
-        return rc;
-    snap_xmin = cm_xstrdup(PQgetvalue(res, 0, 0));
-    PQclear(res);
-    rc = mig_run_x(r, r->dst, "target store", "BEGIN", 0, NULL);
+    }
     for (size_t i = 0; rc == RUN_OK && i < r->n_tabs; i++) {
         long long n = 0;
 
         d->t[i].scanned = false;
         if (!r->tabs[i].has_pos && !full && t0 - d->t[i].last_full_ms < FULL_SCAN_EVERY_MS)
             continue;
+        if (!changed[i]) {
+            d->t[i].scanned = true; /* nothing new: the watermark moves all the same */
+            continue;
+        }
+        if (!dst_open) {
+            rc = mig_run_x(r, r->dst, "target store", "BEGIN", 0, NULL);
+            if (rc != RUN_OK)
+                break;
+            dst_open = true;
+        }
         rc = round_table(d, i, &n);
         if (rc != RUN_OK)
             break;
@@ -693,8 +788,9 @@ static run_rc_t round_once(dw_t *d, bool exact, long long *applied, long long *e
     }
     if (rc == RUN_OK)
         rc = mig_run_x(r, r->src, "source store", "COMMIT", 0, NULL);
-    if (rc == RUN_OK)
+    if (rc == RUN_OK && dst_open)
         rc = mig_run_x(r, r->dst, "target store", "COMMIT", 0, NULL);
+    free(changed);
     if (rc != RUN_OK) {
         free(snap_xmin);
         return rc; /* the caller drops both connections: their transactions die with them */
