@@ -13,12 +13,12 @@
  *
  * Which rows are new: a watermark per table, W = an xid8. Every change of a
  * tenant row by a transaction whose xid is below W is on the target. A
- * round takes a REPEATABLE READ snapshot S on the source and copies the
- * tenant rows with xmin >= W (age(xmin) <= age(W)); afterwards W = xmin(S):
- * a change S does not see belongs to a transaction running at S (xid >=
- * xmin(S)) or to a later one (a transaction without an xid at S gets one
- * later, >= xmax(S)). The bulk copy's barrier X0 is the first W - the
- * hand-over contract of copy.c: no gap, and no duplicate thanks to the row
+ * round first reads X = xmin of a snapshot S, then copies the tenant rows
+ * with xmin >= W (age(xmin) <= age(W)) on later snapshots; afterwards W = X:
+ * a change those reads do not see belongs to a transaction running at S
+ * (xid >= X), or to one that started later (a transaction without an xid
+ * at S gets one later, >= xmax(S)); a snapshot's xmin never goes back. The bulk copy's barrier X0
+ * is the first W - the hand-over contract of copy.c: no gap, and no duplicate thanks to the row
  * key.
  *
  * Keeping rounds cheap: the xmin filter needs a scan of the tenant's rows.
@@ -446,8 +446,14 @@ static run_rc_t exec_multi(run_t *r, PGconn *c, const char *what, const char *sq
 /*
  * The start of a round, in one round trip to the source: the vxid barrier
  * (does the pending one still wait; the highest positions, then the open
- * transactions, for the next one), then the round's snapshot, its xmin and,
- * per position table, whether it has anything new. *changed[i] for them.
+ * transactions, for the next one), then a snapshot's xmin X and, per
+ * position table, whether it has anything new. *changed[i] for them.
+ *
+ * Statements run in READ COMMITTED, each on a snapshot of its own, in order:
+ * the barrier is looked at before any snapshot the round reads rows with,
+ * and X is no newer than any of them (a snapshot's xmin never goes back),
+ * so a change that a later read does not see has an xid >= X: taking X as
+ * the new watermark is exact.
  */
 static run_rc_t round_start(dw_t *d, bool *changed, char **snap_xmin)
 {
@@ -487,10 +493,9 @@ static run_rc_t round_start(dw_t *d, bool *changed, char **snap_xmin)
         sql.len--;
         n_res++;
     }
-    cm_buf_append_cstr(&sql, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n"
-                             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text");
+    cm_buf_append_cstr(&sql, "SELECT pg_snapshot_xmin(pg_current_snapshot())::text");
     sql.len--;
-    n_res += 2;
+    n_res++;
     for (size_t i = 0; i < r->n_tabs; i++) {
         const tab_t *t = &r->tabs[i];
         char w32[16], *lo = NULL;
@@ -540,7 +545,6 @@ static run_rc_t round_start(dw_t *d, bool *changed, char **snap_xmin)
             k += n_pos + 1;
         }
     }
-    k++; /* BEGIN */
     *snap_xmin = cm_xstrdup(PQgetvalue(res[k], 0, 0));
     for (size_t i = 0, col = 1; i < r->n_tabs; i++)
         changed[i] = !r->tabs[i].has_pos || strcmp(PQgetvalue(res[k], 0, (int)col++), "t") == 0;
@@ -786,8 +790,6 @@ static run_rc_t round_once(dw_t *d, bool exact, long long *applied, long long *e
         if (r->tabs[i].has_pos)
             *events += n;
     }
-    if (rc == RUN_OK)
-        rc = mig_run_x(r, r->src, "source store", "COMMIT", 0, NULL);
     if (rc == RUN_OK && dst_open)
         rc = mig_run_x(r, r->dst, "target store", "COMMIT", 0, NULL);
     free(changed);
