@@ -93,9 +93,10 @@ typedef struct dw_tab {
 typedef struct dw {
     run_t *r;
     dw_tab_t *t;
-    PGconn *fence;    /* writable source connection: fence and advisory lock */
-    char *bar_vxids;  /* the pending barrier's vxids (text[] literal), NULL = none */
-    char *tenant_src; /* the tenant as a literal for the source */
+    PGconn *fence;      /* writable source connection: fence and advisory lock */
+    char *bar_vxids;    /* the pending barrier's vxids (text[] literal), NULL = none */
+    char *tenant_src;   /* tenant_canon as a literal for the source */
+    char *tenant_canon; /* the tenant as the source's tenant column prints it */
 
     /* settings */
     int interval_ms, max_lag, timeout_ms;
@@ -197,6 +198,7 @@ static void dw_free(dw_t *d)
     mig_run_drop_conn(&d->fence);
     free(d->bar_vxids);
     free(d->tenant_src);
+    free(d->tenant_canon);
 }
 
 /* Settings, the saved watermarks and the cutover hand-shake from the record. */
@@ -281,6 +283,7 @@ static run_rc_t install_fence(dw_t *d)
     cm_buf_t sql = { 0 };
     char *tc, *s;
     run_rc_t rc;
+    PGresult *res;
 
     if (d->fence == NULL) {
         char *err = NULL;
@@ -296,8 +299,42 @@ static run_rc_t install_fence(dw_t *d)
             return RUN_TRANSIENT;
         }
     }
-    if (d->tenant_src == NULL)
-        d->tenant_src = mig_run_lit(d->fence, r->tenant);
+    if (d->tenant_src == NULL && r->n_tabs > 0) {
+        /*
+         * The tenant as the trigger sees it (NEW.col::text): through the
+         * column's type, so '0A1B...' and '0a1b...' are one uuid.
+         */
+        char *tl = mig_run_lit(d->fence, r->tabs[0].q),
+             *cl = mig_run_lit(d->fence, env->tenant_column);
+        char *q1 = cm_xasprintf("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE "
+                                "attrelid = to_regclass(%s) AND attname = %s",
+                                tl, cl);
+
+        res = mig_run_q(r, d->fence, "source store", q1, 0, NULL, &rc);
+        free(q1);
+        free(tl);
+        free(cl);
+        if (res == NULL)
+            return rc;
+        if (PQntuples(res) == 1) {
+            char *vl = mig_run_lit(d->fence, r->tenant);
+            char *q2 = cm_xasprintf("SELECT (%s::%s)::text", vl, PQgetvalue(res, 0, 0));
+            PGresult *cv = mig_run_q(r, d->fence, "source store", q2, 0, NULL, &rc);
+
+            free(vl);
+            free(q2);
+            if (cv == NULL) {
+                PQclear(res);
+                return rc;
+            }
+            d->tenant_canon = cm_xstrdup(PQgetvalue(cv, 0, 0));
+            PQclear(cv);
+        }
+        PQclear(res);
+        if (d->tenant_canon == NULL)
+            d->tenant_canon = cm_xstrdup(r->tenant);
+        d->tenant_src = mig_run_lit(d->fence, d->tenant_canon);
+    }
     tc = mig_quote_ident(d->fence, env->tenant_column);
     s = cm_xasprintf(
         "BEGIN;\n"
@@ -862,7 +899,7 @@ static const char *not_ready(const dw_t *d, char *buf, size_t len, long long *pr
 static void sample_open_txns(dw_t *d)
 {
     run_t *r = d->r;
-    const char *params[] = { r->tenant };
+    const char *params[] = { d->tenant_canon ? d->tenant_canon : r->tenant };
     run_rc_t rc;
     PGresult *res =
         mig_run_q(r, r->src, "source store",
