@@ -55,6 +55,19 @@ def truthy(v):
 class CutEnv(MigEnv):
     """MigEnv with a third store, cutover commands and row comparisons."""
 
+    def wait(self, mid, pred, timeout=60, what="condition"):
+        """MigEnv.wait, but a migration that FAILED (and the predicate does
+        not expect that) fails the test at once, with its last error."""
+        def check(st):
+            if pred(st):
+                return True
+            if st["phase"] == "FAILED":
+                raise AssertionError("migration %d FAILED while waiting for %s: last_error %r\n"
+                                     "status %r\n%s" % (mid, what, st.get("last_error"), st,
+                                                         self.log()))
+            return False
+        return MigEnv.wait(self, mid, check, timeout, what)
+
     def log(self, tail=3000):
         """pgshift's stderr without the admin console's and clients' chatter."""
         if not self.ep or not self.ep.pgshift:
