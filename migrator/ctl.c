@@ -554,7 +554,7 @@ static void ack_cutover(mig_ctl_t *m, PGconn **control, const mig_request_t *req
                            "  process_id) SELECT $1::bigint, $2::int, $3 WHERE EXISTS (SELECT 1 "
                            "  FROM pgshift.migrations WHERE id = $1::bigint) "
                            "  ON CONFLICT DO NOTHING RETURNING 1) "
-                           "SELECT pg_notify('" MIG_ACKS_CHANNEL "', $1::text)",
+                           "SELECT pg_notify('" MIG_ACKS_CHANNEL "', $1 || ':' || $2 || ':' || $3)",
                            3, params, &fail);
     if (res == NULL) {
         LOG_WARN(LOG_CTX, "cannot acknowledge cutover %s/%s: %s", id, attempt,

@@ -1170,58 +1170,85 @@ static run_rc_t wait_acks(dw_t *d, int attempt, uint64_t deadline, bool *all, ch
                           size_t why_len)
 {
     run_t *r = d->r;
-    char att[16], lease[16];
+    char att[16], lease[16], prefix[64];
     const char *params[] = { r->ids, att, lease };
+    PGresult *live = NULL;
+    bool *acked = NULL;
+    int n_live = 0, n_acked = 0;
+    uint64_t last_query = 0;
+    run_rc_t rc = RUN_OK;
 
     snprintf(att, sizeof(att), "%d", attempt);
     snprintf(lease, sizeof(lease), "%d", MIG_PROCESS_LEASE_MS);
+    snprintf(prefix, sizeof(prefix), "%s:%d:", r->ids, attempt);
     *all = false;
     for (;;) {
-        run_rc_t rc;
-        PGresult *res = mig_run_q(
-            r, r->ctl, "control store",
-            "SELECT count(*) FILTER (WHERE a.process_id IS NULL), count(*) "
-            "FROM pgshift.processes p LEFT JOIN pgshift.cutover_acks a ON a.process_id = p.id "
-            "  AND a.migration_id = $1::bigint AND a.attempt = $2::int "
-            "WHERE p.heartbeat_at > clock_timestamp() - make_interval(secs => $3::int / 1000.0)",
-            3, params, &rc);
-        long long missing, total;
-        uint64_t now;
+        uint64_t now = cm_now_ms();
 
-        if (res == NULL)
-            return rc;
-        missing = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-        total = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
-        PQclear(res);
-        if (missing == 0) {
-            *all = true;
-            return RUN_OK;
+        /*
+         * The processes not acknowledged yet: asked at the start and then
+         * only when notifications stall (a lease that expired meanwhile, a
+         * missed notification); in between, the ack worker's NOTIFYs
+         * ("id:attempt:process") tick them off without a query.
+         */
+        if (live == NULL || now - last_query >= 25) {
+            PQclear(live);
+            live = mig_run_q(r, r->ctl, "control store",
+                             "SELECT p.id FROM pgshift.processes p WHERE p.heartbeat_at > "
+                             "clock_timestamp() - make_interval(secs => $3::int / 1000.0) "
+                             "AND NOT EXISTS (SELECT 1 FROM pgshift.cutover_acks a WHERE "
+                             "a.process_id = p.id AND a.migration_id = $1::bigint AND "
+                             "a.attempt = $2::int)",
+                             3, params, &rc);
+            if (live == NULL)
+                break;
+            n_live = PQntuples(live);
+            free(acked);
+            acked = cm_xcalloc((size_t)n_live + 1, sizeof(*acked));
+            n_acked = 0;
+            last_query = now;
         }
-        now = cm_now_ms();
+        if (n_acked == n_live) {
+            *all = true;
+            break;
+        }
         if (now + FLIP_RESERVE_MS >= deadline) {
             snprintf(why, why_len,
-                     "%lld of %lld pgshift processes did not drain the tenant's transactions "
-                     "within cutover_timeout_ms",
-                     missing, total);
-            return RUN_OK;
+                     "%d pgshift process(es) did not drain the tenant's transactions within "
+                     "cutover_timeout_ms",
+                     n_live - n_acked);
+            break;
         }
-        /* Sleep on the control connection: the ack worker NOTIFYs. */
-        if (PQconsumeInput(r->ctl) == 0)
-            return mig_run_classify(r, r->ctl, NULL, "control store");
+        if (PQconsumeInput(r->ctl) == 0) {
+            rc = mig_run_classify(r, r->ctl, NULL, "control store");
+            break;
+        }
         {
             PGnotify *n;
             bool any = false;
 
             while ((n = PQnotifies(r->ctl)) != NULL) {
-                any = true;
+                if (strncmp(n->extra, prefix, strlen(prefix)) == 0)
+                    for (int i = 0; i < n_live; i++)
+                        if (!acked[i] &&
+                            strcmp(n->extra + strlen(prefix), PQgetvalue(live, i, 0)) == 0) {
+                            acked[i] = true;
+                            n_acked++;
+                            any = true;
+                        }
                 PQfreemem(n);
             }
             if (!any &&
-                mig_pq_wait_readable(r->ctl, r->env->latch, (int)CM_MIN(deadline - now, 10)) < 0)
-                return mig_run_stopping(r) ? RUN_STOP
-                                           : mig_run_classify(r, r->ctl, NULL, "control store");
+                mig_pq_wait_readable(r->ctl, r->env->latch, (int)CM_MIN(deadline - now, 5)) < 0) {
+                rc = mig_run_stopping(r) ? RUN_STOP
+                                         : mig_run_classify(r, r->ctl, NULL, "control store");
+                break;
+            }
         }
     }
+    PQclear(live);
+    free(acked);
+    return rc;
 }
 
 /*
@@ -1302,31 +1329,25 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
             goto rollback;
         }
         snprintf(lt, sizeof(lt), "%lld", left);
+        /* One round trip: the lock (waits out the writers), then the fence row. */
         s = cm_xasprintf("SET lock_timeout = %s; SELECT pg_advisory_lock(" FENCE_LOCK_CLASS
-                         ", hashtext(%s))",
-                         lt, d->tenant_src);
-        res = mig_run_q(r, d->fence, "source store", s, 0, NULL, &rc);
+                         ", hashtext(%s)); INSERT INTO pgshift.fence (tenant, migration_id) "
+                         "VALUES (%s, %s) ON CONFLICT (tenant) DO UPDATE SET migration_id = "
+                         "EXCLUDED.migration_id",
+                         lt, d->tenant_src, d->tenant_src, r->ids);
+        rc = mig_run_x(r, d->fence, "source store", s, 0, NULL);
         free(s);
-        if (res == NULL) {
+        locked = true; /* maybe: unfence releases every advisory lock and resets the timeout */
+        if (rc != RUN_OK) {
             if (strcmp(r->sqlstate, "55P03") == 0) {
                 snprintf(o.error, sizeof(o.error),
                          "a transaction of the tenant on the source did not end within "
                          "cutover_timeout_ms");
                 rc = RUN_OK;
-                locked = true; /* nothing held, but reset lock_timeout */
                 goto rollback;
             }
             goto failed;
         }
-        PQclear(res);
-        locked = true;
-        s = cm_xasprintf("INSERT INTO pgshift.fence (tenant, migration_id) VALUES (%s, %s) "
-                         "ON CONFLICT (tenant) DO UPDATE SET migration_id = EXCLUDED.migration_id",
-                         d->tenant_src, r->ids);
-        rc = mig_run_x(r, d->fence, "source store", s, 0, NULL);
-        free(s);
-        if (rc != RUN_OK)
-            goto failed;
         fenced = true;
     }
     t_fenced = cm_now_ms();

@@ -98,7 +98,7 @@ char *mig_pq_errmsg(PGconn *c, const PGresult *res);
 
 #define MIG_SCHEMA_VERSION 3 /* the newest version this build creates */
 #define MIG_ROUTES_CHANNEL "pgshift_routes"
-#define MIG_ACKS_CHANNEL   "pgshift_acks" /* payload: the migration id */
+#define MIG_ACKS_CHANNEL   "pgshift_acks" /* payload: "migration:attempt:process" */
 /* A process whose heartbeat is older than this is not waited for by a cutover. */
 #define MIG_PROCESS_LEASE_MS 3000
 
