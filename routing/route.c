@@ -179,8 +179,10 @@ struct route_table {
     route_entry_t *entries; /* dense; entries[i].tenant owned */
     size_t n;
     size_t cap;
-    uint32_t *slots; /* open addressing: entries index + 1, 0 = empty */
-    size_t n_slots;  /* power of two, > 2 * n */
+    uint32_t *slots;    /* open addressing: entries index + 1, 0 = empty */
+    size_t n_slots;     /* power of two, > 2 * n */
+    uint64_t *hold_min; /* frozen: per store, the lowest hold_gen of its CUTOVER routes,
+                           UINT64_MAX = none; NULL before route_table_freeze */
 };
 
 static void table_reindex(route_table_t *t)
@@ -301,6 +303,18 @@ bool route_table_del(route_table_t *t, const char *tenant)
 
 void route_table_freeze(route_table_t *t)
 {
+    if (t->frozen)
+        return;
+    t->hold_min = cm_xmalloc((t->n_stores ? t->n_stores : 1) * sizeof(*t->hold_min));
+    for (size_t i = 0; i < t->n_stores; i++)
+        t->hold_min[i] = UINT64_MAX;
+    for (size_t i = 0; i < t->n; i++) {
+        const route_entry_t *e = &t->entries[i];
+        int s = route_entry_store(e);
+
+        if (e->phase == ROUTE_PHASE_CUTOVER && e->hold_gen < t->hold_min[s])
+            t->hold_min[s] = e->hold_gen;
+    }
     t->frozen = true;
 }
 
@@ -396,6 +410,7 @@ void route_table_unref(route_table_t *t)
         free(t->store_names[i]);
     free(t->store_names);
     free(t->slots);
+    free(t->hold_min);
     free(t);
 }
 
@@ -759,6 +774,25 @@ static bool cutover_holds(const route_session_t *sess, bool bound, const route_e
     return !(bound && sess->bound_store == route_entry_store(e) && sess->bound_gen < e->hold_gen);
 }
 
+/*
+ * Whether a route on `store` is at cutover with a hold that began at or
+ * before generation gen: work of a transaction from gen on that names one
+ * of those tenants must wait, so an unknown key cannot simply be trusted to
+ * the bound store.
+ */
+static bool store_held_since(const route_table_t *t, int store, uint64_t gen)
+{
+    if (t->hold_min != NULL)
+        return t->hold_min[store] <= gen;
+    for (size_t i = 0; i < t->n; i++) {
+        const route_entry_t *e = &t->entries[i];
+
+        if (e->phase == ROUTE_PHASE_CUTOVER && route_entry_store(e) == store && e->hold_gen <= gen)
+            return true;
+    }
+    return false;
+}
+
 static int tenant_store(const route_table_t *t, const char *tenant, int def,
                         const route_entry_t **entry)
 {
@@ -880,7 +914,8 @@ route_decision_t route_decide(const route_table_t *t, const route_session_t *ses
             if (resolve(&stmt->keys[i], bind, val) <= 0)
                 continue;
             if (!route_aggmap_get(sess->aggs, val, strlen(val), &kt)) {
-                if (bound && !sess->bound_tentative)
+                if (bound && !sess->bound_tentative &&
+                    !store_held_since(t, sess->bound_store, sess->bound_gen))
                     continue; /* the bound store answers; no lookup round trip */
                 d.action = ROUTE_ACT_NEED_LOOKUP;
                 d.reason = ROUTE_R_KEY_UNKNOWN;

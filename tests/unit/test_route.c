@@ -969,6 +969,15 @@ static const dcase_t dcases[] = {
       CUT_GEN + 1 },
     { "cutover: COMMIT of a new transaction on the source goes on", "COMMIT", "tcut", 1, S_EAST, 0,
       NULL, ROUTE_ACT_SEND, S_EAST, ROUTE_R_TXN_BOUND, NULL, NULL, 0, 0, 0, NULL, CUT_GEN + 1 },
+    { "cutover: unknown key in a new transaction on the source: look it up (it may be tcut's)",
+      "UPDATE snapshots SET version = 2 WHERE aggregate_id = $1", NULL, 1, S_EAST, 0, "agg-new",
+      ROUTE_ACT_NEED_LOOKUP, -1, ROUTE_R_KEY_UNKNOWN, NULL, NULL, 0, 0, 0, NULL, CUT_GEN },
+    { "cutover: unknown key in an old transaction on the source: bound store, no lookup",
+      "UPDATE snapshots SET version = 2 WHERE aggregate_id = $1", NULL, 1, S_EAST, 0, "agg-new",
+      ROUTE_ACT_SEND, S_EAST, ROUTE_R_BOUND, NULL, NULL, 0, 0, 0, NULL, CUT_GEN - 1 },
+    { "cutover: unknown key in a new transaction on a store without cutover: bound store",
+      "UPDATE snapshots SET version = 2 WHERE aggregate_id = $1", NULL, 1, S_WEST, 0, "agg-new",
+      ROUTE_ACT_SEND, S_WEST, ROUTE_R_BOUND, NULL, NULL, 0, 0, 0, NULL, CUT_GEN + 4 },
     { "cutover: bound_gen outside a transaction does not matter",
       "SELECT * FROM events WHERE tenant_id = 'tcut'", NULL, 0, S_EAST, 0, NULL, ROUTE_ACT_HOLD, -1,
       ROUTE_R_CUTOVER_HOLD, NULL, NULL, 0, 0, 0, NULL, 0 },
@@ -1368,6 +1377,30 @@ static void test_hold_gens(void **state)
     assert_int_equal(route_table_set_hold_gens(t, f->table, 11), 2);
     assert_int_equal(route_table_get(t, "tm", 2)->hold_gen, 11);
     assert_int_equal(route_table_get(t, "tcut", 4)->hold_gen, CUT_GEN);
+    /* an unknown key is looked up in a transaction that began at or after a hold of its
+     * store, unfrozen (scan) and frozen (per-store minimum) alike */
+    for (int frozen = 0; frozen < 2; frozen++) {
+        route_session_t sess = { .bound_store = S_EAST,
+                                 .in_txn = true,
+                                 .bound_gen = CUT_GEN - 1,
+                                 .default_store = S_MAIN,
+                                 .aggs = f->aggs };
+        const char *upd = "UPDATE snapshots SET version = 2 WHERE aggregate_id = $1";
+        route_table_t *keep = f->table;
+
+        f->table = t;
+        assert_int_equal(decide_sql(f, upd, &sess, "agg-new").action, ROUTE_ACT_SEND);
+        sess.bound_gen = CUT_GEN;
+        assert_int_equal(decide_sql(f, upd, &sess, "agg-new").action, ROUTE_ACT_NEED_LOOKUP);
+        sess.bound_store = S_WEST;
+        assert_int_equal(decide_sql(f, upd, &sess, "agg-new").action, ROUTE_ACT_SEND);
+        f->table = keep;
+        if (!frozen)
+            route_table_freeze(t);
+    }
+    route_table_unref(t);
+    t = route_table_clone(f->table);
+    route_table_put(t, &e);
     assert_int_equal(route_table_set_hold_gens(t, NULL, 12), 2);
     assert_int_equal(route_table_get(t, "tcut", 4)->hold_gen, 12);
     route_table_unref(t);
