@@ -563,7 +563,7 @@ static void ack_cutover(mig_ctl_t *m, PGconn **control, const mig_request_t *req
         return;
     }
     PQclear(res);
-    LOG_DEBUG(LOG_CTX, "acknowledged cutover %s attempt %s", id, attempt);
+    LOG_INFO(LOG_CTX, "recorded the drained hold of cutover %s attempt %s", id, attempt);
 }
 
 static void worker_main(void *arg)

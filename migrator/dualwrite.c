@@ -1303,7 +1303,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
     PQclear(res);
     t0 = cm_now_ms();
     deadline = t0 + (uint64_t)d->timeout_ms;
-    LOG_INFO(LOG_CTX, "migration %s: cutover attempt %d, budget %d ms", r->ids, attempt,
+    LOG_INFO(LOG_CTX, "migration %s: cutover attempt %d, budget %d ms: holding", r->ids, attempt,
              d->timeout_ms);
 
     /* 1. Every live process holds the tenant's new work and has drained what was inside. */
