@@ -677,9 +677,50 @@ def report(r):
                       c["predicted_pause_ms"], s.get("drained", "-"), s.get("fenced", "-"),
                       s.get("swept", "-"), s.get("flipped", "-"), c["events_synced"],
                       c["error"] or ""))
-    if r["log_rollbacks"]:
+    st = [c["steps"] for c in r["cutovers"] if c["steps"]]
+    if st:
+        parts = [("hold + drain (every process holds the tenant, its open transactions end)",
+                  [x["drained"] for x in st]),
+                 ("fence (advisory lock + fence row on the source)",
+                  [x["fenced"] - x["drained"] for x in st]),
+                 ("final sweep (the exact last dual-write round)",
+                  [x["swept"] - x["fenced"] for x in st]),
+                 ("target sequence bump + route flip committed in the control store (= the "
+                  "release; pause_ms ends here)",
+                  [max(0, x["total"] - x["swept"]) for x in st])]
+        total = sum(sum(v) for _, v in parts) or 1
         p()
-        p("Rollbacks in pgshift's log: %r" % r["log_rollbacks"])
+        p("Where the pause goes (pgshift's log, %d completed cutovers; ms per step; the "
+          "bookkeeping after the release - cutover_result update, unlock - is left out):"
+          % len(st))
+        p()
+        p("| step | p50 | max | share of the summed time |")
+        p("| --- | ---: | ---: | ---: |")
+        for name, v in parts:
+            p("| %s | %s | %s | %.0f%% |" % (name, fmt(pct(v, 50), 0), fmt(max(v), 0),
+                                            100.0 * sum(v) / total))
+    refm = [c["ref_max_ms"] for c in r["cutovers"] if c["success"] and c["ref_max_ms"]]
+    if refm:
+        p()
+        p("Noise floor: the longest append of the never-migrated tenant of the same source store "
+          "during the same CUTOVER commands: p50 %s, max %s ms (%d cutovers) - what an append "
+          "takes on this machine at that moment without any hold."
+          % (fmt(pct(refm, 50)), fmt(max(refm)), len(refm)))
+    if r["log_rollbacks"]:
+        first = {}
+        for x in r["log_rollbacks"]:
+            k = (x["id"], x["attempt"])
+            if k not in first:
+                first[k] = [x, 0]
+            else:
+                first[k][1] += 1
+        p()
+        p("Rollbacks in pgshift's log (first line of each attempt; later lines for the same "
+          "attempt counted):")
+        p()
+        for (mid, att), (x, more) in sorted(first.items()):
+            p("- migration %d attempt %d: rolled back after %d ms: %s; then %d more \"rolled "
+              "back\" line(s) for the same attempt" % (mid, att, x["ms"], x["why"], more))
     if r["refusal_reasons"]:
         p()
         p("Refusal messages (distinct, first 10): %s" % "; ".join(r["refusal_reasons"]))
