@@ -529,9 +529,12 @@ def test_target_killed_in_dual_write(cut_env):
     signal.alarm(TEST_SECONDS)
     env = cut_env
     sc = Scenario(env, history=10_000).start()
-    mid = sc.migrate(cutover_timeout_ms=2000)
+    # A short recovery timeout: the breaker goes half-open (and open again)
+    # while the target is down, and closes soon after it is back.
+    mid = sc.migrate(cutover_timeout_ms=2000, failure_threshold=3, recovery_timeout_seconds=2)
     env.wait_ready(mid, timeout=90)
     env.stores["dst"].kill()
+    step("target killed")
     t_kill = time.time()
     try:
         # I3: the source alone acknowledges; a dead target fails no client write.
@@ -550,6 +553,7 @@ def test_target_killed_in_dual_write(cut_env):
     finally:
         env.stores["dst"].start()
     t_up = time.time()
+    step("target restarted")
     st = env.wait(mid, lambda s: int(s["unrepaired_failures"]) == 0
                   and s["breaker_state"] == "closed" and truthy(s["cutover_ready"]), 60,
                   "failures repaired, breaker closed, ready")
