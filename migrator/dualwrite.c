@@ -1136,7 +1136,7 @@ static run_rc_t roll_back(dw_t *d, int attempt, int64_t request, outcome_t *o, u
     snprintf(att, sizeof(att), "%d", attempt);
     res_js = outcome_json(o, request, attempt);
     {
-        const char *params[] = { r->ids, att, res_js, o->error };
+        const char *params[] = { r->ids, att, res_js };
 
         rc = mig_run_x(
             r, r->ctl, "control store",
@@ -1148,7 +1148,7 @@ static run_rc_t roll_back(dw_t *d, int attempt, int64_t request, outcome_t *o, u
             "SELECT id, 'phase_changed', 'pgshift', '{\"from\": \"CUTOVER\", \"to\": "
             "\"DUAL_WRITE\"}' FROM m "
             "UNION ALL SELECT id, 'cutover_rolled_back', 'pgshift', $3::jsonb FROM m",
-            4, params);
+            3, params);
         if (rc == RUN_OK) {
             /* Aborted meanwhile: still answer the request. */
             const char *p3[] = { r->ids, res_js };
