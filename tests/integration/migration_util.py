@@ -163,7 +163,9 @@ class MigEnv:
             time.sleep(0.1)
 
     def wait_copied(self, mid, timeout=60):
-        return self.wait(mid, lambda s: s["copy_complete"] == "true", timeout, "copy complete")
+        """The copy is complete and handed over: the migration is in DUAL_WRITE."""
+        return self.wait(mid, lambda s: s["copy_complete"] == "true" and s["phase"] != "BULK_COPY",
+                         timeout, "copy complete")
 
     def abort(self, mid, reason=None):
         sql = "ABORT MIGRATION %d" % mid + (" '%s'" % reason if reason else "")

@@ -64,8 +64,9 @@ def test_copy_200k_events_exactly_while_the_app_writes(mig_env):
         app.stop()
         assert not app.errors, app.errors[:3]
         assert all(n > 0 for n in app.acked.values()), app.acked
-        assert st["phase"] == "BULK_COPY", st
-        assert st["status"] == "copy complete, waiting for dual-write", st
+        # A complete copy hands over to dual-write by itself (issue #5).
+        assert st["phase"] == "DUAL_WRITE", st
+        assert st["status"] == "dual-write", st
         assert st["progress_percent"] == "100.0", st
         assert int(st["events_total"]) == total and int(st["events_copied"]) == total, st
         assert st["events_remaining"] == "0" and st["position_mode"] == "preserve", st
@@ -86,7 +87,7 @@ def test_copy_200k_events_exactly_while_the_app_writes(mig_env):
                          "AND event_type = 'migration_started' AND operator = 'admin'",
                          (mid,)) == 1
         rows = env.admin("SHOW MIGRATIONS")
-        assert any(int(r["id"]) == mid and r["phase"] == "BULK_COPY" for r in rows), rows
+        assert any(int(r["id"]) == mid and r["phase"] == "DUAL_WRITE" for r in rows), rows
     finally:
         app.stop()
         env.abort(mid)
@@ -112,11 +113,11 @@ def test_kill9_mid_copy_then_restart_resumes_exactly(mig_env):
         env.restart()
         env.admin("SHOW MIGRATION %d" % mid)
         st = env.wait_copied(mid, timeout=200)
-        assert st["phase"] == "BULK_COPY", st
+        assert st["phase"] == "DUAL_WRITE", st
         # No gap, no duplicate: the same rows, every column.
         assert env.tenant_rows("dst", t) == src_before
         kinds = env.audit(mid)
-        assert kinds.count("migration_started") == 1 and kinds.count("phase_changed") == 1, kinds
+        assert kinds.count("migration_started") == 1 and kinds.count("phase_changed") == 2, kinds
         assert "migration_failed" not in kinds, kinds
         assert env.value("dst", "SELECT count(DISTINCT event_id) FROM events") == N
     finally:
