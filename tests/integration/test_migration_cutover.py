@@ -496,6 +496,7 @@ def test_cutover_under_load(cut_env):
     assert stall < 2.0 + 1.0, "tenant held %.3fs at cutover" % stall
 
 
+@pytest.mark.slow  # the sanitizer pass keeps the other three scenarios (CI time)
 def test_auto_cutover_under_load(cut_env):
     signal.alarm(TEST_SECONDS)
     env = cut_env
@@ -525,6 +526,7 @@ def test_auto_cutover_under_load(cut_env):
     assert_reads_go_to_target(env, sc)
 
 
+@pytest.mark.slow  # the sanitizer pass keeps the other three scenarios (CI time)
 def test_target_killed_in_dual_write(cut_env):
     signal.alarm(TEST_SECONDS)
     env = cut_env
@@ -660,6 +662,7 @@ def assert_no_client_held(res, since, names=None):
     assert not held, "clients with no finished operation since the restart: %s" % held
 
 
+@pytest.mark.slow  # the sanitizer pass keeps the other three scenarios (CI time)
 def test_kill9_in_dual_write(cut_env):
     signal.alarm(TEST_SECONDS)
     env = cut_env
@@ -692,6 +695,7 @@ def test_kill9_in_dual_write(cut_env):
     check_cutover(env, sc, res, t0, t1, src_at_switch, allow=kill_window(t_kill, t_up))
 
 
+@pytest.mark.slow  # the sanitizer pass keeps the other three scenarios (CI time)
 def test_kill9_during_cutover(cut_env):
     signal.alarm(TEST_SECONDS)
     env = cut_env
