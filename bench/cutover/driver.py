@@ -44,7 +44,8 @@ pgshift run. In one run:
      check: for every tenant, rows on its final store = seeded + acknowledged
      appends.
 
-Writes result.json and prints the Markdown body of the report on stdout.
+Writes result.json and prints the Markdown body of the report on stdout;
+`driver.py --report result.json` prints it again from a finished run.
 """
 
 import argparse
@@ -654,6 +655,13 @@ def report(r):
                                           fmt(cpz["max"]), TARGET_P99_MS, TARGET_MAX_MS))
     p("| runner's pause_ms (CUTOVER answer) | %d | %s | %s | %s | |"
       % (rpz["n"], fmt(rpz["p50"]), fmt(rpz["p99"]), fmt(rpz["max"])))
+    if r["rollbacks"]:
+        va = [c["client_pause_ms"] for c in r["cutovers"] if c["client_pause_ms"] is not None]
+        vr = [c["pause_ms"] for c in r["cutovers"] if c["pause_ms"] is not None]
+        p("| as clients saw it, every attempt (rolled-back ones too) | %d | %s | %s | %s | |"
+          % (len(va), fmt(pct(va, 50)), fmt(pct(va, 99)), fmt(max(va) if va else None)))
+        p("| runner's pause_ms, every answered attempt | %d | %s | %s | %s | |"
+          % (len(vr), fmt(pct(vr, 50)), fmt(pct(vr, 99)), fmt(max(vr) if vr else None)))
     p()
     p("Per cutover attempt (steps from pgshift's log, ms after the hold began: drained = every "
       "process holds and has drained, fenced = advisory lock + fence row on the source, swept = "
@@ -765,4 +773,9 @@ def report(r):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        # re-render the report of a finished run from its result.json
+        with open(sys.argv[2]) as f:
+            report(json.load(f))
+        sys.exit(0)
     sys.exit(main())
