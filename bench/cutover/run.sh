@@ -79,6 +79,7 @@ bench_log "pgshift on 127.0.0.1:$PGSHIFT_PORT (admin $admin_port), stores a (def
 admin() { "$PG_BIN/psql" -X -h 127.0.0.1 -p "$admin_port" -d pgshift -c "$1"; }
 
 BODY=$BENCH_TMP/body.md
+# shellcheck disable=SC2154 # PG_a_PORT, PG_b_PORT: set by bench_pg_start
 "$BENCH_PY" "$HERE/driver.py" --port "$PGSHIFT_PORT" --admin-port "$admin_port" \
     --store "a=$PG_a_PORT" --store "b=$PG_b_PORT" --db "$BENCH_DB" --user "$BENCH_USER" \
     --password "$BENCH_PASSWORD" --clients "$CLIENTS" --procs "$PROCS" --tenants "$TENANTS" \
