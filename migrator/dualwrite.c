@@ -492,7 +492,7 @@ static run_rc_t exec_multi(run_t *r, PGconn *c, const char *what, const char *sq
  * so a change that a later read does not see has an xid >= X: taking X as
  * the new watermark is exact.
  */
-static run_rc_t round_start(dw_t *d, bool *changed, char **snap_xmin)
+static run_rc_t round_start(dw_t *d, int timeout_ms, bool *changed, char **snap_xmin)
 {
     run_t *r = d->r;
     cm_buf_t sql = { 0 };
@@ -504,6 +504,14 @@ static run_rc_t round_start(dw_t *d, bool *changed, char **snap_xmin)
 
     for (size_t i = 0; i < r->n_tabs; i++)
         n_pos += r->tabs[i].has_pos;
+    if (timeout_ms > 0) {
+        /* The cutover's sweep: bounded by what is left of the budget. */
+        s = cm_xasprintf("SET statement_timeout = %d;\n", timeout_ms);
+        cm_buf_append(&sql, s, strlen(s));
+        free(s);
+        n_res++;
+        k++;
+    }
     if (n_pos > 0) {
         if (d->bar_vxids != NULL) {
             char *l = mig_run_lit(r->src, d->bar_vxids);
@@ -782,7 +790,8 @@ static run_rc_t round_table(dw_t *d, size_t i, long long *applied)
  * the watermarks, onto the target, in one target transaction. exact: every
  * table (the cutover's final sweep). *applied = rows written.
  */
-static run_rc_t round_once(dw_t *d, bool exact, long long *applied, long long *events)
+static run_rc_t round_once(dw_t *d, bool exact, int timeout_ms, long long *applied,
+                           long long *events)
 {
     run_t *r = d->r;
     uint64_t t0 = cm_now_ms(), now;
@@ -798,7 +807,7 @@ static run_rc_t round_once(dw_t *d, bool exact, long long *applied, long long *e
     if (rc != RUN_OK)
         return rc;
     changed = cm_xcalloc(r->n_tabs ? r->n_tabs : 1, sizeof(*changed));
-    rc = round_start(d, changed, &snap_xmin);
+    rc = round_start(d, timeout_ms, changed, &snap_xmin);
     if (rc != RUN_OK) {
         free(changed);
         return rc;
@@ -814,7 +823,12 @@ static run_rc_t round_once(dw_t *d, bool exact, long long *applied, long long *e
             continue;
         }
         if (!dst_open) {
-            rc = mig_run_x(r, r->dst, "target store", "BEGIN", 0, NULL);
+            char *b = timeout_ms > 0
+                          ? cm_xasprintf("BEGIN; SET LOCAL statement_timeout = %d", timeout_ms)
+                          : cm_xstrdup("BEGIN");
+
+            rc = mig_run_x(r, r->dst, "target store", b, 0, NULL);
+            free(b);
             if (rc != RUN_OK)
                 break;
             dst_open = true;
@@ -849,7 +863,8 @@ static run_rc_t round_once(dw_t *d, bool exact, long long *applied, long long *e
         }
     }
     free(snap_xmin);
-    if (strcmp(r->position_mode, "map") == 0 && *events > 0) {
+    /* The cutover mirrors the position map after its flip, outside the pause. */
+    if (strcmp(r->position_mode, "map") == 0 && *events > 0 && !exact) {
         rc = mig_run_mirror_map(r);
         if (rc != RUN_OK)
             return rc;
@@ -1355,7 +1370,10 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
     {
         long long applied = 0, events = 0;
 
-        rc = round_once(d, true, &applied, &events);
+        rc = round_once(
+            d, true,
+            (int)CM_MAX((long long)deadline - (long long)cm_now_ms() - FLIP_RESERVE_MS, 1LL),
+            &applied, &events);
         if (rc != RUN_OK) {
             snprintf(o.error, sizeof(o.error), "final sweep: %s", r->err ? r->err : "failed");
             mig_run_drop_stores(r);
@@ -1443,6 +1461,8 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
                         2, params);
     }
     unfence(d, false, locked); /* the fence stays: the source refuses the tenant for good */
+    if (strcmp(r->position_mode, "map") == 0)
+        (void)mig_run_mirror_map(r); /* the final sweep's pairs, now outside the pause */
     (void)mig_run_x(r, r->ctl, "control store", "UNLISTEN *", 0, NULL);
     drop_notifies(r->ctl);
     LOG_INFO(LOG_CTX,
@@ -1456,6 +1476,9 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
 
 rollback:
     unfence(d, fenced, locked);
+    if (r->src != NULL &&
+        mig_run_x(r, r->src, "source store", "RESET statement_timeout", 0, NULL) != RUN_OK)
+        mig_run_drop_stores(r); /* the sweep's bound must not outlive the attempt */
     (void)mig_run_x(r, r->ctl, "control store", "UNLISTEN *", 0, NULL);
     drop_notifies(r->ctl);
     return roll_back(d, attempt, request, &o, t0);
@@ -1581,7 +1604,7 @@ static run_rc_t dw_loop(dw_t *d)
         {
             long long applied = 0, events = 0;
 
-            rc = round_once(d, false, &applied, &events);
+            rc = round_once(d, false, 0, &applied, &events);
             if (rc == RUN_STOP)
                 return rc;
             if ((rc == RUN_PERMANENT || rc == RUN_TRANSIENT) && !is_target_error(r))
