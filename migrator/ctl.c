@@ -765,6 +765,7 @@ int mig_ctl_start(uv_loop_t *loop, const char *control_conninfo, const char *con
     m->arg = arg;
     m->next_request_id = 1;
     atomic_init(&m->want_stop, false);
+    atomic_init(&e->local_ack, 0);
 
     rc = worker_init(&m->admin, m, WK_ADMIN);
     if (rc != 0)
@@ -937,6 +938,7 @@ void mig_ctl_cutover_ack(mig_ctl_t *m, int64_t migration_id, int64_t attempt)
     mig_request_t *r = cm_xcalloc(1, sizeof(*r));
 
     BUG_ON(m->is_stopped, "cutover ack after mig_ctl_stop");
+    atomic_store(&m->env.local_ack, MIG_LOCAL_ACK(migration_id, attempt));
     r->kind = MIG_CMD_CUTOVER;
     r->migration_id = migration_id;
     r->attempt = attempt;

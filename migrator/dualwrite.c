@@ -1242,6 +1242,14 @@ static run_rc_t wait_acks(dw_t *d, int attempt, uint64_t deadline, bool *all, ch
             PGnotify *n;
             bool any = false;
 
+            /* This process's own acknowledgement, without the control store's round trip. */
+            if (atomic_load((atomic_ullong *)&r->env->local_ack) == MIG_LOCAL_ACK(r->id, attempt))
+                for (int i = 0; i < n_live; i++)
+                    if (!acked[i] && strcmp(PQgetvalue(live, i, 0), r->env->process_id) == 0) {
+                        acked[i] = true;
+                        n_acked++;
+                        any = true;
+                    }
             while ((n = PQnotifies(r->ctl)) != NULL) {
                 if (strncmp(n->extra, prefix, strlen(prefix)) == 0)
                     for (int i = 0; i < n_live; i++)
@@ -1254,7 +1262,7 @@ static run_rc_t wait_acks(dw_t *d, int attempt, uint64_t deadline, bool *all, ch
                 PQfreemem(n);
             }
             if (!any &&
-                mig_pq_wait_readable(r->ctl, r->env->latch, (int)CM_MIN(deadline - now, 5)) < 0) {
+                mig_pq_wait_readable(r->ctl, r->env->latch, (int)CM_MIN(deadline - now, 1)) < 0) {
                 rc = mig_run_stopping(r) ? RUN_STOP
                                          : mig_run_classify(r, r->ctl, NULL, "control store");
                 break;

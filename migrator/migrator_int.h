@@ -159,7 +159,17 @@ typedef struct mig_env {
     mig_settings_t defaults; /* [migration] */
     int latch;               /* the owner's stop latch */
     char *process_id;        /* this process in pgshift.processes: "host:pid:random" */
+    /*
+     * The last drained hold this process acknowledged, MIG_LOCAL_ACK(id,
+     * attempt): written by the loop thread at once, so a cutover running in
+     * this same process sees its own acknowledgement without waiting for
+     * the control store (the one exception to "read-only").
+     */
+    atomic_ullong local_ack;
 } mig_env_t;
+
+#define MIG_LOCAL_ACK(id, attempt) \
+    (((unsigned long long)(id) << 20) | ((unsigned long long)(attempt)&0xfffff))
 
 /* Run one request on the worker thread; *control is the worker's lazily (re)connected
  * control connection. Returns an owned result. */
