@@ -87,7 +87,8 @@ typedef struct dw_tab {
     char *bar_hi; /* the pending barrier's highest position; NULL = none */
     char *new_lo; /* set when the barrier passed before this round's snapshot */
     uint64_t last_full_ms;
-    bool scanned; /* this round read the table */
+    long long last_count; /* mutable tables: the tenant's rows after the last full round, -1 */
+    bool scanned;         /* this round read the table */
 } dw_tab_t;
 
 typedef struct dw {
@@ -492,7 +493,8 @@ static run_rc_t exec_multi(run_t *r, PGconn *c, const char *what, const char *sq
  * so a change that a later read does not see has an xid >= X: taking X as
  * the new watermark is exact.
  */
-static run_rc_t round_start(dw_t *d, int timeout_ms, bool *changed, char **snap_xmin)
+static run_rc_t round_start(dw_t *d, int timeout_ms, const bool *due, bool *changed,
+                            long long *counts, char **snap_xmin)
 {
     run_t *r = d->r;
     cm_buf_t sql = { 0 };
@@ -545,8 +547,21 @@ static run_rc_t round_start(dw_t *d, int timeout_ms, bool *changed, char **snap_
         const tab_t *t = &r->tabs[i];
         char w32[16], *lo = NULL;
 
-        if (!t->has_pos)
+        if (!t->has_pos) {
+            /*
+             * A mutable table due for a scan: anything changed since W, and
+             * how many rows (a delete changes nothing's xmin, only the count).
+             */
+            if (!due[i])
+                continue;
+            xid32(d->t[i].w, w32);
+            s = cm_xasprintf(", EXISTS (SELECT 1 FROM %s WHERE %s = %s AND age(xmin) <= "
+                             "age('%s'::xid)), (SELECT count(*) FROM %s WHERE %s = %s)",
+                             t->q, r->tcol, r->tenant_lit, w32, t->q, r->tcol, r->tenant_lit);
+            cm_buf_append(&sql, s, strlen(s));
+            free(s);
             continue;
+        }
         xid32(d->t[i].w, w32);
         if (d->t[i].lo != NULL) {
             char *l = mig_run_lit(r->src, d->t[i].lo);
@@ -591,8 +606,16 @@ static run_rc_t round_start(dw_t *d, int timeout_ms, bool *changed, char **snap_
         }
     }
     *snap_xmin = cm_xstrdup(PQgetvalue(res[k], 0, 0));
-    for (size_t i = 0, col = 1; i < r->n_tabs; i++)
-        changed[i] = !r->tabs[i].has_pos || strcmp(PQgetvalue(res[k], 0, (int)col++), "t") == 0;
+    for (size_t i = 0, col = 1; i < r->n_tabs; i++) {
+        counts[i] = -1;
+        if (r->tabs[i].has_pos) {
+            changed[i] = strcmp(PQgetvalue(res[k], 0, (int)col++), "t") == 0;
+        } else if (due[i]) {
+            changed[i] = strcmp(PQgetvalue(res[k], 0, (int)col++), "t") == 0;
+            counts[i] = strtoll(PQgetvalue(res[k], 0, (int)col++), NULL, 10);
+            changed[i] |= counts[i] != d->t[i].last_count;
+        }
+    }
     for (size_t i = 0; i < n_res; i++)
         PQclear(res[i]);
     free(res);
@@ -797,7 +820,8 @@ static run_rc_t round_once(dw_t *d, bool exact, int timeout_ms, long long *appli
     uint64_t t0 = cm_now_ms(), now;
     run_rc_t rc;
     char *snap_xmin = NULL;
-    bool full = exact, dst_open = false, *changed;
+    bool full = exact, dst_open = false, *changed, *due;
+    long long *counts;
 
     *applied = *events = 0;
     rc = mig_run_connect_stores(r);
@@ -807,16 +831,22 @@ static run_rc_t round_once(dw_t *d, bool exact, int timeout_ms, long long *appli
     if (rc != RUN_OK)
         return rc;
     changed = cm_xcalloc(r->n_tabs ? r->n_tabs : 1, sizeof(*changed));
-    rc = round_start(d, timeout_ms, changed, &snap_xmin);
+    due = cm_xcalloc(r->n_tabs ? r->n_tabs : 1, sizeof(*due));
+    counts = cm_xcalloc(r->n_tabs ? r->n_tabs : 1, sizeof(*counts));
+    for (size_t i = 0; i < r->n_tabs; i++)
+        due[i] = r->tabs[i].has_pos || full || t0 - d->t[i].last_full_ms >= FULL_SCAN_EVERY_MS;
+    rc = round_start(d, timeout_ms, due, changed, counts, &snap_xmin);
     if (rc != RUN_OK) {
         free(changed);
+        free(due);
+        free(counts);
         return rc;
     }
     for (size_t i = 0; rc == RUN_OK && i < r->n_tabs; i++) {
         long long n = 0;
 
         d->t[i].scanned = false;
-        if (!r->tabs[i].has_pos && !full && t0 - d->t[i].last_full_ms < FULL_SCAN_EVERY_MS)
+        if (!due[i])
             continue;
         if (!changed[i]) {
             d->t[i].scanned = true; /* nothing new: the watermark moves all the same */
@@ -843,7 +873,13 @@ static run_rc_t round_once(dw_t *d, bool exact, int timeout_ms, long long *appli
     }
     if (rc == RUN_OK && dst_open)
         rc = mig_run_x(r, r->dst, "target store", "COMMIT", 0, NULL);
+    if (rc == RUN_OK)
+        for (size_t i = 0; i < r->n_tabs; i++)
+            if (d->t[i].scanned && !r->tabs[i].has_pos)
+                d->t[i].last_count = counts[i]; /* the target matches it now */
     free(changed);
+    free(due);
+    free(counts);
     if (rc != RUN_OK) {
         free(snap_xmin);
         return rc; /* the caller drops both connections: their transactions die with them */
@@ -1661,6 +1697,8 @@ run_rc_t mig_dw_run(run_t *r)
             return rc;
     }
     d.t = cm_xcalloc(r->n_tabs ? r->n_tabs : 1, sizeof(*d.t));
+    for (size_t i = 0; i < r->n_tabs; i++)
+        d.t[i].last_count = -1;
     rc = load_state(&d);
     if (rc == RUN_OK)
         rc = install_fence(&d);
