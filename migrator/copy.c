@@ -422,11 +422,30 @@ run_rc_t mig_run_fail_migration(run_t *r)
 
 /* ---- stores -------------------------------------------------------------------------- */
 
-run_rc_t mig_run_connect_stores(run_t *r)
+run_rc_t mig_run_connect(run_t *r, int idx, const char *app, const char *what, PGconn **out)
 {
     const mig_env_t *env = r->env;
     char *err = NULL;
     int rc;
+
+    if (*out != NULL)
+        return RUN_OK;
+    rc = mig_pq_connect(env->store_conninfos[idx], app, env->latch, CONNECT_TIMEOUT_MS, out, &err);
+    if (rc == 0)
+        return RUN_OK;
+    *out = NULL;
+    if (rc == -ECANCELED)
+        return RUN_STOP;
+    mig_run_set_err(r, "08006",
+                    cm_xasprintf("%s \"%s\": %s", what, env->store_names[idx], err ? err : "?"));
+    free(err);
+    return RUN_TRANSIENT;
+}
+
+run_rc_t mig_run_connect_stores(run_t *r)
+{
+    const mig_env_t *env = r->env;
+    run_rc_t rc;
 
     if (r->src_idx < 0 || r->dst_idx < 0) {
         mig_run_set_err(r, "42704",
@@ -434,18 +453,9 @@ run_rc_t mig_run_connect_stores(run_t *r)
         return RUN_PERMANENT;
     }
     if (r->src == NULL) {
-        rc = mig_pq_connect(env->store_conninfos[r->src_idx], "pgshift-copy", env->latch,
-                            CONNECT_TIMEOUT_MS, &r->src, &err);
-        if (rc != 0) {
-            r->src = NULL;
-            if (rc == -ECANCELED)
-                return RUN_STOP;
-            mig_run_set_err(r, "08006",
-                            cm_xasprintf("source store \"%s\": %s", env->store_names[r->src_idx],
-                                         err ? err : "?"));
-            free(err);
-            return RUN_TRANSIENT;
-        }
+        rc = mig_run_connect(r, r->src_idx, "pgshift-copy", "source store", &r->src);
+        if (rc != RUN_OK)
+            return rc;
         /* The source is never written: make that a property of the connection. */
         if (mig_run_x(r, r->src, "source store", "SET default_transaction_read_only = on", 0,
                       NULL) != RUN_OK) {
@@ -453,20 +463,9 @@ run_rc_t mig_run_connect_stores(run_t *r)
             return RUN_TRANSIENT;
         }
     }
-    if (r->dst == NULL) {
-        rc = mig_pq_connect(env->store_conninfos[r->dst_idx], "pgshift-copy", env->latch,
-                            CONNECT_TIMEOUT_MS, &r->dst, &err);
-        if (rc != 0) {
-            r->dst = NULL;
-            if (rc == -ECANCELED)
-                return RUN_STOP;
-            mig_run_set_err(r, "08006",
-                            cm_xasprintf("target store \"%s\": %s", env->store_names[r->dst_idx],
-                                         err ? err : "?"));
-            free(err);
-            return RUN_TRANSIENT;
-        }
-    }
+    rc = mig_run_connect(r, r->dst_idx, "pgshift-copy", "target store", &r->dst);
+    if (rc != RUN_OK)
+        return rc;
     if (r->tenant_lit == NULL) {
         r->tenant_lit = mig_run_lit(r->dst, r->tenant);
         r->tcol = mig_quote_ident(r->dst, env->tenant_column);
@@ -1568,22 +1567,9 @@ static run_rc_t do_cleanup(run_t *r)
         mig_run_set_err(r, "42704", cm_xstrdup("the target store is no longer configured"));
         return RUN_TRANSIENT;
     }
-    if (r->dst == NULL) {
-        char *err = NULL;
-        int c = mig_pq_connect(env->store_conninfos[r->dst_idx], "pgshift-copy", env->latch,
-                               CONNECT_TIMEOUT_MS, &r->dst, &err);
-
-        if (c != 0) {
-            r->dst = NULL;
-            if (c == -ECANCELED)
-                return RUN_STOP;
-            mig_run_set_err(r, "08006",
-                            cm_xasprintf("cannot clean target store \"%s\": %s",
-                                         env->store_names[r->dst_idx], err ? err : "?"));
-            free(err);
-            return RUN_TRANSIENT;
-        }
-    }
+    rc = mig_run_connect(r, r->dst_idx, "pgshift-copy", "cannot clean target store", &r->dst);
+    if (rc != RUN_OK)
+        return rc;
     (void)mig_run_set_status(r, "removing the copied rows from the target");
     rc = mig_run_x(r, r->dst, "target store", "BEGIN", 0, NULL);
     if (rc != RUN_OK)

@@ -286,20 +286,9 @@ static run_rc_t install_fence(dw_t *d)
     run_rc_t rc;
     PGresult *res;
 
-    if (d->fence == NULL) {
-        char *err = NULL;
-        int c = mig_pq_connect(env->store_conninfos[r->src_idx], "pgshift-fence", env->latch,
-                               CONNECT_TIMEOUT_MS, &d->fence, &err);
-
-        if (c != 0) {
-            d->fence = NULL;
-            if (c == -ECANCELED)
-                return RUN_STOP;
-            mig_run_set_err(r, "08006", cm_xasprintf("source store: %s", err ? err : "?"));
-            free(err);
-            return RUN_TRANSIENT;
-        }
-    }
+    rc = mig_run_connect(r, r->src_idx, "pgshift-fence", "source store", &d->fence);
+    if (rc != RUN_OK)
+        return rc;
     if (d->tenant_src == NULL && r->n_tabs > 0) {
         /*
          * The tenant as the trigger sees it (NEW.col::text): through the

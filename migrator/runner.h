@@ -103,6 +103,8 @@ run_rc_t mig_run_set_status(run_t *r, const char *detail);
 void mig_run_audit(run_t *r, const char *type, const char *details_json);
 void mig_run_note_error(run_t *r, bool retrying);
 run_rc_t mig_run_fail_migration(run_t *r);
+/* Connect store idx into *out unless connected; what names it in the error ("source store"). */
+run_rc_t mig_run_connect(run_t *r, int idx, const char *app, const char *what, PGconn **out);
 run_rc_t mig_run_connect_stores(run_t *r);
 run_rc_t mig_run_bump_sequence(run_t *r, const tab_t *t);
 /* Stream one COPY from the source into the target; *rows from the target's tag. */
