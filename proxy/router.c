@@ -1365,12 +1365,15 @@ static rt_rc_t rt_bind(px_client_t *c, const uint8_t *msg, size_t msg_len, const
     if (d.action != ROUTE_ACT_SEND)
         d.store = c->batch_store; /* DEFER/LOCAL inside a running batch */
     if (c->batch_store >= 0 && d.store != c->batch_store && !c->batch_effects &&
-        c->bound_store < 0) {
+        (c->bound_store < 0 ||
+         (d.rebind && c->bound_tentative && c->bound_store == c->batch_store))) {
         /*
          * Only Parse/Describe went to the batch's store so far (asyncpg sends
          * Parse, Describe, Flush, reads the answers, then Bind): they change
          * nothing, so the batch moves to the Bind's store once they are
-         * answered. The old store gets a quiet Sync to end its batch.
+         * answered. The old store gets a quiet Sync to end its batch. In a
+         * transaction bound there only tentatively, batch_start then rolls
+         * the old store back and replays the BEGIN on the new one (rebind).
          */
         px_server_t *old = cl_server(c, c->batch_store);
 
