@@ -260,3 +260,32 @@ def test_refusals_change_nothing(mig_env, clusters):
         env.abort(mid)
     state, msg = env.admin_error("SHOW MIGRATION 99999999")
     assert state == "42704" and "does not exist" in msg, msg
+
+
+@pytest.mark.slow  # a full minute of copying at the limit
+def test_rate_limit_holds_over_a_full_minute(mig_env):
+    """Issue #4, item 5: the default-shaped limit (events/s over all tenant
+    tables) holds within 10% over a whole minute, not just a few seconds."""
+    signal.alarm(LONG_TEST_SECONDS)
+    env = mig_env
+    t = new_tenant()
+    rate = 5000
+    env.load_tenant(t, 380_000)
+    env.start_pgshift()
+    mid = env.migrate(t, batch_size=500, max_bulk_copy_rate=rate)
+    try:
+        env.wait(mid, lambda s: s["status"] == "copying" and int(s["events_copied"]) > 0, 30,
+                 "copying")
+        time.sleep(2.0)
+        c0, t0 = int(env.status(mid)["events_copied"]), time.monotonic()
+        time.sleep(60.0)
+        st = env.status(mid)
+        c1, t1 = int(st["events_copied"]), time.monotonic()
+        assert st["phase"] == "BULK_COPY", st  # still copying: the window saw the limit only
+        measured = (c1 - c0) / (t1 - t0)
+        print("copied %d rows in %.1fs: %.0f rows/s (limit %d)" % (c1 - c0, t1 - t0, measured,
+                                                                   rate))
+        assert 0.9 * rate <= measured <= 1.1 * rate, "measured %.0f rows/s over a minute, " \
+            "limit %d" % (measured, rate)
+    finally:
+        env.abort(mid)
