@@ -182,8 +182,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (route_cache_stats(cache).fast == 0) {
         CHECK(again == cl); /* parsed and cached */
     } else {
-        CHECK(route_cache_stats(cache).fast == 2); /* fast answers are never cached */
-        CHECK(again != cl && again->refcount == 1 && cl->refcount == 1);
+        /*
+         * Fast answers are not in the LRU; the fast path keeps the last answer
+         * per literal-normalized shape, so the same text gets the same shared
+         * answer (a reference each, plus the shape slot's), or a fresh one.
+         */
+        CHECK(route_cache_stats(cache).fast == 2);
+        CHECK((again == cl && cl->refcount == 3) ||
+              (again != cl && again->refcount <= 2 && cl->refcount <= 2));
     }
     fresh = route_classify(text, size, &ten);
     CHECK(fresh->n_stmts == cl->n_stmts && fresh->is_error == cl->is_error);
