@@ -38,8 +38,7 @@ struct route_cache {
     route_shapes_t *shapes; /* literal-normalized texts the fast path's grammar check passed */
 };
 
-/* 64-bit hash of the text: 8 bytes a step, multiply-xorshift mixing. */
-static uint64_t text_hash(const char *s, size_t n)
+uint64_t route_hash_bytes(const char *s, size_t n)
 {
     uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xC2B2AE3D27D4EB4Full);
     size_t i = 0;
@@ -142,7 +141,7 @@ void route_cache_free(route_cache_t *c)
 
 route_class_t *route_cache_get(route_cache_t *c, const char *sql, size_t len)
 {
-    uint64_t h = text_hash(sql, len);
+    uint64_t h = route_hash_bytes(sql, len);
     centry_t **bucket = &c->buckets[h & (c->n_buckets - 1)], *e;
     route_class_t *cls;
 

@@ -388,30 +388,6 @@ void route_shapes_free(route_shapes_t *sh)
     free(sh);
 }
 
-/* 64-bit hash of the shape text, 8 bytes a step (the mixing of routing/cache.c). */
-static uint64_t shape_hash(const char *s, size_t n)
-{
-    uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xC2B2AE3D27D4EB4Full);
-    size_t i = 0;
-
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        h ^= w * 0x87C37B91114253D5ull;
-        h = (h << 31 | h >> 33) * 0x4CF5AD432745937Full;
-    }
-    if (i < n) {
-        uint64_t w = 0;
-        memcpy(&w, s + i, n - i);
-        h ^= w * 0x87C37B91114253D5ull;
-        h = (h << 31 | h >> 33) * 0x4CF5AD432745937Full;
-    }
-    h ^= h >> 33;
-    h *= 0xFF51AFD7ED558CCDull;
-    h ^= h >> 33;
-    return h;
-}
-
 static route_class_t *class_new(first_word_t first, size_t end)
 {
     route_class_t *cl = cm_xcalloc(1, sizeof(*cl));
@@ -472,7 +448,7 @@ route_class_t *route_classify_fast_shaped(const char *sql, size_t len, const rou
     if (shaped) {
         memcpy(key + out.len, sql + out.copied, n - out.copied);
         out.len += n - out.copied;
-        h = shape_hash(key, out.len);
+        h = route_hash_bytes(key, out.len);
         e = &sh->slot[h & (SHAPE_SLOTS - 1)];
         if (e->key != NULL && e->hash == h && e->len == out.len &&
             memcmp(e->key, key, out.len) == 0) {

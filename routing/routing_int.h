@@ -84,4 +84,7 @@ void route_shapes_free(route_shapes_t *sh); /* NULL is a no-op */
 struct route_class *route_classify_fast_shaped(const char *sql, size_t len,
                                                const struct route_tenancy *ten, route_shapes_t *sh);
 
+/* 64-bit hash of n bytes: 8 bytes a step, multiply-xorshift mixing (cache and fast path). */
+uint64_t route_hash_bytes(const char *s, size_t n);
+
 #endif
