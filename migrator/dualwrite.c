@@ -184,6 +184,30 @@ static void xid32(const char *xid8, char out[16])
     snprintf(out, 16, "%llu", v & 0xffffffffULL);
 }
 
+/*
+ * "tcol = T AND age(xmin) <= age(W)[ AND pos > L]": the tenant rows of table
+ * i changed since its watermark (above its lower bound, for position
+ * tables). Owned.
+ */
+static char *changed_where(const dw_t *d, size_t i)
+{
+    const run_t *r = d->r;
+    const tab_t *t = &r->tabs[i];
+    char w32[16], *lo = NULL, *w;
+
+    xid32(d->t[i].w, w32);
+    if (t->has_pos && d->t[i].lo != NULL) {
+        char *l = mig_run_lit(r->src, d->t[i].lo);
+
+        lo = cm_xasprintf(" AND %s > %s::%s", t->key_q[0], l, t->key_type[0]);
+        free(l);
+    }
+    w = cm_xasprintf("%s = %s AND age(xmin) <= age('%s'::xid)%s", r->tcol, r->tenant_lit, w32,
+                     lo ? lo : "");
+    free(lo);
+    return w;
+}
+
 /* ---- set-up --------------------------------------------------------------------------- */
 
 static void dw_free(dw_t *d)
@@ -534,36 +558,25 @@ static run_rc_t round_start(dw_t *d, int timeout_ms, const bool *due, bool *chan
     n_res++;
     for (size_t i = 0; i < r->n_tabs; i++) {
         const tab_t *t = &r->tabs[i];
-        char w32[16], *lo = NULL;
+        char *w;
 
-        if (!t->has_pos) {
-            /*
-             * A mutable table due for a scan: anything changed since W, and
-             * how many rows (a delete changes nothing's xmin, only the count).
-             */
-            if (!due[i])
-                continue;
-            xid32(d->t[i].w, w32);
-            s = cm_xasprintf(", EXISTS (SELECT 1 FROM %s WHERE %s = %s AND age(xmin) <= "
-                             "age('%s'::xid)), (SELECT count(*) FROM %s WHERE %s = %s)",
-                             t->q, r->tcol, r->tenant_lit, w32, t->q, r->tcol, r->tenant_lit);
-            cm_buf_append(&sql, s, strlen(s));
-            free(s);
+        /*
+         * Per position table: anything changed since W above L. Per mutable
+         * table due for a scan: the same, and how many rows (a delete changes
+         * nothing's xmin, only the count).
+         */
+        if (!t->has_pos && !due[i])
             continue;
-        }
-        xid32(d->t[i].w, w32);
-        if (d->t[i].lo != NULL) {
-            char *l = mig_run_lit(r->src, d->t[i].lo);
-
-            lo = cm_xasprintf(" AND %s > %s::%s", t->key_q[0], l, t->key_type[0]);
-            free(l);
-        }
-        s = cm_xasprintf(", EXISTS (SELECT 1 FROM %s WHERE %s = %s AND age(xmin) <= age('%s'::xid)"
-                         "%s)",
-                         t->q, r->tcol, r->tenant_lit, w32, lo ? lo : "");
+        w = changed_where(d, i);
+        if (t->has_pos)
+            s = cm_xasprintf(", EXISTS (SELECT 1 FROM %s WHERE %s)", t->q, w);
+        else
+            s = cm_xasprintf(", EXISTS (SELECT 1 FROM %s WHERE %s), (SELECT count(*) FROM %s "
+                             "WHERE %s = %s)",
+                             t->q, w, t->q, r->tcol, r->tenant_lit);
+        free(w);
         cm_buf_append(&sql, s, strlen(s));
         free(s);
-        free(lo);
     }
     cm_buf_append_u8(&sql, 0);
     res = cm_xcalloc(n_res, sizeof(*res));
@@ -670,8 +683,7 @@ static run_rc_t round_table(dw_t *d, size_t i, long long *applied)
     run_t *r = d->r;
     const mig_env_t *env = r->env;
     tab_t *t = &r->tabs[i];
-    dw_tab_t *dt = &d->t[i];
-    char w32[16], *lo = NULL, *order, *out_sql, *in_sql, *sql;
+    char *where, *order, *out_sql, *in_sql, *sql;
     long long rows = 0;
     run_rc_t rc;
     PGresult *res;
@@ -681,23 +693,15 @@ static run_rc_t round_table(dw_t *d, size_t i, long long *applied)
     rc = mig_run_ensure_stage(r, t, i);
     if (rc != RUN_OK)
         return rc;
-    xid32(dt->w, w32);
-    if (t->has_pos && dt->lo != NULL) {
-        char *l = mig_run_lit(r->src, dt->lo);
-
-        lo = cm_xasprintf(" AND %s > %s::%s", t->key_q[0], l, t->key_type[0]);
-        free(l);
-    }
+    where = changed_where(d, i);
     order = t->n_key ? mig_run_key_order(t, false) : NULL;
-    out_sql = cm_xasprintf("COPY (SELECT %s FROM %s WHERE %s = %s AND age(xmin) <= age('%s'::xid)"
-                           "%s%s%s) TO STDOUT (FORMAT binary)",
-                           t->all_cols, t->q, r->tcol, r->tenant_lit, w32, lo ? lo : "",
-                           order ? " ORDER BY " : "", order ? order : "");
+    out_sql = cm_xasprintf("COPY (SELECT %s FROM %s WHERE %s%s%s) TO STDOUT (FORMAT binary)",
+                           t->all_cols, t->q, where, order ? " ORDER BY " : "", order ? order : "");
+    free(where);
     in_sql = cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", t->stage, t->all_cols);
     rc = mig_run_stream(r, out_sql, in_sql, &rows);
     free(out_sql);
     free(in_sql);
-    free(lo);
     if (rc != RUN_OK) {
         free(order);
         return rc;
