@@ -168,3 +168,11 @@ uint64_t cm_now_ms(void)
 {
     return cm_now_us() / 1000u;
 }
+
+uint64_t cm_wall_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}

@@ -67,5 +67,7 @@ void cm_buf_free(cm_buf_t *b);                           /* frees memory, back t
 /* Monotonic clock in milliseconds / microseconds. */
 uint64_t cm_now_ms(void);
 uint64_t cm_now_us(void);
+/* Wall-clock (real time) milliseconds since the epoch, for display. */
+uint64_t cm_wall_ms(void);
 
 #endif

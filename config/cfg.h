@@ -62,6 +62,7 @@ typedef struct cfg {
     int shutdown_timeout_ms;       /* 30000: SIGTERM drain budget */
     int pause_timeout_ms;          /* 10000: default PAUSE wait on the admin console */
     int max_hold_ms;               /* 10000: longest a statement is held at a cutover */
+    int hold_log_size;             /* 1000: ended cutover holds kept for SHOW HOLDS */
 
     /* TLS towards clients */
     cfg_tls_mode_t client_tls_mode; /* disable */

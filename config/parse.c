@@ -139,6 +139,7 @@ static const cfg_key_t keys[] = {
     K_MS("pgshift", "shutdown_timeout_ms", shutdown_timeout_ms, "30000", CFG_RELOAD, 0, INT_MAX),
     K_MS("pgshift", "pause_timeout_ms", pause_timeout_ms, "10000", CFG_RELOAD, 1, INT_MAX),
     K_MS("pgshift", "max_hold_ms", max_hold_ms, "10000", CFG_RELOAD, 100, 600000),
+    K_INT("pgshift", "hold_log_size", hold_log_size, "1000", CFG_RELOAD, 0, 1000000),
 
     K_ENUM("pgshift", client_tls_mode, cfg_tls_mode_t, "disable", CFG_RELOAD, tls_names),
     K_STR("pgshift", client_tls_cert_file, "", CFG_RELOAD, NULL),

@@ -79,6 +79,12 @@ static const char *fmt_time(char *buf, size_t len, uint64_t ms)
 
 /* ---- SHOW ---- */
 
+/* A store's name, NULL (SQL NULL) for -1 or an index out of range. */
+static const char *store_name(px_proxy_t *p, int i)
+{
+    return i >= 0 && (size_t)i < p->n_stores ? p->stores[i]->name : NULL;
+}
+
 static void show_version(px_client_t *c)
 {
     static const char *const cols[] = { "version" };
@@ -243,6 +249,38 @@ static void show_stats(px_client_t *c)
     adm_send_table(c, &t, "SHOW");
 }
 
+/*
+ * SHOW HOLDS: the latest ended cutover holds, oldest first, one row per held
+ * statement. held_ms is the time pgshift kept the statement from the
+ * moment it was read until it was sent on or refused: the pause the client
+ * saw, less its own round trip.
+ */
+static void show_holds(px_client_t *c)
+{
+    static const char *const cols[] = {
+        "seq",        "ended_at", "client_id", "tenant", "held_store",
+        "to_store",   "held_ms",  "outcome",
+    };
+    adm_table_t t = { .n_cols = CM_ARRAY_LEN(cols), .cols = cols };
+    px_proxy_t *p = c->conn.proxy;
+    size_t n = p->hold_log != NULL ? (size_t)CM_MIN(p->hold_seq, (uint64_t)p->hold_log_cap) : 0;
+
+    for (uint64_t seq = p->hold_seq - n + 1; n > 0 && seq <= p->hold_seq; seq++) {
+        const px_hold_rec_t *h = &p->hold_log[(seq - 1) % p->hold_log_cap];
+        char sq[24], at[40], cid[24], ms[32], day[24];
+
+        if (h->seq != seq)
+            continue; /* the log was remade after a reload */
+        fmt_time(day, sizeof(day), h->end_unix_ms);
+        snprintf(at, sizeof(at), "%s.%03u", day, (unsigned)(h->end_unix_ms % 1000));
+        snprintf(ms, sizeof(ms), "%.3f", (double)h->held_us / 1000.0);
+        adm_row(&t, u64s(sq, h->seq), at, u64s(cid, h->client_id), h->tenant,
+                store_name(p, h->from_store), store_name(p, h->to_store), ms,
+                px_hold_outcome_name(h->outcome));
+    }
+    adm_send_table(c, &t, "SHOW");
+}
+
 /* ---- PAUSE ---- */
 
 static void pause_timeout_cb(uv_timer_t *t)
@@ -361,6 +399,8 @@ void px_admin_query(px_client_t *c, const char *sql)
             show_pools(c);
         else if (word_is(&s, "STATS") && !*s)
             show_stats(c);
+        else if (word_is(&s, "HOLDS") && !*s)
+            show_holds(c);
         else if (px_router_admin(c, q)) {
             free(q);
             return; /* the migrator answers (px_admin_reply) */

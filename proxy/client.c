@@ -12,7 +12,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 #include "common/log.h"
 #include "proxy/authfile.h"
@@ -36,14 +35,6 @@ static void cl_set_state(px_client_t *c, px_cl_state_t to)
 {
     LOG_NOISE(c->ctx, "%s -> %s", px_cl_state_name(c->state), px_cl_state_name(to));
     c->state = to;
-}
-
-static uint64_t wall_ms(void)
-{
-    struct timeval tv;
-
-    gettimeofday(&tv, NULL);
-    return (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u;
 }
 
 /* ---- lifetime ---- */
@@ -109,7 +100,7 @@ void px_client_close(px_client_t *c, const char *reason)
     if (c->state == PX_CL_CLOSING)
         return;
     LOG_INFO(c->ctx, "closing: %s (age %llus)", reason,
-             (unsigned long long)((wall_ms() - c->connect_ms) / 1000));
+             (unsigned long long)((cm_wall_ms() - c->connect_ms) / 1000));
     cl_detach(c);
     px_conn_close(&c->conn);
     px_proxy_check_idle(p);
@@ -197,9 +188,10 @@ void px_client_check_timeouts(px_client_t *c, uint64_t now_ms)
                            p->cfg->client_login_timeout_ms);
         return;
     }
-    if (c->hold_start_ms != 0) {
+    if (c->hold_start_us != 0) {
         /* Held at a cutover: never idle; past max_hold_ms the statement is refused. */
-        if (!c->is_hold_expired && now_ms - c->hold_start_ms >= (uint64_t)p->cfg->max_hold_ms) {
+        if (!c->is_hold_expired &&
+            now_ms - c->hold_start_us / 1000 >= (uint64_t)p->cfg->max_hold_ms) {
             c->is_hold_expired = 1;
             px_client_kick(c); /* the router answers 55000 and the session goes on */
         }
@@ -857,7 +849,7 @@ void px_client_accept(px_proxy_t *p, uv_stream_t *listener, bool is_admin, bool 
     c->hold_store = -1;
     c->is_admin = is_admin;
     c->is_unix = is_unix;
-    c->connect_ms = wall_ms();
+    c->connect_ms = cm_wall_ms();
     px_conn_init(&c->conn, p, PX_CONN_CLIENT, &client_conn_ops, c);
     cm_list_init(&c->node);
     if (is_unix)

@@ -118,6 +118,23 @@ static void render_metrics(px_proxy_t *p, cm_buf_t *b)
             "max_hold_ms.\n# TYPE pgshift_cutover_hold_timeouts_total "
             "counter\npgshift_cutover_hold_timeouts_total %llu\n",
             (unsigned long long)st->n_cutover_hold_timeouts);
+    {
+        uint64_t cum = 0;
+
+        appendf(b, "# HELP pgshift_cutover_hold_seconds How long each held statement waited "
+                   "at a cutover.\n# TYPE pgshift_cutover_hold_seconds histogram\n");
+        for (size_t i = 0; i < PX_HOLD_BUCKETS; i++) {
+            cum += st->cutover_hold_hist[i];
+            if (i + 1 < PX_HOLD_BUCKETS)
+                appendf(b, "pgshift_cutover_hold_seconds_bucket{le=\"%g\"} %llu\n",
+                        px_hold_bound_ms[i] / 1000.0, (unsigned long long)cum);
+            else
+                appendf(b, "pgshift_cutover_hold_seconds_bucket{le=\"+Inf\"} %llu\n",
+                        (unsigned long long)cum);
+        }
+        appendf(b, "pgshift_cutover_hold_seconds_sum %.6f\npgshift_cutover_hold_seconds_count %llu\n",
+                (double)st->cutover_hold_us_sum / 1e6, (unsigned long long)st->n_cutover_holds);
+    }
     appendf(b, "# TYPE pgshift_cutover_held_clients gauge\npgshift_cutover_held_clients %d\n",
             px_router_n_held(p));
     appendf(b, "# TYPE pgshift_cutover_pending_acks gauge\npgshift_cutover_pending_acks %d\n",

@@ -382,6 +382,7 @@ void px_proxy_destroy(px_proxy_t *p)
         px_authfile_free(p->authfile);
     px_tls_ctx_free(p->client_tls);
     scram_cache_clear(p);
+    free(p->hold_log);
     for (size_t i = 0; i < p->n_buf_pool; i++)
         free(p->buf_pool[i]);
     free(p->buf_pool);

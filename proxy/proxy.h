@@ -326,9 +326,10 @@ struct px_client {
     uint64_t connect_ms; /* wall-clock ms at accept, for SHOW CLIENTS */
     uint64_t last_active_ms;
     uint64_t n_queries;
-    uint64_t hold_start_ms;       /* cm_now_ms() when a statement was first held at a cutover;
+    uint64_t hold_start_us;       /* cm_now_us() when a statement was first held at a cutover;
                                      0 = not held */
     int hold_store;               /* store of the tenant at cutover that holds it */
+    char *hold_tenant;            /* the held statement's tenant, owned; NULL when not held */
     unsigned is_hold_expired : 1; /* held past max_hold_ms: refuse the statement (55000) */
     unsigned is_held : 1;         /* input processing suspended (pause, waiting server) */
     unsigned is_terminating : 1;  /* got Terminate */
@@ -354,6 +355,10 @@ typedef struct px_listener {
 
 #define PX_MAX_LISTENERS 16
 
+/* Upper bounds (ms) of the cutover hold histogram's buckets; one more is +Inf. */
+#define PX_HOLD_BUCKETS 14
+extern const uint32_t px_hold_bound_ms[PX_HOLD_BUCKETS - 1];
+
 typedef struct px_stats {
     uint64_t n_accepted;
     uint64_t n_refused;
@@ -368,7 +373,29 @@ typedef struct px_stats {
     uint64_t cutover_hold_ms_sum;
     uint64_t cutover_hold_ms_max;
     uint64_t n_cutover_hold_timeouts; /* of them: refused past max_hold_ms */
+    uint64_t cutover_hold_us_sum;
+    uint64_t cutover_hold_hist[PX_HOLD_BUCKETS]; /* by px_hold_bucket_ms (last = +Inf) */
 } px_stats_t;
+
+/* How a cutover hold ended. */
+typedef enum px_hold_outcome {
+    PX_HOLD_RELEASED, /* the statement went on to a store (to_store) */
+    PX_HOLD_REFUSED,  /* the decision after the hold refused it (a route error) */
+    PX_HOLD_EXPIRED,  /* held past max_hold_ms: refused with 55000 */
+    PX_HOLD_GONE,     /* the client left while held */
+} px_hold_outcome_t;
+
+/* One ended cutover hold, kept for SHOW HOLDS (proxy->hold_log). */
+typedef struct px_hold_rec {
+    uint64_t seq;       /* 1, 2, ... since start */
+    uint64_t client_id; /* */
+    uint64_t end_unix_ms;
+    uint64_t held_us;
+    int from_store; /* the tenant's store at the cutover, -1 = unknown */
+    int to_store;   /* where the statement went, -1 = nowhere */
+    px_hold_outcome_t outcome;
+    char tenant[64]; /* truncated to fit */
+} px_hold_rec_t;
 
 struct px_proxy {
     uv_loop_t *loop;
@@ -411,6 +438,9 @@ struct px_proxy {
     size_t n_scram_cache;
     struct px_router *router; /* proxy/router.c state */
     uint64_t route_gen;       /* bumped on every route-table install (cutover holds) */
+    px_hold_rec_t *hold_log; /* ring of hold_log_cap ended holds, NULL when 0 */
+    size_t hold_log_cap;     /* cfg->hold_log_size it was made for */
+    uint64_t hold_seq;       /* holds recorded since start */
     int n_cutover_unacked;    /* cutovers whose drain this process has not acknowledged yet */
     void *http;               /* proxy/http.c state */
     void *admin;              /* proxy/admin.c state */
@@ -514,6 +544,7 @@ bool px_router_admin(px_client_t *c, const char *sql);
 void px_router_check_drain(px_proxy_t *p);
 /* Clients held at a cutover right now. */
 int px_router_n_held(px_proxy_t *p);
+const char *px_hold_outcome_name(px_hold_outcome_t o);
 
 /* proxy/admin.c */
 /* The migrator answered an admin command of client `cookie`; takes res. */

@@ -42,6 +42,8 @@ typedef enum rt_rc {
     RT_GONE, /* the client is closing */
 } rt_rc_t;
 
+static void cl_hold_end(px_client_t *c, px_hold_outcome_t outcome, int to_store);
+
 /* ---- setup ---- */
 
 /*
@@ -226,7 +228,7 @@ int px_router_n_held(px_proxy_t *p)
     int n = 0;
 
     for (it = p->clients.next; it != &p->clients; it = it->next)
-        if (cm_container_of(it, px_client_t, node)->hold_start_ms != 0)
+        if (cm_container_of(it, px_client_t, node)->hold_start_us != 0)
             n++;
     return n;
 }
@@ -439,6 +441,7 @@ void px_router_client_gone(px_client_t *c)
 
     if (r != NULL && r->ctl != NULL && c->is_admin)
         mig_ctl_cancel(r->ctl, c);
+    cl_hold_end(c, PX_HOLD_GONE, -1);
     for (size_t i = 0; i < c->n_stmts; i++) {
         route_class_unref(c->stmts[i].cls);
         free(c->stmts[i].name);
@@ -861,21 +864,71 @@ static void apply_session_set(px_client_t *c, const route_stmt_t *st, const rout
 
 #define CUTOVER_RETRY_MSG "tenant is being moved to another store; retry"
 
-/* The hold of the client's statement ended (released, or refused when expired). */
-static void cl_hold_end(px_client_t *c, bool expired)
+const uint32_t px_hold_bound_ms[PX_HOLD_BUCKETS - 1] = { 1,   2,   5,    10,   20,   50,   100,
+                                                          200, 500, 1000, 2000, 5000, 10000 };
+
+const char *px_hold_outcome_name(px_hold_outcome_t o)
+{
+    switch (o) {
+    case PX_HOLD_RELEASED:
+        return "released";
+    case PX_HOLD_REFUSED:
+        return "refused";
+    case PX_HOLD_EXPIRED:
+        return "expired";
+    case PX_HOLD_GONE:
+        return "client_gone";
+    }
+    return "?";
+}
+
+/* Keep rec in the hold log, a ring of hold_log_size (remade when that changes). */
+static void hold_log_add(px_proxy_t *p, const px_hold_rec_t *rec)
+{
+    size_t want = (size_t)p->cfg->hold_log_size;
+
+    if (p->hold_log_cap != want) {
+        free(p->hold_log);
+        p->hold_log = want > 0 ? cm_xcalloc(want, sizeof(*p->hold_log)) : NULL;
+        p->hold_log_cap = want;
+    }
+    if (p->hold_log != NULL)
+        p->hold_log[(rec->seq - 1) % p->hold_log_cap] = *rec;
+}
+
+/*
+ * The hold of the client's statement ended: count it per store and in the
+ * histogram, and log it for SHOW HOLDS. to_store is where the statement
+ * went (-1: nowhere, or not known yet).
+ */
+static void cl_hold_end(px_client_t *c, px_hold_outcome_t outcome, int to_store)
 {
     px_proxy_t *p = c->conn.proxy;
+    px_hold_rec_t rec = { .client_id = c->id, .from_store = c->hold_store, .outcome = outcome };
     uint64_t ms;
+    size_t b = 0;
 
-    if (c->hold_start_ms == 0)
+    if (c->hold_start_us == 0)
         return;
-    ms = cm_now_ms() - c->hold_start_ms;
-    c->hold_start_ms = 0;
+    rec.held_us = cm_now_us() - c->hold_start_us;
+    rec.to_store = outcome == PX_HOLD_RELEASED ? to_store : -1;
+    rec.end_unix_ms = cm_wall_ms();
+    rec.seq = ++p->hold_seq;
+    snprintf(rec.tenant, sizeof(rec.tenant), "%s", c->hold_tenant ? c->hold_tenant : "");
+    ms = rec.held_us / 1000;
+    c->hold_start_us = 0;
     c->is_hold_expired = 0;
+    free(c->hold_tenant);
+    c->hold_tenant = NULL;
+
     p->stats.n_cutover_holds++;
     p->stats.cutover_hold_ms_sum += ms;
+    p->stats.cutover_hold_us_sum += rec.held_us;
     p->stats.cutover_hold_ms_max = CM_MAX(p->stats.cutover_hold_ms_max, ms);
-    if (expired)
+    while (b < PX_HOLD_BUCKETS - 1 && rec.held_us > (uint64_t)px_hold_bound_ms[b] * 1000)
+        b++;
+    p->stats.cutover_hold_hist[b]++;
+    if (outcome == PX_HOLD_EXPIRED)
         p->stats.n_cutover_hold_timeouts++;
     if (c->hold_store >= 0 && (size_t)c->hold_store < p->n_stores) {
         px_store_t *st = p->stores[c->hold_store];
@@ -884,8 +937,9 @@ static void cl_hold_end(px_client_t *c, bool expired)
         st->cutover_hold_ms_sum += ms;
         st->cutover_hold_ms_max = CM_MAX(st->cutover_hold_ms_max, ms);
     }
-    LOG_DEBUG(c->ctx, "cutover hold %s after %llu ms", expired ? "expired" : "released",
-              (unsigned long long)ms);
+    hold_log_add(p, &rec);
+    LOG_DEBUG(c->ctx, "cutover hold of tenant %s ended (%s) after %.3f ms", rec.tenant,
+              px_hold_outcome_name(outcome), (double)rec.held_us / 1000.0);
 }
 
 /*
@@ -896,11 +950,13 @@ static void cl_hold_end(px_client_t *c, bool expired)
  */
 static rt_rc_t cl_hold(px_client_t *c, bool is_simple, const route_decision_t *d)
 {
-    if (c->hold_start_ms == 0) {
-        c->hold_start_ms = cm_now_ms();
-        if (c->hold_start_ms == 0)
-            c->hold_start_ms = 1;
+    if (c->hold_start_us == 0) {
+        c->hold_start_us = cm_now_us();
+        if (c->hold_start_us == 0)
+            c->hold_start_us = 1;
         c->hold_store = d->route != NULL ? d->route->store : -1;
+        free(c->hold_tenant);
+        c->hold_tenant = cm_xstrdup(d->tenant);
         c->is_hold_expired = 0;
         LOG_DEBUG(c->ctx, "held: tenant %s is at cutover", d->tenant);
     }
@@ -910,7 +966,7 @@ static rt_rc_t cl_hold(px_client_t *c, bool is_simple, const route_decision_t *d
         if (rc == RT_DONE) {
             LOG_INFO(c->ctx, "statement of tenant %s held longer than max_hold_ms (%d): refused",
                      d->tenant, c->conn.proxy->cfg->max_hold_ms);
-            cl_hold_end(c, true);
+            cl_hold_end(c, PX_HOLD_EXPIRED, -1);
         }
         return rc;
     }
@@ -943,11 +999,11 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
         switch (d.action) {
         case ROUTE_ACT_REFUSE:
             route_class_unref(cls);
-            cl_hold_end(c, false);
+            cl_hold_end(c, PX_HOLD_REFUSED, -1);
             return cl_refuse(c, true, d.sqlstate, d.message);
         case ROUTE_ACT_NEED_LOOKUP:
             route_class_unref(cls);
-            cl_hold_end(c, false);
+            cl_hold_end(c, PX_HOLD_RELEASED, -1);
             return cl_lookup(c, &d);
         case ROUTE_ACT_HOLD:
             route_class_unref(cls);
@@ -987,7 +1043,7 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
             ss.bound_gen = cl_work_gen(c, d.store);
         }
     }
-    cl_hold_end(c, false);
+    cl_hold_end(c, PX_HOLD_RELEASED, first.store);
     if (all_local && cls->n_stmts == 1 && c->has_deferred_work && c->deferred != NULL &&
         (cls->stmts[0].kind == ROUTE_KIND_TXN_COMMIT ||
          cls->stmts[0].kind == ROUTE_KIND_TXN_ROLLBACK)) {
@@ -1307,7 +1363,8 @@ static rt_rc_t rt_bind(px_client_t *c, const uint8_t *msg, size_t msg_len, const
         d.tentative = false;
     }
     if (d.action != ROUTE_ACT_HOLD)
-        cl_hold_end(c, false);
+        cl_hold_end(c, d.action == ROUTE_ACT_REFUSE ? PX_HOLD_REFUSED : PX_HOLD_RELEASED,
+                    d.action == ROUTE_ACT_SEND ? d.store : -1);
     switch (d.action) {
     case ROUTE_ACT_REFUSE:
         return cl_refuse(c, false, d.sqlstate, d.message);

@@ -17,6 +17,7 @@ import json
 import os
 import threading
 import time
+import urllib.request
 import uuid
 
 import psycopg
@@ -128,6 +129,18 @@ class MigEnv:
                 return []
             names = [d.name for d in cur.description]
             return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def metrics(self):
+        """The /metrics page of the HTTP port, as {sample name with labels: value}."""
+        url = "http://127.0.0.1:%d/metrics" % self.ep.pgshift.http_port
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
 
     def admin_error(self, sql):
         """(sqlstate, message) of an admin command that must fail."""

@@ -494,6 +494,25 @@ def test_cutover_under_load(cut_env):
     # The tenant's own writers were held at most about the budget.
     stall = res.max_stall(sc.t, t0, t1)
     assert stall < 2.0 + 1.0, "tenant held %.3fs at cutover" % stall
+    assert_holds(env, sc)
+
+
+def assert_holds(env, sc):
+    """SHOW HOLDS: every statement held was the migrating tenant's, held on
+    the source and sent on to the target within the budget; /metrics counts
+    the same holds in its histogram."""
+    holds = env.admin("SHOW HOLDS")
+    print("holds: %d, held_ms %s" % (len(holds), sorted(float(h["held_ms"]) for h in holds)))
+    for h in holds:
+        assert h["tenant"] == sc.t, ("another tenant was held", h)
+        assert h["held_store"] == "src" and h["outcome"] == "released", h
+        assert h["to_store"] in ("dst", None), h
+        assert 0 <= float(h["held_ms"]) < 3000, h
+    assert [int(h["seq"]) for h in holds] == list(range(1, len(holds) + 1)), holds
+    m = env.metrics()
+    assert m["pgshift_cutover_hold_seconds_count"] == len(holds), m
+    assert m['pgshift_cutover_hold_seconds_bucket{le="+Inf"}'] == len(holds), m
+    assert m["pgshift_cutover_holds_total"] == len(holds), m
 
 
 @pytest.mark.slow  # the sanitizer pass keeps the other three scenarios (CI time)
