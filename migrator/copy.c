@@ -167,26 +167,28 @@ void mig_run_drop_stores(run_t *r)
     }
 }
 
+static void tab_free(tab_t *t)
+{
+    free(t->name);
+    free(t->q);
+    free(t->mode);
+    free(t->all_cols);
+    free(t->copy_cols);
+    for (size_t k = 0; k < t->n_key; k++) {
+        free(t->key_q[k]);
+        free(t->key_type[k]);
+    }
+    free(t->key_q);
+    free(t->key_type);
+    free(t->hi);
+    free(t->last_key);
+    free(t->stage);
+}
+
 static void tabs_free(run_t *r)
 {
-    for (size_t i = 0; i < r->n_tabs; i++) {
-        tab_t *t = &r->tabs[i];
-
-        free(t->name);
-        free(t->q);
-        free(t->mode);
-        free(t->all_cols);
-        free(t->copy_cols);
-        for (size_t k = 0; k < t->n_key; k++) {
-            free(t->key_q[k]);
-            free(t->key_type[k]);
-        }
-        free(t->key_q);
-        free(t->key_type);
-        free(t->hi);
-        free(t->last_key);
-        free(t->stage);
-    }
+    for (size_t i = 0; i < r->n_tabs; i++)
+        tab_free(&r->tabs[i]);
     free(r->tabs);
     r->tabs = NULL;
     r->n_tabs = 0;
@@ -237,7 +239,8 @@ static run_rc_t load_record(run_t *r, bool *needed)
                   "  bulk_copy_completed_at IS NOT NULL, "
                   "  coalesce((config->>'batch_size')::int, 1000), "
                   "  coalesce((config->>'max_bulk_copy_rate')::int, 0), "
-                  "  coalesce(position_mode, 'preserve') "
+                  "  coalesce(position_mode, 'preserve'), "
+                  "  coalesce((config->>'migrate_subscriptions')::bool, true) "
                   "FROM pgshift.migrations WHERE id = $1::bigint",
                   1, params, &rc);
 
@@ -256,6 +259,7 @@ static run_rc_t load_record(run_t *r, bool *needed)
         r->batch_size = atoi(PQgetvalue(res, 0, 7));
         r->rate = atoi(PQgetvalue(res, 0, 8));
         r->position_mode = cm_xstrdup(PQgetvalue(res, 0, 9));
+        r->migrate_subscriptions = strcmp(PQgetvalue(res, 0, 10), "t") == 0;
         if (r->batch_size < 1)
             r->batch_size = 1000;
         *needed = r->cleanup_pending || strcmp(r->phase, "PENDING") == 0 ||
@@ -510,10 +514,8 @@ static PGresult *columns_of(run_t *r, PGconn *c, const char *what, const char *t
     PGresult *res =
         mig_run_q(r, c, what,
                   "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
-                  "  (a.attidentity <> '' OR coalesce(pg_get_expr(d.adbin, d.adrelid), '') "
-                  "   LIKE 'nextval(%') "
-                  "FROM pg_attribute a LEFT JOIN pg_attrdef d "
-                  "  ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+                  MIG_SQL_SEQUENCE_FILLED " "
+                  "FROM pg_attribute a " MIG_SQL_ATTRDEF_JOIN
                   "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 "
                   "  AND NOT a.attisdropped AND a.attgenerated = '' "
                   "ORDER BY a.attnum",
@@ -594,7 +596,12 @@ static run_rc_t describe_table(run_t *r, const char *table, const char *mode, ta
     t->name = cm_xstrdup(table);
     t->q = mig_quote_table(r->src, table);
     t->mode = cm_xstrdup(mode);
-    t->has_pos = col_index(scols, env->position_column) >= 0;
+    {
+        int pi = col_index(scols, env->position_column);
+
+        t->has_pos = pi >= 0 && strcmp(PQgetvalue(scols, pi, 2), "t") == 0;
+        t->pos_ref = pi >= 0 && !t->has_pos;
+    }
     t->all_cols = col_list(r->src, scols, false, NULL);
     if (strcmp(mode, "map") == 0)
         t->copy_cols = col_list(r->src, scols, false, env->position_column);
@@ -820,8 +827,18 @@ static run_rc_t make_plan(run_t *r)
         rc = describe_table(r, env->tables[i], "preserve", &t, &is_tenant);
         if (rc != RUN_OK || !is_tenant)
             goto next;
+        if (t.pos_ref && !r->migrate_subscriptions) {
+            /* Checkpoints stay behind: consumers start over on the target (no skip, I6). */
+            LOG_INFO(LOG_CTX, "migration %s: table %s refers to positions and "
+                              "migrate_subscriptions is off: not moved", r->ids, t.name);
+            tab_free(&t);
+            is_tenant = false;
+            goto next;
+        }
         if (t.has_pos) {
             mode = r->position_mode;
+        } else if (t.pos_ref && strcmp(r->position_mode, "map") == 0) {
+            mode = "translate"; /* checkpoints follow the mapped positions (I6) */
         } else {
             /* Sequence-filled columns keep their values only on an empty target table. */
             s = cm_xasprintf("SELECT EXISTS (SELECT 1 FROM %s)", t.q);
@@ -1211,6 +1228,56 @@ run_rc_t mig_run_ensure_stage(run_t *r, tab_t *t, size_t i)
 }
 
 /*
+ * The columns to write from a stage row "s" of table t: copy_cols, except
+ * that in translate mode the position column (a checkpoint) becomes a
+ * position on the target that skips no event (I6): one less than the
+ * lowest target position of an event after the checkpoint, else the
+ * highest target position at or before it, else 0. Target positions follow
+ * insertion, so an event mapped later lands above every one of these, and
+ * a consumer that goes on from the translated value re-reads at most the
+ * events inserted out of source order. Owned.
+ */
+char *mig_run_select_list(run_t *r, const tab_t *t)
+{
+    const char *pos = r->env->position_column;
+    cm_buf_t b = { 0 };
+    char *cols, *tok, *save = NULL, *out;
+    char *qpos = mig_quote_ident(r->dst, pos);
+
+    if (strcmp(t->mode, "translate") != 0) {
+        free(qpos);
+        return cm_xstrdup(t->copy_cols);
+    }
+    cols = cm_xstrdup(t->copy_cols);
+    for (tok = strtok_r(cols, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+        char *e;
+
+        while (*tok == ' ')
+            tok++;
+        if (strcmp(tok, qpos) == 0)
+            e = cm_xasprintf(
+                "CASE WHEN s.%s IS NULL THEN NULL ELSE coalesce("
+                "(SELECT min(m.target_position) - 1 FROM pgshift.target_position_map m "
+                "WHERE m.migration_id = %s AND m.source_position > s.%s), "
+                "(SELECT max(m.target_position) FROM pgshift.target_position_map m "
+                "WHERE m.migration_id = %s AND m.source_position <= s.%s), 0) END",
+                qpos, r->ids, qpos, r->ids, qpos);
+        else
+            e = cm_xasprintf("s.%s", tok);
+        if (b.len > 0)
+            cm_buf_append(&b, ", ", 2);
+        cm_buf_append(&b, e, strlen(e));
+        free(e);
+    }
+    cm_buf_append_u8(&b, 0);
+    out = cm_xstrdup((const char *)b.data);
+    cm_buf_free(&b);
+    free(cols);
+    free(qpos);
+    return out;
+}
+
+/*
  * Copy one batch of table i. *finished when the table has nothing more.
  */
 static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
@@ -1221,7 +1288,7 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
     long long expected = 0, rows = 0;
     run_rc_t rc;
     PGresult *res;
-    bool map = strcmp(t->mode, "map") == 0;
+    bool map = strcmp(t->mode, "map") == 0, translate = strcmp(t->mode, "translate") == 0;
     uint64_t t_start = cm_now_us(), t_bound = 0, t_stream = 0;
 
     *finished = false;
@@ -1280,7 +1347,7 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
     }
 
     /* 2. The batch, in one target transaction with its progress. */
-    if (map) {
+    if (map || translate) {
         rc = mig_run_ensure_stage(r, t, i);
         if (rc != RUN_OK)
             goto out;
@@ -1293,9 +1360,10 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
     where = batch_where(r, t, upto_lit);
     order = t->n_key ? mig_run_key_order(t, false) : NULL;
     out_sql = cm_xasprintf("COPY (SELECT %s FROM %s WHERE %s%s%s) TO STDOUT (FORMAT binary)",
-                           map ? t->all_cols : t->copy_cols, t->q, where, order ? " ORDER BY " : "",
-                           order ? order : "");
-    in_sql = map ? cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", t->stage, t->all_cols)
+                           map || translate ? t->all_cols : t->copy_cols, t->q, where,
+                           order ? " ORDER BY " : "", order ? order : "");
+    in_sql = map || translate
+                 ? cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", t->stage, t->all_cols)
                  : cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", t->q, t->copy_cols);
     t_bound = cm_now_us();
     rc = mig_run_stream(r, out_sql, in_sql, &rows);
@@ -1320,6 +1388,16 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
                            t->stage, rk);
         free(pos);
         free(rk);
+        rc = mig_run_x(r, r->dst, "target store", sql, 0, NULL);
+        free(sql);
+        if (rc != RUN_OK)
+            goto out;
+    } else if (translate) {
+        char *sel = mig_run_select_list(r, t);
+
+        sql = cm_xasprintf("INSERT INTO %s (%s) SELECT %s FROM %s s", t->q, t->copy_cols, sel,
+                           t->stage);
+        free(sel);
         rc = mig_run_x(r, r->dst, "target store", sql, 0, NULL);
         free(sql);
         if (rc != RUN_OK)

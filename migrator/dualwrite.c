@@ -724,18 +724,24 @@ static run_rc_t round_table(dw_t *d, size_t i, long long *applied)
                                t->q, t->copy_cols, t->copy_cols, t->stage, t->q, rk, rk, pos, pos,
                                rk, r->ids, pos, t->stage, rk);
         } else if (t->has_pos || t->n_key == 0 || !keys_written(t)) {
-            sql = cm_xasprintf("INSERT INTO %s (%s) SELECT %s FROM %s%s%s ON CONFLICT %s%s%s DO "
-                               "NOTHING",
-                               t->q, t->copy_cols, t->copy_cols, t->stage,
-                               order ? " ORDER BY " : "", order ? order : "", has_rk ? "(" : "",
-                               has_rk ? rk : "", has_rk ? ")" : "");
-        } else {
-            char *tuple = mig_run_key_tuple(t), *set = excluded_set(t);
+            char *sel = mig_run_select_list(r, t);
 
-            sql = cm_xasprintf("INSERT INTO %s (%s) SELECT %s FROM %s ORDER BY %s ON CONFLICT %s "
-                               "%s%s",
-                               t->q, t->copy_cols, t->copy_cols, t->stage, order, tuple,
+            sql = cm_xasprintf("INSERT INTO %s (%s) SELECT %s FROM %s s%s%s ON CONFLICT %s%s%s "
+                               "DO NOTHING",
+                               t->q, t->copy_cols, sel, t->stage, order ? " ORDER BY " : "",
+                               order ? order : "", has_rk ? "(" : "", has_rk ? rk : "",
+                               has_rk ? ")" : "");
+            free(sel);
+        } else {
+            /* Mutable rows: upsert by key; a checkpoint's position is translated (I6). */
+            char *tuple = mig_run_key_tuple(t), *set = excluded_set(t);
+            char *sel = mig_run_select_list(r, t);
+
+            sql = cm_xasprintf("INSERT INTO %s (%s) SELECT %s FROM %s s ORDER BY %s ON CONFLICT "
+                               "%s %s%s",
+                               t->q, t->copy_cols, sel, t->stage, order, tuple,
                                *set ? "DO UPDATE SET " : "DO NOTHING", set);
+            free(sel);
             free(tuple);
             free(set);
         }

@@ -53,6 +53,7 @@ static void tx_rollback(const mig_env_t *env, PGconn **control)
 typedef struct table_shape {
     bool exists;
     bool has_tenant;
+    bool has_seq_pos; /* the position column is filled from a sequence */
     size_t n;
     char **names;
     char **types;
@@ -77,10 +78,11 @@ static mig_result_t *read_shape(const mig_env_t *env, PGconn *c, const char *sto
     const char *params[] = { qt };
     PGresult *res = mig_pq_exec(c, env->latch, QUERY_TIMEOUT_MS,
                                 "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
-                                "       to_regclass($1) IS NOT NULL "
+                                "       to_regclass($1) IS NOT NULL, " MIG_SQL_SEQUENCE_FILLED " "
                                 "FROM (SELECT 1) one LEFT JOIN pg_attribute a "
                                 "  ON a.attrelid = to_regclass($1) AND a.attnum > 0 "
                                 "  AND NOT a.attisdropped AND a.attgenerated = '' "
+                                MIG_SQL_ATTRDEF_JOIN
                                 "ORDER BY a.attname",
                                 1, params);
     mig_result_t *r = NULL;
@@ -106,6 +108,8 @@ static mig_result_t *read_shape(const mig_env_t *env, PGconn *c, const char *sto
         out->types[out->n] = cm_xstrdup(PQgetvalue(res, i, 1));
         if (strcmp(out->names[out->n], env->tenant_column) == 0)
             out->has_tenant = true;
+        if (strcmp(out->names[out->n], env->position_column) == 0)
+            out->has_seq_pos = strcmp(PQgetvalue(res, i, 3), "t") == 0;
         out->n++;
     }
     PQclear(res);
@@ -267,8 +271,11 @@ static mig_result_t *check_stores(const mig_env_t *env, const char *tenant, int 
                                      dname, tenant, table);
             PQclear(res);
         }
-        /* Positions: kept when the target table is empty, else mapped (or refused). */
-        if (r == NULL && shape_has(&s, env->position_column)) {
+        /*
+         * Positions: kept when the target table is empty, else mapped (or
+         * refused). Tables that only refer to positions (checkpoints) follow.
+         */
+        if (r == NULL && s.has_seq_pos) {
             sql = cm_xasprintf("SELECT EXISTS (SELECT 1 FROM %s)", tab);
             res = store_query(env, dc, dname, sql, 0, NULL, &r);
             free(sql);

@@ -183,6 +183,17 @@ char *mig_quote_table(PGconn *c, const char *table);
 /* An identifier quoted for SQL. Owned. */
 char *mig_quote_ident(PGconn *c, const char *name);
 
+/*
+ * SQL: whether column a (pg_attribute, with its default d from a LEFT JOIN of
+ * pg_attrdef) is filled from a sequence. A tenant table whose position column
+ * is, is a position table (positions drawn at insert, the events); one whose
+ * position column is a plain value refers to positions (a consumer's
+ * checkpoint) and is mirrored as a mutable table, translated in map mode.
+ */
+#define MIG_SQL_SEQUENCE_FILLED \
+    "(a.attidentity <> '' OR coalesce(pg_get_expr(d.adbin, d.adrelid), '') LIKE 'nextval(%')"
+#define MIG_SQL_ATTRDEF_JOIN "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+
 /* ---- settings (cmd.c) ------------------------------------------------------- */
 
 /* Set one setting by name. Returns 0, or -EINVAL with *err naming the key (owned). */

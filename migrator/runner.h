@@ -22,8 +22,9 @@ typedef enum run_rc {
 typedef struct tab {
     char *name;       /* as configured */
     char *q;          /* quoted */
-    bool has_pos;     /* the cursor is the position column */
-    char *mode;       /* preserve | map | assign */
+    bool has_pos;     /* the cursor is the position column (filled from a sequence) */
+    bool pos_ref;     /* has the position column as a plain value (a checkpoint) */
+    char *mode;       /* preserve | map | assign | translate (pos_ref tables in map mode) */
     char *all_cols;   /* every column, quoted, comma-separated */
     char *copy_cols;  /* the columns written on the target */
     size_t n_key;     /* cursor columns; 0 = one batch */
@@ -52,6 +53,7 @@ typedef struct run {
     int batch_size;
     int rate; /* rows/s, 0 = unlimited */
     char *position_mode;
+    bool migrate_subscriptions; /* false: tables that refer to positions stay behind */
 
     /* the copy plan, read from the target (or made there) */
     size_t n_tabs;
@@ -111,6 +113,8 @@ run_rc_t mig_run_bump_sequence(run_t *r, const tab_t *t);
 run_rc_t mig_run_stream(run_t *r, const char *out_sql, const char *in_sql, long long *rows);
 char *mig_run_key_tuple(const tab_t *t);
 char *mig_run_key_order(const tab_t *t, bool desc);
+/* The select list that writes stage rows "s" of t into t (translate mode: I6). Owned. */
+char *mig_run_select_list(run_t *r, const tab_t *t);
 run_rc_t mig_run_ensure_stage(run_t *r, tab_t *t, size_t i);
 run_rc_t mig_run_mirror_map(run_t *r);
 /* Read the copy plan (the tables and their modes) from the target; *found = whether there is one.

@@ -488,6 +488,9 @@ static int pg_setup(void **state)
         sql_ok(c, "CREATE TABLE snapshots (aggregate_id uuid PRIMARY KEY, tenant_id uuid)");
         sql_ok(c, "CREATE TABLE projection_checkpoints (projection_name text PRIMARY KEY, "
                   "global_position bigint)");
+        /* Per-tenant consumer checkpoints: a position as a plain value (I6). */
+        sql_ok(c, "CREATE TABLE tenant_checkpoints (tenant_id uuid, projection_name text, "
+                  "global_position bigint, PRIMARY KEY (tenant_id, projection_name))");
         PQfinish(c);
     }
     return 0;
@@ -1181,7 +1184,7 @@ static void test_ctl_lookup(void **state)
 static const char *const mig_names[] = { "msrc", "mdst", "mshared" };
 static const char *const mig_dbs[] = { "mig_src", "mig_dst", "mig_shared" };
 static const char *const mig_tables[] = { "events", "event_outbox", "snapshots",
-                                          "projection_checkpoints" };
+                                          "projection_checkpoints", "tenant_checkpoints" };
 
 /* Fresh source/target databases with the event-store shape, and a tenant of n events. */
 static void mig_dbs_reset(long n_events)
@@ -1209,6 +1212,9 @@ static void mig_dbs_reset(long n_events)
                   "state jsonb, PRIMARY KEY (aggregate_id, aggregate_type))");
         sql_ok(c, "CREATE TABLE projection_checkpoints (projection_name text PRIMARY KEY, "
                   "global_position bigint)");
+        /* Per-tenant consumer checkpoints: a position as a plain value (I6). */
+        sql_ok(c, "CREATE TABLE tenant_checkpoints (tenant_id uuid, projection_name text, "
+                  "global_position bigint, PRIMARY KEY (tenant_id, projection_name))");
         PQfinish(c);
     }
     c = db("mig_src");
@@ -1228,6 +1234,15 @@ static void mig_dbs_reset(long n_events)
     sql_ok(c, "INSERT INTO snapshots SELECT DISTINCT ON (aggregate_id) aggregate_id, 'order', "
               "tenant_id, payload FROM events WHERE tenant_id IS NOT NULL");
     sql_ok(c, "INSERT INTO projection_checkpoints VALUES ('p1', 10)");
+    /* Checkpoints at nothing read, at an event, in a gap (a neighbour's event), at the end. */
+    sql_ok(c, "INSERT INTO tenant_checkpoints VALUES "
+              "('" T_MIG "', 'zero', 0), ('" T_MIG "', 'none', NULL), "
+              "('" T_MIG "', 'mid', (SELECT global_position FROM events WHERE tenant_id = '" T_MIG
+              "' ORDER BY global_position OFFSET 100 LIMIT 1)), "
+              "('" T_MIG "', 'gap', (SELECT min(global_position) FROM events WHERE tenant_id = '"
+              T_OTHER "' AND global_position > 300)), "
+              "('" T_MIG "', 'end', (SELECT max(global_position) FROM events)), "
+              "('" T_OTHER "', 'mid', 42)");
     PQfinish(c);
     /* The shared target already holds another tenant: positions must be mapped there. */
     c = db("mig_shared");
@@ -1394,6 +1409,46 @@ static void assert_db_value(const char *dbname, const char *sql, const char *wan
     free(v);
 }
 
+/*
+ * The tenant's checkpoints on dst_db skip no event (I6): for each, the
+ * tenant's events after it there are as many as after the source's value on
+ * mig_src (equal in preserve mode, also equal here because the copy keeps
+ * source order); NULL stays NULL. Returns the number of checkpoints.
+ */
+static int assert_checkpoints_skip_nothing(const char *dst_db)
+{
+    PGconn *s = db("mig_src"), *t = db(dst_db);
+    PGresult *a = PQexec(s, "SELECT projection_name, global_position, (SELECT count(*) FROM "
+                            "events e WHERE e.tenant_id = c.tenant_id AND e.global_position > "
+                            "c.global_position) FROM tenant_checkpoints c WHERE tenant_id = '" T_MIG
+                            "' ORDER BY 1");
+    int n;
+
+    assert_int_equal(PQresultStatus(a), PGRES_TUPLES_OK);
+    n = PQntuples(a);
+    for (int k = 0; k < n; k++) {
+        char sql[512], *v;
+
+        snprintf(sql, sizeof(sql),
+                 "SELECT CASE WHEN c.global_position IS NULL THEN 'null' ELSE (SELECT count(*) "
+                 "FROM events e WHERE e.tenant_id = c.tenant_id AND e.global_position > "
+                 "c.global_position)::text END "
+                 "FROM tenant_checkpoints c WHERE tenant_id = '" T_MIG
+                 "' AND projection_name = '%s'",
+                 PQgetvalue(a, k, 0));
+        v = sql_value(t, sql);
+        if (strcmp(v, PQgetisnull(a, k, 1) ? "null" : PQgetvalue(a, k, 2)) != 0)
+            fail_msg("checkpoint %s (%s on the source, %s events after it): %s events after it "
+                     "on %s",
+                     PQgetvalue(a, k, 0), PQgetvalue(a, k, 1), PQgetvalue(a, k, 2), v, dst_db);
+        free(v);
+    }
+    PQclear(a);
+    PQfinish(s);
+    PQfinish(t);
+    return n;
+}
+
 /* The audit event types of migration id, in order, joined by ','. */
 static char *audit_types(long id)
 {
@@ -1546,6 +1601,37 @@ static void test_mig_copy_and_abort(void **state)
     v = digest("mig_src", "events", T_MIG, false);
     assert_non_null(strstr(v, "20000:"));
     free(v);
+    /* Checkpoints keep their values with the positions, and their updates are mirrored. */
+    assert_int_equal(assert_checkpoints_skip_nothing("mig_dst"), 5);
+    v = db_value("mig_src", "SELECT string_agg(projection_name || '=' || "
+                            "coalesce(global_position::text, '-'), ',' ORDER BY projection_name) "
+                            "FROM tenant_checkpoints WHERE tenant_id = '" T_MIG "'");
+    assert_db_value("mig_dst",
+                    "SELECT string_agg(projection_name || '=' || coalesce(global_position::text, "
+                    "'-'), ',' ORDER BY projection_name) FROM tenant_checkpoints",
+                    v);
+    free(v);
+    {
+        PGconn *c = db("mig_src");
+
+        sql_ok(c, "UPDATE tenant_checkpoints SET global_position = global_position + 7 "
+                  "WHERE tenant_id = '" T_MIG "' AND projection_name = 'mid'");
+        PQfinish(c);
+    }
+    v = db_value("mig_src", "SELECT global_position FROM tenant_checkpoints WHERE tenant_id = '" T_MIG
+                            "' AND projection_name = 'mid'");
+    for (uint64_t end = cm_now_ms() + 10000;; usleep(20000)) {
+        char *w = db_value("mig_dst", "SELECT global_position FROM tenant_checkpoints "
+                                      "WHERE projection_name = 'mid'");
+        bool same = strcmp(v, w) == 0;
+
+        free(w);
+        if (same)
+            break;
+        if (cm_now_ms() > end)
+            fail_msg("the checkpoint's update (to %s) did not reach the target", v);
+    }
+    free(v);
     /* The barrier and the copy's upper bound are recorded for the dual-write hand-over. */
     {
         char *hw = db_value(
@@ -1650,6 +1736,10 @@ static void test_mig_map_positions(void **state)
     assert_same("events", "mig_src", "mig_shared", T_MIG, false);
     assert_same("event_outbox", "mig_src", "mig_shared", T_MIG, false);
     assert_same("snapshots", "mig_src", "mig_shared", T_MIG, false);
+    /* Checkpoints are translated to target positions and skip no event (I6). */
+    assert_int_equal(assert_checkpoints_skip_nothing("mig_shared"), 5);
+    assert_db_value("mig_shared",
+                    "SELECT count(*) FROM tenant_checkpoints WHERE tenant_id = '" T_OTHER "'", "0");
     /* The neighbour's rows on the target are untouched. */
     assert_db_value("mig_shared", "SELECT count(*) FROM events WHERE tenant_id = '" T_OTHER "'",
                     "5000");
@@ -1688,6 +1778,34 @@ static void test_mig_map_positions(void **state)
         PQfinish(s);
         PQfinish(t);
     }
+    /* In dual-write: new events, and a checkpoint moved among them, stay exact. */
+    assert_true(mig_wait(&f, &p, id, "phase", "DUAL_WRITE", 30000));
+    {
+        PGconn *c = db("mig_src");
+
+        sql_ok(c, "INSERT INTO events (event_id, aggregate_id, tenant_id, version, payload) "
+                  "SELECT gen_random_uuid(), gen_random_uuid(), '" T_MIG "', 1, '{}' "
+                  "FROM generate_series(1, 10)");
+        sql_ok(c, "UPDATE tenant_checkpoints SET global_position = (SELECT global_position FROM "
+                  "events WHERE tenant_id = '" T_MIG "' ORDER BY global_position DESC OFFSET 4 "
+                  "LIMIT 1) WHERE tenant_id = '" T_MIG "' AND projection_name = 'mid'");
+        PQfinish(c);
+    }
+    for (uint64_t end = cm_now_ms() + 10000;; usleep(20000)) {
+        char *w = db_value("mig_shared",
+                           "SELECT (SELECT count(*) FROM events WHERE tenant_id = '" T_MIG "') || "
+                           "'/' || (SELECT count(*) FROM events e, tenant_checkpoints c WHERE "
+                           "e.tenant_id = c.tenant_id AND c.projection_name = 'mid' AND "
+                           "e.global_position > c.global_position)");
+        bool done = strcmp(w, "5010/4") == 0;
+
+        free(w);
+        if (done)
+            break;
+        if (cm_now_ms() > end)
+            fail_msg("the new events and the moved checkpoint did not reach the target exactly");
+    }
+    assert_int_equal(assert_checkpoints_skip_nothing("mig_shared"), 5);
     snprintf(sql, sizeof(sql), "ABORT MIGRATION %ld", id);
     {
         const mig_result_t *r = request(&f, &p, sql);
@@ -1723,7 +1841,7 @@ static void test_mig_rate_pause_restart(void **state)
     start_mig_ctl(&f, &p, NULL);
     id = migrate(&f, &p,
                  "MIGRATE TENANT '" T_MIG "' TO 'mdst' WITH (max_bulk_copy_rate = 3000, "
-                 "batch_size = 300)");
+                 "batch_size = 300, migrate_subscriptions = false)");
     assert_true(mig_wait(&f, &p, id, "status", "copying", 10000));
     v = mig_field(&f, &p, id, "events_copied");
     t0 = cm_now_ms();
@@ -1794,6 +1912,8 @@ static void test_mig_rate_pause_restart(void **state)
     assert_same("events", "mig_src", "mig_dst", T_MIG, true);
     assert_same("event_outbox", "mig_src", "mig_dst", T_MIG, false);
     assert_same("snapshots", "mig_src", "mig_dst", T_MIG, false);
+    /* migrate_subscriptions = false: the tenant's checkpoints stay behind. */
+    assert_db_value("mig_dst", "SELECT count(*) FROM tenant_checkpoints", "0");
     v = audit_types(id);
     if (strstr(v, "migration_paused") == NULL || strstr(v, "migration_resumed") == NULL)
         fail_msg("audit: %s", v);
