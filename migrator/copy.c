@@ -1032,21 +1032,22 @@ run_rc_t mig_run_stream(run_t *r, const char *out_sql, const char *in_sql, long 
     bool src_failed = false;
 
     *rows = 0;
+    /* Both COPYs start in the same round trip. */
     if (!PQsendQuery(r->dst, in_sql))
         return mig_run_classify(r, r->dst, NULL, "target store");
+    if (!PQsendQuery(r->src, out_sql)) {
+        rc = mig_run_classify(r, r->src, NULL, "source store");
+        mig_run_drop_stores(r); /* the target's COPY is half-started */
+        return rc;
+    }
     res = next_result(r, r->dst, &broken);
     if (res == NULL || PQresultStatus(res) != PGRES_COPY_IN) {
         rc = mig_run_classify(r, r->dst, res, "target store");
         PQclear(res);
-        if (!broken)
-            PQclear(finish_results(r, r->dst, &broken));
+        mig_run_drop_stores(r); /* the source is streaming its COPY: start both afresh */
         return rc;
     }
     PQclear(res);
-    if (!PQsendQuery(r->src, out_sql)) {
-        (void)PQputCopyEnd(r->dst, "pgshift: source failed");
-        return mig_run_classify(r, r->src, NULL, "source store");
-    }
     res = next_result(r, r->src, &broken);
     if (res == NULL || PQresultStatus(res) != PGRES_COPY_OUT) {
         rc = mig_run_classify(r, r->src, res, "source store");
