@@ -475,6 +475,7 @@ mig_result_t *mig_admin_execute(const mig_env_t *env, PGconn **control, const mi
     case MIG_CMD_ABORT_MIGRATION:
     case MIG_CMD_SHOW_AUDIT:
     case MIG_CMD_CUTOVER:
+    case MIG_CMD_VERIFY:
         return mig_migration_execute(env, control, req);
     case MIG_CMD_LOOKUP_KEY:      /* the lookup worker's, never queued here */
     case MIG_CMD_WATCH_MIGRATION: /* the watch worker's */

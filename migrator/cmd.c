@@ -399,13 +399,14 @@ int mig_cmd_parse(const char *sql, mig_cmd_t *out, char **storage, char **err)
         }
         return lex_at_end(&lx) ? 0 : syntax(&lx, err, expected);
     }
-    if (is_kw(t1, "CUTOVER")) {
-        /* CUTOVER id, or CUTOVER MIGRATION id */
+    if (is_kw(t1, "CUTOVER") || is_kw(t1, "VERIFY")) {
+        /* CUTOVER id, or CUTOVER MIGRATION id; VERIFY the same */
+        bool cut = is_kw(t1, "CUTOVER");
         tok_t id = is_kw(t2, "MIGRATION") ? lex_next(&lx) : t2;
 
         if (!parse_id(id, &out->migration_id) || !lex_at_end(&lx))
-            return syntax(&lx, err, "CUTOVER id");
-        out->kind = MIG_CMD_CUTOVER;
+            return syntax(&lx, err, cut ? "CUTOVER id" : "VERIFY id");
+        out->kind = cut ? MIG_CMD_CUTOVER : MIG_CMD_VERIFY;
         return 0;
     }
     if (is_kw(t1, "PAUSE") || is_kw(t1, "RESUME") || is_kw(t1, "ABORT") || is_kw(t1, "WATCH")) {

@@ -1,5 +1,5 @@
 /*
- * migrator/cutover.c - CUTOVER id on the admin worker. The runner of the
+ * migrator/cutover.c - CUTOVER id and VERIFY id on the admin worker. The runner of the
  * migration (dualwrite.c, in this pgshift process or another) owns the
  * dual-write state and performs the cutover; the admin side checks that the
  * migration is in DUAL_WRITE and ready, files a request in the record
@@ -13,9 +13,41 @@
 #include "common/log.h"
 #include "migrator/migrator_int.h"
 
-#define LOG_CTX       "cutover"
-#define POLL_MS       5
-#define EXTRA_WAIT_MS 30000 /* beyond the budget: the runner's pick-up and clean-up */
+#define LOG_CTX        "cutover"
+#define POLL_MS        5
+#define EXTRA_WAIT_MS  30000  /* beyond the budget: the runner's pick-up and clean-up */
+#define VERIFY_WAIT_MS 600000 /* a consistency check reads the tenant's rows on both stores */
+
+/*
+ * Poll the record until sql (params: the migration id, the request number)
+ * returns a row: the runner's answer. NULL with *fail set on an error, with
+ * *fail NULL when the deadline passed or the latch was set.
+ */
+static PGresult *wait_answer(const mig_env_t *env, PGconn **control, const char *sql,
+                             const char *const *params, uint64_t deadline, mig_result_t **fail)
+{
+    *fail = NULL;
+    while (cm_now_ms() < deadline) {
+        PGresult *res = mig_control_exec(env, control, sql, 2, params, fail);
+
+        if (res == NULL)
+            return NULL;
+        if (PQntuples(res) == 1)
+            return res;
+        PQclear(res);
+        if (mig_latch_wait(env->latch, POLL_MS))
+            break;
+    }
+    return NULL;
+}
+
+static mig_result_t *no_answer(const char *ids)
+{
+    return mig_result_error("57014",
+                            "migration %s: no answer from its runner; SHOW MIGRATION %s tells "
+                            "the outcome",
+                            ids, ids);
+}
 
 mig_result_t *mig_cutover_request(const mig_env_t *env, PGconn **control, const mig_request_t *req)
 {
@@ -91,38 +123,104 @@ mig_result_t *mig_cutover_request(const mig_env_t *env, PGconn **control, const 
     LOG_INFO(LOG_CTX, "migration %s: cutover requested by %s", ids, req->user ? req->user : "?");
 
     deadline = cm_now_ms() + (uint64_t)timeout_ms + EXTRA_WAIT_MS;
-    while (cm_now_ms() < deadline) {
-        res = mig_control_exec(env, control,
-                               "SELECT cutover_result->>'success', cutover_result->>'pause_ms', "
-                               "  cutover_result->>'events_synced', cutover_result->>'error', "
-                               "  coalesce((cutover_result->>'attempt')::int, 0) "
-                               "FROM pgshift.migrations WHERE id = $1::bigint "
-                               "  AND (cutover_result->>'request')::bigint = $2::bigint",
-                               2, wait_params, &fail);
-        if (res == NULL)
-            return fail;
-        if (PQntuples(res) == 1) {
-            const char *cells[] = { ids, strcmp(PQgetvalue(res, 0, 0), "true") == 0 ? "t" : "f",
-                                    PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
-                                    PQgetisnull(res, 0, 3) ? NULL : PQgetvalue(res, 0, 3) };
+    res = wait_answer(env, control,
+                      "SELECT cutover_result->>'success', cutover_result->>'pause_ms', "
+                      "  cutover_result->>'events_synced', cutover_result->>'error', "
+                      "  coalesce((cutover_result->>'attempt')::int, 0) "
+                      "FROM pgshift.migrations WHERE id = $1::bigint "
+                      "  AND (cutover_result->>'request')::bigint = $2::bigint",
+                      wait_params, deadline, &fail);
+    if (res == NULL)
+        return fail != NULL ? fail : no_answer(ids);
+    {
+        const char *cells[] = { ids, strcmp(PQgetvalue(res, 0, 0), "true") == 0 ? "t" : "f",
+                                PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
+                                PQgetisnull(res, 0, 3) ? NULL : PQgetvalue(res, 0, 3) };
 
-            if (strcmp(PQgetvalue(res, 0, 4), "0") == 0 && cells[4] != NULL) {
-                /* The runner refused before holding anything. */
-                r = mig_result_error("55000", "migration %s: %s", ids, cells[4]);
-                PQclear(res);
-                return r;
-            }
-            r = mig_result_new("CUTOVER", CM_ARRAY_LEN(cols), cols);
-            mig_result_add_row(r, cells);
+        if (strcmp(PQgetvalue(res, 0, 4), "0") == 0 && cells[4] != NULL) {
+            /* The runner refused before holding anything. */
+            r = mig_result_error("55000", "migration %s: %s", ids, cells[4]);
             PQclear(res);
             return r;
         }
-        PQclear(res);
-        if (mig_latch_wait(env->latch, POLL_MS))
-            break;
+        r = mig_result_new("CUTOVER", CM_ARRAY_LEN(cols), cols);
+        mig_result_add_row(r, cells);
     }
-    return mig_result_error("57014",
-                            "migration %s: no answer from its runner; SHOW MIGRATION %s tells "
-                            "the outcome",
-                            ids, ids);
+    PQclear(res);
+    return r;
+}
+
+/*
+ * VERIFY id: file a check request with the runner of a migration in
+ * DUAL_WRITE (verify_request + 1) and answer its verify_result as one row.
+ */
+mig_result_t *mig_verify_request(const mig_env_t *env, PGconn **control, const mig_request_t *req)
+{
+    static const char *const cols[] = { "migration_id", "passed", "rows", "detail" };
+    char ids[24], reqs[24];
+    const char *params[] = { ids, req->user };
+    const char *wait_params[] = { ids, reqs };
+    mig_result_t *fail, *r;
+    PGresult *res;
+
+    snprintf(ids, sizeof(ids), "%lld", (long long)req->migration_id);
+    res = mig_control_exec(
+        env, control,
+        "SELECT phase, coalesce((dw_status->>'at_ms')::double precision, 0) < "
+        "  extract(epoch FROM clock_timestamp()) * 1000 - 3000 "
+        "FROM pgshift.migrations WHERE id = $1::bigint",
+        1, params, &fail);
+    if (res == NULL)
+        return fail;
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        return mig_result_error("42704", "migration %s does not exist", ids);
+    }
+    if (strcmp(PQgetvalue(res, 0, 0), "DUAL_WRITE") != 0) {
+        r = mig_result_error("55000",
+                             "migration %s is in phase %s: VERIFY needs DUAL_WRITE (both stores "
+                             "hold the tenant's rows)",
+                             ids, PQgetvalue(res, 0, 0));
+        PQclear(res);
+        return r;
+    }
+    if (strcmp(PQgetvalue(res, 0, 1), "t") == 0) {
+        PQclear(res);
+        return mig_result_error("55000",
+                                "migration %s: no runner keeps the target in sync (is pgshift "
+                                "starting?)",
+                                ids);
+    }
+    PQclear(res);
+    res = mig_control_exec(env, control,
+                           "UPDATE pgshift.migrations SET verify_request = verify_request + 1, "
+                           "  verify_request_by = $2 WHERE id = $1::bigint AND phase = "
+                           "'DUAL_WRITE' RETURNING verify_request",
+                           2, params, &fail);
+    if (res == NULL)
+        return fail;
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return mig_result_error("55000", "migration %s left DUAL_WRITE", ids);
+    }
+    snprintf(reqs, sizeof(reqs), "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    LOG_INFO(LOG_CTX, "migration %s: consistency check requested by %s", ids,
+             req->user ? req->user : "?");
+    res = wait_answer(env, control,
+                      "SELECT (verify_result->>'passed')::bool::text, verify_result->>'rows', "
+                      "  verify_result->>'detail' FROM pgshift.migrations WHERE id = $1::bigint "
+                      "  AND (verify_result->>'request')::bigint = $2::bigint",
+                      wait_params, cm_now_ms() + VERIFY_WAIT_MS, &fail);
+    if (res == NULL)
+        return fail != NULL ? fail : no_answer(ids);
+    {
+        const char *cells[] = { ids, strcmp(PQgetvalue(res, 0, 0), "true") == 0 ? "t" : "f",
+                                PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2) };
+
+        r = mig_result_new("VERIFY", CM_ARRAY_LEN(cols), cols);
+        mig_result_add_row(r, cells);
+    }
+    PQclear(res);
+    return r;
 }

@@ -74,6 +74,8 @@
 #define ACK_RTT_MS         5 /* predicted cost of the hold hand-shake */
 #define AUTO_RETRY_MS      2000
 
+enum { VERIFY_PENDING, VERIFY_PASSED, VERIFY_FAILED };
+
 typedef enum breaker {
     BRK_CLOSED,
     BRK_OPEN,
@@ -125,11 +127,19 @@ typedef struct dw {
     bool warned_timeout;
     uint64_t last_status_ms, last_state_ms;
 
+    /* consistency check (verify_consistency, VERIFY id) */
+    bool verify_on;          /* verify_consistency: the cutover waits for a passed check */
+    int verify_state;        /* VERIFY_PENDING, VERIFY_PASSED, VERIFY_FAILED */
+    char verify_detail[400]; /* what the last check found */
+    int64_t verify_seen;     /* the last VERIFY request answered */
+    int64_t verify_pending;
+
     /* cutover */
     int64_t request_seen; /* the last CUTOVER request answered */
     int64_t request_pending;
     uint64_t next_auto_ms;
     bool target_unfenced; /* lift_target_fence ran */
+    char *sweep_prelude;  /* target SQL run in the final sweep's transaction (sequence bumps) */
 } dw_t;
 
 static const char *brk_name(breaker_t b)
@@ -223,6 +233,7 @@ static void dw_free(dw_t *d)
     mig_run_drop_conn(&d->fence);
     free(d->bar_vxids);
     free(d->tenant_src);
+    free(d->sweep_prelude);
     free(d->tenant_canon);
 }
 
@@ -246,7 +257,9 @@ static run_rc_t load_state(dw_t *d)
         "  coalesce((cutover_result->>'request')::bigint, 0), "
         "  (extract(epoch FROM now() - coalesce(dual_write_started_at, now())) * 1000)::bigint, "
         "  EXISTS (SELECT 1 FROM pgshift.dual_write_failures f WHERE f.migration_id = $1::bigint "
-        "    AND f.repaired_at IS NULL) "
+        "    AND f.repaired_at IS NULL), "
+        "  coalesce((config->>'verify_consistency')::bool, true), verify_request, "
+        "  coalesce((verify_result->>'request')::bigint, 0) "
         "FROM pgshift.migrations WHERE id = $1::bigint",
         1, params, &rc);
 
@@ -270,6 +283,9 @@ static run_rc_t load_state(dw_t *d)
     d->request_seen = strtoll(PQgetvalue(res, 0, 11), NULL, 10);
     d->started_ms = cm_now_ms() - (uint64_t)strtoll(PQgetvalue(res, 0, 12), NULL, 10);
     d->failure_open = strcmp(PQgetvalue(res, 0, 13), "t") == 0;
+    d->verify_on = strcmp(PQgetvalue(res, 0, 14), "t") == 0;
+    d->verify_pending = strtoll(PQgetvalue(res, 0, 15), NULL, 10);
+    d->verify_seen = strtoll(PQgetvalue(res, 0, 16), NULL, 10);
     for (size_t i = 0; i < r->n_tabs; i++) {
         const char *x0 = PQgetisnull(res, 0, 8) ? NULL : PQgetvalue(res, 0, 8);
         char *sql = cm_xasprintf("SELECT $1::jsonb #>> '{%s,w}', $1::jsonb #>> '{%s,lo}'",
@@ -853,11 +869,15 @@ static run_rc_t round_once(dw_t *d, bool exact, int timeout_ms, long long *appli
         }
         if (!dst_open) {
             char *b = timeout_ms > 0
-                          ? cm_xasprintf("BEGIN; SET LOCAL statement_timeout = %d", timeout_ms)
+                          ? cm_xasprintf("BEGIN; SET LOCAL statement_timeout = %d%s%s", timeout_ms,
+                                         d->sweep_prelude ? "; " : "",
+                                         d->sweep_prelude ? d->sweep_prelude : "")
                           : cm_xstrdup("BEGIN");
 
             rc = mig_run_x(r, r->dst, "target store", b, 0, NULL);
             free(b);
+            if (timeout_ms > 0 && rc == RUN_OK)
+                set_str(&d->sweep_prelude, NULL); /* done: setval does not roll back */
             if (rc != RUN_OK)
                 break;
             dst_open = true;
@@ -942,6 +962,15 @@ static const char *not_ready(const dw_t *d, char *buf, size_t len, long long *pr
                  d->timeout_ms);
         return buf;
     }
+    if (d->verify_on && d->verify_state == VERIFY_PENDING) {
+        snprintf(buf, len, "the consistency check (verify_consistency) has not run yet");
+        return buf;
+    }
+    if (d->verify_on && d->verify_state == VERIFY_FAILED) {
+        snprintf(buf, len, "the consistency check failed: %s (VERIFY %s runs it again)",
+                 d->verify_detail, d->r->ids);
+        return buf;
+    }
     return NULL;
 }
 
@@ -974,7 +1003,7 @@ static void sample_open_txns(dw_t *d)
 static run_rc_t publish_status(dw_t *d, bool *phase_ok, bool *paused)
 {
     run_t *r = d->r;
-    char buf[200], js[1400], *state;
+    char buf[512], js[2048], *state;
     const char *why;
     long long predicted;
     uint64_t now = cm_now_ms();
@@ -1026,7 +1055,7 @@ static run_rc_t publish_status(dw_t *d, bool *phase_ok, bool *paused)
             mig_run_q(r, r->ctl, "control store",
                       "UPDATE pgshift.migrations SET dw_status = $2::jsonb, dw_state = $3::jsonb, "
                       "  updated_at = now() WHERE id = $1::bigint "
-                      "RETURNING phase, cleanup_pending, paused, cutover_request",
+                      "RETURNING phase, cleanup_pending, paused, cutover_request, verify_request",
                       3, params, &rc);
     }
     cm_buf_free(&st);
@@ -1035,8 +1064,10 @@ static run_rc_t publish_status(dw_t *d, bool *phase_ok, bool *paused)
     *phase_ok = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "DUAL_WRITE") == 0 &&
                 strcmp(PQgetvalue(res, 0, 1), "f") == 0;
     *paused = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 2), "t") == 0;
-    if (PQntuples(res) == 1)
+    if (PQntuples(res) == 1) {
         d->request_pending = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+        d->verify_pending = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
+    }
     PQclear(res);
     d->last_status_ms = now;
     if (warn != NULL && !d->warned_timeout) {
@@ -1309,6 +1340,36 @@ static run_rc_t wait_acks(dw_t *d, int attempt, uint64_t deadline, bool *all, ch
     return rc;
 }
 
+/* SQL reading the source sequence's last value behind position table t (literals on c). */
+static char *seq_last_sql(run_t *r, PGconn *c, const tab_t *t)
+{
+    char *tl = mig_run_lit(c, t->q), *cl = mig_run_lit(c, r->env->position_column), *s;
+
+    s = cm_xasprintf("SELECT s.last_value::text FROM pg_sequences s WHERE format('%%I.%%I', "
+                     "s.schemaname, s.sequencename)::regclass = pg_get_serial_sequence(%s, "
+                     "%s)::regclass",
+                     tl, cl);
+    free(tl);
+    free(cl);
+    return s;
+}
+
+/* SQL moving the target's sequence behind t to at least last (never back). */
+static char *setval_sql(run_t *r, const tab_t *t, const char *last)
+{
+    char *tl = mig_run_lit(r->dst, t->q), *cl = mig_run_lit(r->dst, r->env->position_column);
+    char *ll = mig_run_lit(r->dst, last), *s;
+
+    s = cm_xasprintf("SELECT setval(s, greatest(%s::bigint, (SELECT coalesce(last_value, 0) "
+                     "FROM pg_sequences WHERE format('%%I.%%I', schemaname, sequencename)::regclass "
+                     "= s::regclass))) FROM pg_get_serial_sequence(%s, %s) s WHERE s IS NOT NULL",
+                     ll, tl, cl);
+    free(tl);
+    free(cl);
+    free(ll);
+    return s;
+}
+
 /*
  * One cutover attempt. request: the CUTOVER request answered (0 = auto).
  * Returns RUN_OK whether it succeeded or rolled back (d says which through
@@ -1387,14 +1448,53 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
             goto rollback;
         }
         snprintf(lt, sizeof(lt), "%lld", left);
-        /* One round trip: the lock (waits out the writers), then the fence row. */
-        s = cm_xasprintf("SET lock_timeout = %s; SELECT pg_advisory_lock(" FENCE_LOCK_CLASS
-                         ", hashtext(%s)); INSERT INTO pgshift.fence (tenant, migration_id) "
-                         "VALUES (%s, %s) ON CONFLICT (tenant) DO UPDATE SET migration_id = "
-                         "EXCLUDED.migration_id",
-                         lt, d->tenant_src, d->tenant_src, r->ids);
-        rc = mig_run_x(r, d->fence, "source store", s, 0, NULL);
-        free(s);
+        /*
+         * One round trip: the lock (waits out the writers), the fence row,
+         * and the source's sequences, final for the tenant from here on.
+         */
+        {
+            cm_buf_t q = { 0 };
+            PGresult *res3[3 + 16];
+            size_t n_seq = 0, seq_tab[16];
+
+            s = cm_xasprintf("SET lock_timeout = %s; SELECT pg_advisory_lock(" FENCE_LOCK_CLASS
+                             ", hashtext(%s)); INSERT INTO pgshift.fence (tenant, migration_id) "
+                             "VALUES (%s, %s) ON CONFLICT (tenant) DO UPDATE SET migration_id = "
+                             "EXCLUDED.migration_id",
+                             lt, d->tenant_src, d->tenant_src, r->ids);
+            cm_buf_append(&q, s, strlen(s));
+            free(s);
+            for (size_t i = 0; i < r->n_tabs && n_seq < CM_ARRAY_LEN(seq_tab); i++) {
+                if (!r->tabs[i].has_pos || strcmp(r->tabs[i].mode, "preserve") != 0)
+                    continue;
+                s = seq_last_sql(r, d->fence, &r->tabs[i]);
+                cm_buf_append(&q, "; ", 2);
+                cm_buf_append(&q, s, strlen(s));
+                free(s);
+                seq_tab[n_seq++] = i;
+            }
+            cm_buf_append_u8(&q, 0);
+            rc = exec_multi(r, d->fence, "source store", (const char *)q.data, res3, 3 + n_seq);
+            cm_buf_free(&q);
+            if (rc == RUN_OK) {
+                cm_buf_t pre = { 0 };
+
+                for (size_t k = 0; k < n_seq; k++) {
+                    if (PQntuples(res3[3 + k]) == 1 && !PQgetisnull(res3[3 + k], 0, 0)) {
+                        s = setval_sql(r, &r->tabs[seq_tab[k]], PQgetvalue(res3[3 + k], 0, 0));
+                        if (pre.len > 0)
+                            cm_buf_append(&pre, "; ", 2);
+                        cm_buf_append(&pre, s, strlen(s));
+                        free(s);
+                    }
+                }
+                for (size_t k = 0; k < 3 + n_seq; k++)
+                    PQclear(res3[k]);
+                cm_buf_append_u8(&pre, 0);
+                set_str(&d->sweep_prelude, pre.len > 1 ? (const char *)pre.data : NULL);
+                cm_buf_free(&pre);
+            }
+        }
         locked = true; /* maybe: unfence releases every advisory lock and resets the timeout */
         if (rc != RUN_OK) {
             if (strcmp(r->sqlstate, "55P03") == 0) {
@@ -1427,11 +1527,14 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
         d->applied_total += applied;
     }
     t_swept = cm_now_ms();
-    /* 4. The target's sequences past the source's, before the target takes its first write. */
-    for (size_t i = 0; i < r->n_tabs; i++) {
-        if (!r->tabs[i].has_pos || strcmp(r->tabs[i].mode, "preserve") != 0)
-            continue;
-        rc = mig_run_bump_sequence(r, &r->tabs[i]);
+    /*
+     * 4. The target's sequences past the source's, before the target takes
+     * its first write: in the sweep's transaction, unless the sweep had
+     * nothing to write.
+     */
+    if (d->sweep_prelude != NULL) {
+        rc = mig_run_x(r, r->dst, "target store", d->sweep_prelude, 0, NULL);
+        set_str(&d->sweep_prelude, NULL);
         if (rc != RUN_OK) {
             snprintf(o.error, sizeof(o.error), "sequence: %s", r->err ? r->err : "failed");
             rc = RUN_OK;
@@ -1573,6 +1676,159 @@ static run_rc_t recover_cutover(dw_t *d)
 
 /* ---- the loop --------------------------------------------------------------------------- */
 
+/* ---- consistency check ------------------------------------------------------------------ */
+
+/*
+ * Whether every position table has a lower bound to check up to (or had no
+ * row at all when the last barrier was read).
+ */
+static bool verify_possible(const dw_t *d)
+{
+    const run_t *r = d->r;
+
+    if (d->caught_up_ms == 0)
+        return false;
+    for (size_t i = 0; i < r->n_tabs; i++)
+        if (r->tabs[i].has_pos && d->t[i].lo == NULL && d->t[i].bar_hi != NULL)
+            return false;
+    return true;
+}
+
+/*
+ * Count and digest of the tenant's rows of position table i at or below its
+ * lower bound, on the source (src) or the target: a sum of 60-bit prefixes
+ * of each row's md5 (order-free, no big aggregate state). Rows keep their
+ * source position in preserve mode; in map mode the target's rows are
+ * paired with their source positions through pgshift.target_position_map.
+ */
+static char *verify_sql(const dw_t *d, size_t i, bool src)
+{
+    const run_t *r = d->r;
+    const tab_t *t = &r->tabs[i];
+    bool map = strcmp(t->mode, "map") == 0;
+    char *lo = mig_run_lit(src ? r->src : r->dst, d->t[i].lo), *sql;
+    const char *pos = t->key_q[0];
+
+    if (!map)
+        sql = cm_xasprintf("SELECT count(*), coalesce(sum(('x' || left(md5(ROW(%s)::text), 15))"
+                           "::bit(60)::bigint::numeric), 0)::text FROM %s WHERE %s = %s AND "
+                           "%s <= %s::%s",
+                           t->all_cols, t->q, r->tcol, src ? d->tenant_src : r->tenant_lit, pos,
+                           lo, t->key_type[0]);
+    else if (src)
+        sql = cm_xasprintf("SELECT count(*), coalesce(sum(('x' || left(md5(ROW(%s)::text || ':' "
+                           "|| %s), 15))::bit(60)::bigint::numeric), 0)::text FROM %s WHERE %s = "
+                           "%s AND %s <= %s::%s",
+                           t->copy_cols, pos, t->q, r->tcol, d->tenant_src, pos, lo,
+                           t->key_type[0]);
+    else
+        sql = cm_xasprintf("SELECT count(*), coalesce(sum(('x' || left(md5(ROW(%s)::text || ':' "
+                           "|| m.source_position), 15))::bit(60)::bigint::numeric), 0)::text "
+                           "FROM %s JOIN pgshift.target_position_map m ON m.migration_id = %s "
+                           "AND m.target_position = %s.%s WHERE %s = %s AND m.source_position "
+                           "<= %s::%s",
+                           t->copy_cols, t->q, r->ids, t->q, pos, r->tcol, r->tenant_lit, lo,
+                           t->key_type[0]);
+    free(lo);
+    return sql;
+}
+
+/* Settings that change how rows print as text: the same on both stores while checking. */
+#define VERIFY_SESSION_SQL                                                                       \
+    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; "        \
+    "SET extra_float_digits = 3; SET bytea_output = 'hex'"
+
+/*
+ * The consistency check: every position table's tenant rows at or below
+ * its lower bound (all on the target by then, and final: position tables
+ * are append-only) compared by count and digest between the stores. Rows
+ * above it and the mutable tables are made exact by the cutover's final
+ * sweep, under the fence. Answers request (0 = the automatic check) in
+ * verify_result and the audit log. A source or control failure returns it;
+ * a target failure leaves the check pending.
+ */
+static run_rc_t verify_once(dw_t *d, int64_t request, bool *done)
+{
+    run_t *r = d->r;
+    cm_buf_t det = { 0 };
+    long long rows = 0;
+    bool ok = true;
+    run_rc_t rc = RUN_OK;
+    char *js;
+    uint64_t t0 = cm_now_ms();
+
+    *done = false;
+    rc = mig_run_x(r, r->src, "source store", VERIFY_SESSION_SQL, 0, NULL);
+    if (rc == RUN_OK)
+        rc = mig_run_x(r, r->dst, "target store", VERIFY_SESSION_SQL, 0, NULL);
+    for (size_t i = 0; rc == RUN_OK && i < r->n_tabs; i++) {
+        const tab_t *t = &r->tabs[i];
+        PGresult *a = NULL, *b = NULL;
+        char *sql, *e;
+
+        if (!t->has_pos || d->t[i].lo == NULL)
+            continue;
+        sql = verify_sql(d, i, true);
+        a = mig_run_q(r, r->src, "source store", sql, 0, NULL, &rc);
+        free(sql);
+        if (a != NULL) {
+            sql = verify_sql(d, i, false);
+            b = mig_run_q(r, r->dst, "target store", sql, 0, NULL, &rc);
+            free(sql);
+        }
+        if (a != NULL && b != NULL) {
+            bool same = strcmp(PQgetvalue(a, 0, 0), PQgetvalue(b, 0, 0)) == 0 &&
+                        strcmp(PQgetvalue(a, 0, 1), PQgetvalue(b, 0, 1)) == 0;
+
+            rows += strtoll(PQgetvalue(a, 0, 0), NULL, 10);
+            if (same)
+                e = cm_xasprintf("%s%s: %s rows up to position %s equal", det.len ? "; " : "",
+                                 t->name, PQgetvalue(a, 0, 0), d->t[i].lo);
+            else
+                e = cm_xasprintf("%s%s: rows up to position %s differ (%s on the source, %s on "
+                                 "the target, or their contents)",
+                                 det.len ? "; " : "", t->name, d->t[i].lo, PQgetvalue(a, 0, 0),
+                                 PQgetvalue(b, 0, 0));
+            ok &= same;
+            cm_buf_append(&det, e, strlen(e));
+            free(e);
+        }
+        PQclear(a);
+        PQclear(b);
+    }
+    if (rc != RUN_OK) {
+        cm_buf_free(&det);
+        return is_target_error(r) ? RUN_OK : rc; /* a target failure: the check waits */
+    }
+    if (det.len == 0)
+        cm_buf_append_cstr(&det, "no position table rows to compare yet");
+    else
+        cm_buf_append_u8(&det, 0);
+    d->verify_state = ok ? VERIFY_PASSED : VERIFY_FAILED;
+    snprintf(d->verify_detail, sizeof(d->verify_detail), "%s", (const char *)det.data);
+    js = cm_xasprintf("{\"request\": %" PRId64 ", \"passed\": %s, \"rows\": %lld, \"ms\": %" PRIu64
+                      ", \"detail\": \"%s\"}",
+                      request, ok ? "true" : "false", rows, cm_now_ms() - t0, d->verify_detail);
+    {
+        const char *params[] = { r->ids, js };
+
+        rc = mig_run_x(r, r->ctl, "control store",
+                       "UPDATE pgshift.migrations SET verify_result = $2::jsonb "
+                       "WHERE id = $1::bigint",
+                       2, params);
+    }
+    if (rc == RUN_OK) {
+        *done = true;
+        mig_run_audit(r, ok ? "verification_completed" : "verification_failed", js);
+    }
+    LOG_INFO(LOG_CTX, "migration %s: consistency check %s in %" PRIu64 " ms: %s", r->ids,
+             ok ? "passed" : "FAILED", cm_now_ms() - t0, d->verify_detail);
+    free(js);
+    cm_buf_free(&det);
+    d->last_status_ms = 0; /* publish the new readiness now */
+    return rc;
+}
+
 static run_rc_t dw_loop(dw_t *d)
 {
     run_t *r = d->r;
@@ -1594,7 +1850,7 @@ static run_rc_t dw_loop(dw_t *d)
         }
         /* A CUTOVER request, or auto_cutover once ready. */
         {
-            char buf[200];
+            char buf[512];
             long long predicted;
             const char *why = not_ready(d, buf, sizeof(buf), &predicted);
             int64_t req = d->request_pending > d->request_seen ? d->request_pending : 0;
@@ -1662,6 +1918,18 @@ static run_rc_t dw_loop(dw_t *d)
             d->converging = (double)events <= d->lag_ewma + 0.5 || events <= d->max_lag;
             d->lag_ewma = 0.8 * d->lag_ewma + 0.2 * (double)events;
             d->lag_events = events;
+            if ((d->verify_pending > d->verify_seen ||
+                 (d->verify_on && d->verify_state == VERIFY_PENDING)) &&
+                verify_possible(d)) {
+                int64_t vr = CM_MAX(d->verify_pending, d->verify_seen);
+                bool done = false;
+
+                rc = verify_once(d, d->verify_pending > d->verify_seen ? vr : 0, &done);
+                if (rc != RUN_OK)
+                    return rc;
+                if (done)
+                    d->verify_seen = vr;
+            }
             if (d->last_full_round_ms == 0)
                 d->last_full_round_ms = d->last_round_ms;
             else {

@@ -514,6 +514,11 @@ out:
     "  dw_status->>'open_tenant_transactions' AS open_tenant_transactions, "                       \
     "  coalesce(dw_status->>'applied', '0') AS dual_write_rows_applied, "                          \
     "  dw_status->>'warning' AS dual_write_warning, "                                              \
+    "  CASE WHEN verify_result IS NOT NULL AND (verify_result->>'passed')::bool THEN 'passed' "     \
+    "       WHEN verify_result IS NOT NULL THEN 'failed' "                                         \
+    "       WHEN NOT coalesce((config->>'verify_consistency')::bool, true) THEN 'off' "            \
+    "       ELSE 'pending' END AS consistency_check, "                                             \
+    "  verify_result->>'detail' AS consistency_detail, "                                           \
     "  cutover_attempt::text AS cutover_attempts, cutover_result::text AS last_cutover, "          \
     "  completed_at::text AS completed_at, "                                                       \
     "  (phase IN " TERMINAL_SQL " AND NOT cleanup_pending)::text AS is_terminal "                  \
@@ -801,6 +806,8 @@ mig_result_t *mig_migration_execute(const mig_env_t *env, PGconn **control,
         return show_audit(env, control, req->migration_id);
     case MIG_CMD_CUTOVER:
         return mig_cutover_request(env, control, req);
+    case MIG_CMD_VERIFY:
+        return mig_verify_request(env, control, req);
     case MIG_CMD_SHOW_ROUTES:
     case MIG_CMD_SHOW_TENANTS:
     case MIG_CMD_ROUTE_TENANT:

@@ -187,6 +187,14 @@ typedef enum mig_cmd_kind {
      * ready, with the reason.
      */
     MIG_CMD_CUTOVER,
+    /*
+     * VERIFY id: run the consistency check of a migration in DUAL_WRITE now
+     * (the runner compares the tenant's rows of every position table that
+     * are final on both stores, by count and digest). Answers one row
+     * (migration_id, passed, rows, detail); tag "VERIFY". With
+     * verify_consistency (the default) the cutover waits for a passed check.
+     */
+    MIG_CMD_VERIFY,
 } mig_cmd_kind_t;
 
 /*

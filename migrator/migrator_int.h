@@ -96,7 +96,7 @@ char *mig_pq_errmsg(PGconn *c, const PGresult *res);
 
 /* ---- control schema -------------------------------------------------------- */
 
-#define MIG_SCHEMA_VERSION 3 /* the newest version this build creates */
+#define MIG_SCHEMA_VERSION 4 /* the newest version this build creates */
 #define MIG_ROUTES_CHANNEL "pgshift_routes"
 #define MIG_ACKS_CHANNEL   "pgshift_acks" /* payload: "migration:attempt:process" */
 /* A process whose heartbeat is older than this is not waited for by a cutover. */
@@ -218,6 +218,7 @@ mig_result_t *mig_migration_status(const mig_env_t *env, PGconn **control, int64
 
 /* CUTOVER id: asks the migration's runner for a cutover and waits for its outcome. */
 mig_result_t *mig_cutover_request(const mig_env_t *env, PGconn **control, const mig_request_t *req);
+mig_result_t *mig_verify_request(const mig_env_t *env, PGconn **control, const mig_request_t *req);
 /* Control connection helpers shared by admin.c and migrate.c. */
 mig_result_t *mig_ensure_control(const mig_env_t *env, PGconn **control);
 PGresult *mig_control_exec(const mig_env_t *env, PGconn **control, const char *sql, int n_params,

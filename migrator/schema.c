@@ -182,6 +182,11 @@ static const schema_step_t schema_steps[] = {
       "CREATE TRIGGER migrations_notify AFTER INSERT OR DELETE OR UPDATE OF phase, target_store,\n"
       "    cutover_attempt ON pgshift.migrations FOR EACH ROW\n"
       "    EXECUTE FUNCTION pgshift.notify_routes();\n" },
+    /* 4: the consistency check (issue #5: verify_consistency, VERIFY id) */
+    { 4, "ALTER TABLE pgshift.migrations\n"
+         "    ADD COLUMN verify_request bigint NOT NULL DEFAULT 0,\n"
+         "    ADD COLUMN verify_request_by text,\n"
+         "    ADD COLUMN verify_result jsonb;\n" },
 };
 
 /* Run sql; on failure fill *err and return -EPROTO, or -ECONNRESET/-ECANCELED when c broke. */

@@ -43,7 +43,8 @@ OTHER_STALL_S = 2.0  # longest operation of another tenant around a cutover
 OTHER_STALL_ANY_S = 5.0  # ... at any time of the test (connection storms, bulk copy)
 STATUS_COLUMNS = ("lag_events", "lag_age_ms", "lag_converging", "breaker_state",
                   "unrepaired_failures", "cutover_ready", "cutover_not_ready_reason",
-                  "dual_write_rows_applied", "cutover_attempts", "dual_write_warning")
+                  "dual_write_rows_applied", "cutover_attempts", "dual_write_warning",
+                  "consistency_check", "consistency_detail")
 
 _dst_serial = itertools.count(1)
 
@@ -475,6 +476,8 @@ def test_cutover_under_load(cut_env):
     st = env.wait_ready(mid, timeout=60)
     dual_write_status_ok(st)
     assert st["breaker_state"] == "closed" and int(st["unrepaired_failures"]) == 0, st
+    # The consistency check (verify_consistency) compared the final rows and passed.
+    assert st["consistency_check"] == "passed" and "equal" in st["consistency_detail"], st
     assert int(st["lag_events"]) <= 100, st
     # Rows mirrored so far are the rows the source committed (not replays).
     time.sleep(1.0)

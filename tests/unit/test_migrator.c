@@ -297,6 +297,20 @@ static void test_cmd_parse_migrations(void **state)
     assert_int_equal(cmd.kind, MIG_CMD_WATCH_MIGRATION);
     assert_int_equal(cmd.migration_id, 9);
     free(storage);
+    assert_int_equal(mig_cmd_parse("verify 12;", &cmd, &storage, &err), 0);
+    assert_int_equal(cmd.kind, MIG_CMD_VERIFY);
+    assert_int_equal(cmd.migration_id, 12);
+    free(storage);
+    assert_int_equal(mig_cmd_parse("VERIFY MIGRATION 13", &cmd, &storage, &err), 0);
+    assert_int_equal(cmd.kind, MIG_CMD_VERIFY);
+    assert_int_equal(cmd.migration_id, 13);
+    free(storage);
+    assert_int_not_equal(mig_cmd_parse("VERIFY everything", &cmd, &storage, &err), 0);
+    assert_non_null(strstr(err, "VERIFY id"));
+    free(err);
+    err = NULL;
+    free(storage);
+    storage = NULL;
     /* The proxy's own PAUSE [timeout] and RESUME are not ours. */
     static const char *const theirs[] = { "PAUSE",   "PAUSE 500",  "pause;", "RESUME",
                                           "RESUME;", "SHOW STATS", "ABORT",  "WATCH" };
@@ -520,7 +534,7 @@ static void test_schema_idempotent(void **state)
     assert_int_equal(mig_schema_upgrade(c, -1, &version, &err), 0);
     assert_int_equal(version, MIG_SCHEMA_VERSION);
     v = sql_value(c, "SELECT count(*)::text || '/' || max(version) FROM pgshift.schema_version");
-    assert_string_equal(v, "1/3");
+    assert_string_equal(v, "1/4");
     free(v);
     v = sql_value(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'pgshift'");
     /* schema_version routes migrations position_map audit_log processes cutover_acks
@@ -569,7 +583,7 @@ static void test_schema_concurrent(void **state)
     }
     c = db("concur");
     v = sql_value(c, "SELECT count(*)::text || '/' || max(version) FROM pgshift.schema_version");
-    assert_string_equal(v, "1/3");
+    assert_string_equal(v, "1/4");
     free(v);
     PQfinish(c);
 }
@@ -1632,6 +1646,38 @@ static void test_mig_copy_and_abort(void **state)
             fail_msg("the checkpoint's update (to %s) did not reach the target", v);
     }
     free(v);
+    /* The consistency check ran by itself (verify_consistency) and passed. */
+    assert_true(mig_wait(&f, &p, id, "consistency_check", "passed", 30000));
+    /* A target row changed behind pgshift's back: VERIFY finds it, the cutover waits. */
+    {
+        PGconn *c = db("mig_dst");
+        char vq[64];
+
+        sql_ok(c, "UPDATE events SET version = version + 1000 WHERE global_position = (SELECT "
+                  "min(global_position) FROM events)");
+        snprintf(vq, sizeof(vq), "VERIFY %ld", id);
+        r = request(&f, &p, vq);
+        assert_null(r->err_sqlstate);
+        assert_string_equal(cell(r, 0, "passed"), "f");
+        assert_non_null(strstr(cell(r, 0, "detail"), "events: rows up to position"));
+        assert_non_null(strstr(cell(r, 0, "detail"), "differ"));
+        probe_trim(&p);
+        assert_true(mig_wait(&f, &p, id, "consistency_check", "failed", 5000));
+        v = mig_field(&f, &p, id, "cutover_not_ready_reason");
+        assert_non_null(strstr(v, "consistency check failed"));
+        free(v);
+        sql_ok(c, "UPDATE events SET version = version - 1000 WHERE global_position = (SELECT "
+                  "min(global_position) FROM events)");
+        PQfinish(c);
+        r = request(&f, &p, vq);
+        assert_null(r->err_sqlstate);
+        assert_string_equal(cell(r, 0, "passed"), "t");
+        assert_true(atoll(cell(r, 0, "rows")) > 0);
+        probe_trim(&p);
+        r = request(&f, &p, "VERIFY 999999");
+        assert_error(r, "42704", "does not exist");
+        probe_trim(&p);
+    }
     /* The barrier and the copy's upper bound are recorded for the dual-write hand-over. */
     {
         char *hw = db_value(
@@ -1805,6 +1851,8 @@ static void test_mig_map_positions(void **state)
         if (cm_now_ms() > end)
             fail_msg("the new events and the moved checkpoint did not reach the target exactly");
     }
+    /* The consistency check pairs the rows through the map, and passes. */
+    assert_true(mig_wait(&f, &p, id, "consistency_check", "passed", 30000));
     assert_int_equal(assert_checkpoints_skip_nothing("mig_shared"), 5);
     snprintf(sql, sizeof(sql), "ABORT MIGRATION %ld", id);
     {
