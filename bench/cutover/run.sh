@@ -71,7 +71,7 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 bench_pg_start a
 bench_pg_start b
-bench_pgshift_start a,b "pgshift.log_level=$PGSHIFT_LOG_LEVEL"
+bench_pgshift_start a,b "pgshift.log_level=$PGSHIFT_LOG_LEVEL" pgshift.hold_log_size=100000
 admin_port=$(awk -F' = ' '/^admin_port/ {print $2}' "$BENCH_TMP/pgshift/pgshift.ini")
 bench_wait_port "$admin_port" 15 "$PGSHIFT_PID" || bench_die "no admin console on $admin_port"
 bench_log "pgshift on 127.0.0.1:$PGSHIFT_PORT (admin $admin_port), stores a (default, control), b"
