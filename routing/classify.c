@@ -39,6 +39,7 @@ typedef struct cls {
     route_stmt_t *st;
     size_t cap_tables, cap_tenants, cap_keys, cap_rows;
     int max_param;
+    size_t n_facts; /* tenant and key facts noted so far (duplicates too) */
 } cls_t;
 
 /* ---- small helpers -------------------------------------------------- */
@@ -287,6 +288,8 @@ static void note(cls_t *c, col_role_t role, int key_idx, const route_val_t *v)
 
     if (v->kind != ROUTE_VAL_LITERAL && v->kind != ROUTE_VAL_PARAM)
         return;
+    if (role == ROLE_TENANT || role == ROLE_KEY)
+        c->n_facts++;
     if (role == ROLE_TENANT) {
         push_val(&st->tenants, &st->n_tenants, &c->cap_tenants, v);
     } else if (role == ROLE_KEY) {
@@ -396,7 +399,42 @@ static void where_op(cls_t *c, uint32_t ae)
     }
 }
 
-/* Follow AND-ed conjuncts of a qualification and note col = value facts. */
+static void where_walk(cls_t *c, uint32_t i, int depth);
+
+/*
+ * a OR b OR ...: the rows can be of the tenants (or keys) each disjunct
+ * names, so those facts hold for the statement only when every disjunct
+ * names at least one; otherwise the OR says nothing about tenants and its
+ * facts are dropped again. A position bound inside an OR bounds nothing.
+ */
+static void where_or(cls_t *c, uint32_t args, int depth)
+{
+    const route_jdoc_t *d = c->d;
+    route_stmt_t *st = c->st;
+    size_t t0 = st->n_tenants, k0 = st->n_keys, facts0 = c->n_facts;
+    route_val_t pos0 = st->position_min;
+    bool every = true;
+
+    for (uint32_t a = d->v[args].child; a != 0; a = d->v[a].next) {
+        size_t before = c->n_facts;
+
+        where_walk(c, a, depth + 1);
+        every &= c->n_facts > before;
+    }
+    if (!every) {
+        while (st->n_tenants > t0)
+            val_free(&st->tenants[--st->n_tenants]);
+        while (st->n_keys > k0)
+            val_free(&st->keys[--st->n_keys]);
+        c->n_facts = facts0; /* retracted: an enclosing OR must not count them */
+    }
+    if (pos0.kind == ROUTE_VAL_NONE && st->position_min.kind != ROUTE_VAL_NONE) {
+        val_free(&st->position_min);
+        st->position_min = pos0;
+    }
+}
+
+/* Follow AND-ed conjuncts (and OR-ed alternatives) of a qualification: col = value facts. */
 static void where_walk(cls_t *c, uint32_t i, int depth)
 {
     const route_jdoc_t *d = c->d;
@@ -406,10 +444,16 @@ static void where_walk(cls_t *c, uint32_t i, int depth)
         return;
     if ((in = node_of(d, i, "BoolExpr")) != 0) {
         uint32_t args = route_json_get(d, in, "args");
-        if (!route_json_str_eq(d, route_json_get(d, in, "boolop"), "AND_EXPR") || args == 0)
+        uint32_t op = route_json_get(d, in, "boolop");
+
+        if (args == 0)
             return;
-        for (uint32_t a = d->v[args].child; a != 0; a = d->v[a].next)
-            where_walk(c, a, depth + 1);
+        if (route_json_str_eq(d, op, "AND_EXPR")) {
+            for (uint32_t a = d->v[args].child; a != 0; a = d->v[a].next)
+                where_walk(c, a, depth + 1);
+        } else if (route_json_str_eq(d, op, "OR_EXPR")) {
+            where_or(c, args, depth);
+        }
         return;
     }
     if ((in = node_of(d, i, "A_Expr")) != 0) {

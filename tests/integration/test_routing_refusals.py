@@ -4,6 +4,8 @@
   42501  a statement tenant that contradicts the session tenant
   0A000  statements of one extended-protocol batch (between Syncs) routing to
          different stores
+  0A000  a read whose tenants (tenant_id = a OR tenant_id = b, IN lists) live
+         on different stores
 in the simple and the extended protocol and inside a pipeline. After each:
 nothing of the refused statement is on any store (checked directly) and the
 connection keeps working (the next transaction commits on the right store)."""
@@ -105,6 +107,30 @@ def test_cross_store_statement_in_transaction_psql(routing, placed):
     nowhere(env, "event_outbox", "event_id", refused)
     nowhere(env, "event_outbox", "event_id", first)
     env.expect_only_on("c", "event_outbox", "event_id", after, 1)
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_or_of_tenants(routing, placed, proto):
+    """A read whose WHERE is an OR of tenants: on one store it runs there and
+    returns every tenant's rows; across stores it is refused (0A000); an OR
+    with a branch that names no tenant names none and goes to the default
+    store."""
+    env = routing
+    tb, tb2, tc = placed["tb"], placed["tb2"], placed["tc"]
+    with psycopg.connect(env.ep.conninfo(), autocommit=True) as conn:
+        cur = cursor(conn, proto)
+        for t in (tb, tb2, tc):
+            still_works(env, conn, proto, t, "c" if t == tc else "b")
+        cur.execute("SELECT count(DISTINCT tenant_id) FROM events WHERE tenant_id = %s "
+                    "OR (tenant_id = %s AND version >= 1)", (tb, tb2))
+        assert cur.fetchone()[0] == 2
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as ei:
+            cur.execute("SELECT count(*) FROM events WHERE tenant_id = %s OR tenant_id = %s",
+                        (tb, tc))
+        assert ei.value.sqlstate == "0A000" and "different stores" in str(ei.value)
+        cur.execute("SELECT count(*) FROM events WHERE tenant_id = %s OR version = -1", (tc,))
+        assert cur.fetchone()[0] == 0  # the default store (a) holds none of tc's rows
+        still_works(env, conn, proto, tc, "c")
 
 
 @pytest.mark.parametrize("proto", PROTOCOLS)
