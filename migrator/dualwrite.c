@@ -56,6 +56,7 @@
  */
 #include <inttypes.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1340,6 +1341,21 @@ static run_rc_t wait_acks(dw_t *d, int attempt, uint64_t deadline, bool *all, ch
     return rc;
 }
 
+/*
+ * Test hook: PGSHIFT_FAILPOINT=name in the environment kills the process
+ * (SIGKILL, as kill -9) when the runner reaches that point, so that the
+ * tests can crash pgshift exactly there. Points: cutover_after_flip.
+ */
+static void failpoint(const char *name)
+{
+    const char *fp = getenv("PGSHIFT_FAILPOINT");
+
+    if (fp != NULL && strcmp(fp, name) == 0) {
+        LOG_WARN(LOG_CTX, "failpoint %s: killing the process (PGSHIFT_FAILPOINT)", name);
+        raise(SIGKILL);
+    }
+}
+
 /* SQL reading the source sequence's last value behind position table t (literals on c). */
 static char *seq_last_sql(run_t *r, PGconn *c, const tab_t *t)
 {
@@ -1594,6 +1610,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
         }
         PQclear(res);
     }
+    failpoint("cutover_after_flip"); /* persisted, nothing after it done: restart -> COMPLETED */
     /* The pause as clients saw it ends with the flip's commit, which releases them. */
     o.pause_ms = (long long)(cm_now_ms() - t0);
     {

@@ -365,6 +365,7 @@ class Pgshift:
         self._stderr_f = open(self.stderr_path, "ab")
         self._stdout_f = open(self.stdout_path, "ab")
         env = dict(os.environ)
+        env.update(getattr(self, "extra_env", None) or {})  # e.g. PGSHIFT_FAILPOINT
         env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
         self.proc = subprocess.Popen([self.binary, "-c", self.config_path], cwd=self.dir,

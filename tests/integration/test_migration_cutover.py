@@ -781,6 +781,60 @@ def test_kill9_during_cutover(cut_env):
                   stall_window=(t0, t1) if row is not None else None)
 
 
+@pytest.mark.slow  # the sanitizer pass keeps the other kill -9 scenarios (CI time)
+def test_kill9_right_after_the_flip(cut_env):
+    """kill -9 the moment the route flip has committed (a failpoint: nothing
+    after it ran - no result update, no unfence, no map mirror): the restart
+    finds COMPLETED and keeps it, the tenant lives on the target, nothing is
+    lost or duplicated and no client is left held."""
+    signal.alarm(TEST_SECONDS)
+    env = cut_env
+    sc = Scenario(env, history=2_000).start()
+    mid = sc.migrate(cutover_timeout_ms=5000)
+    env.wait_ready(mid, timeout=90)
+    p = env.ep.pgshift
+    p.extra_env = {"PGSHIFT_FAILPOINT": "cutover_after_flip"}
+    t_kill0 = time.time()
+    env.kill9()
+    env.restart()
+    t_up0 = time.time()
+    env.wait_ready(mid, timeout=90)
+    # The killed process's lease (3 s) must run out, or the cutover waits for its ack.
+    time.sleep(max(0.0, t_kill0 + 4.0 - time.time()))
+    answer = {}
+
+    def cutover():
+        try:
+            answer["row"] = env.cutover_when_ready(mid)[:4]
+        except Exception as e:  # noqa: BLE001 - the crash cuts the answer off
+            answer["error"] = repr(e)
+
+    th = threading.Thread(target=cutover, daemon=True)
+    t_cut = time.time()
+    th.start()
+    p.proc.wait(60)
+    t_kill = time.time()
+    assert p.proc.returncode == -signal.SIGKILL, p.proc.returncode
+    assert "failpoint cutover_after_flip" in p.stderr(), p.stderr()[-2000:]
+    th.join(15)
+    assert not th.is_alive() and "error" in answer, answer
+    p.extra_env = {}
+    env.restart()
+    t_up = time.time()
+    st = env.wait_phase(mid, "COMPLETED", timeout=30)
+    assert env.route_of(sc.t)["store"] == "dst", env.route_of(sc.t)
+    assert_source_fenced(env, sc.t)
+    sc.load.wait_acked(sc.t, 200, timeout=30, since=t_up)
+    src_at_switch = env.count("src", sc.t)
+    assert_completed(env, sc, mid, None)
+    res = sc.load.stop()
+    report(sc, res, "phase after restart %s" % st["phase"])
+    assert_no_client_held(res, t_up + 3.0)
+    windows = (kill_window(t_kill0, t_up0), kill_window(t_kill, t_up))
+    check_cutover(env, sc, res, t_cut, t_up, src_at_switch,
+                  allow=lambda e: any(w(e) for w in windows))
+
+
 def test_abort_in_dual_write(cut_env):
     signal.alarm(TEST_SECONDS)
     env = cut_env
