@@ -511,15 +511,14 @@ static PGresult *columns_of(run_t *r, PGconn *c, const char *what, const char *t
 {
     char *qt = mig_quote_table(c, table);
     const char *params[] = { qt };
-    PGresult *res =
-        mig_run_q(r, c, what,
-                  "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
-                  MIG_SQL_SEQUENCE_FILLED " "
-                  "FROM pg_attribute a " MIG_SQL_ATTRDEF_JOIN
-                  "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 "
-                  "  AND NOT a.attisdropped AND a.attgenerated = '' "
-                  "ORDER BY a.attnum",
-                  1, params, rc);
+    PGresult *res = mig_run_q(
+        r, c, what,
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), " MIG_SQL_SEQUENCE_FILLED " "
+        "FROM pg_attribute a " MIG_SQL_ATTRDEF_JOIN
+        "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 "
+        "  AND NOT a.attisdropped AND a.attgenerated = '' "
+        "ORDER BY a.attnum",
+        1, params, rc);
 
     free(qt);
     return res;
@@ -829,8 +828,10 @@ static run_rc_t make_plan(run_t *r)
             goto next;
         if (t.pos_ref && !r->migrate_subscriptions) {
             /* Checkpoints stay behind: consumers start over on the target (no skip, I6). */
-            LOG_INFO(LOG_CTX, "migration %s: table %s refers to positions and "
-                              "migrate_subscriptions is off: not moved", r->ids, t.name);
+            LOG_INFO(LOG_CTX,
+                     "migration %s: table %s refers to positions and "
+                     "migrate_subscriptions is off: not moved",
+                     r->ids, t.name);
             tab_free(&t);
             is_tenant = false;
             goto next;

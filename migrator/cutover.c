@@ -164,12 +164,11 @@ mig_result_t *mig_verify_request(const mig_env_t *env, PGconn **control, const m
     PGresult *res;
 
     snprintf(ids, sizeof(ids), "%lld", (long long)req->migration_id);
-    res = mig_control_exec(
-        env, control,
-        "SELECT phase, coalesce((dw_status->>'at_ms')::double precision, 0) < "
-        "  extract(epoch FROM clock_timestamp()) * 1000 - 3000 "
-        "FROM pgshift.migrations WHERE id = $1::bigint",
-        1, params, &fail);
+    res = mig_control_exec(env, control,
+                           "SELECT phase, coalesce((dw_status->>'at_ms')::double precision, 0) < "
+                           "  extract(epoch FROM clock_timestamp()) * 1000 - 3000 "
+                           "FROM pgshift.migrations WHERE id = $1::bigint",
+                           1, params, &fail);
     if (res == NULL)
         return fail;
     if (PQntuples(res) == 0) {

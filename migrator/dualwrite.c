@@ -869,11 +869,10 @@ static run_rc_t round_once(dw_t *d, bool exact, int timeout_ms, long long *appli
             continue;
         }
         if (!dst_open) {
-            char *b = timeout_ms > 0
-                          ? cm_xasprintf("BEGIN; SET LOCAL statement_timeout = %d%s%s", timeout_ms,
-                                         d->sweep_prelude ? "; " : "",
-                                         d->sweep_prelude ? d->sweep_prelude : "")
-                          : cm_xstrdup("BEGIN");
+            char *b = timeout_ms > 0 ? cm_xasprintf("BEGIN; SET LOCAL statement_timeout = %d%s%s",
+                                                    timeout_ms, d->sweep_prelude ? "; " : "",
+                                                    d->sweep_prelude ? d->sweep_prelude : "")
+                                     : cm_xstrdup("BEGIN");
 
             rc = mig_run_x(r, r->dst, "target store", b, 0, NULL);
             free(b);
@@ -1376,10 +1375,11 @@ static char *setval_sql(run_t *r, const tab_t *t, const char *last)
     char *tl = mig_run_lit(r->dst, t->q), *cl = mig_run_lit(r->dst, r->env->position_column);
     char *ll = mig_run_lit(r->dst, last), *s;
 
-    s = cm_xasprintf("SELECT setval(s, greatest(%s::bigint, (SELECT coalesce(last_value, 0) "
-                     "FROM pg_sequences WHERE format('%%I.%%I', schemaname, sequencename)::regclass "
-                     "= s::regclass))) FROM pg_get_serial_sequence(%s, %s) s WHERE s IS NOT NULL",
-                     ll, tl, cl);
+    s = cm_xasprintf(
+        "SELECT setval(s, greatest(%s::bigint, (SELECT coalesce(last_value, 0) "
+        "FROM pg_sequences WHERE format('%%I.%%I', schemaname, sequencename)::regclass "
+        "= s::regclass))) FROM pg_get_serial_sequence(%s, %s) s WHERE s IS NOT NULL",
+        ll, tl, cl);
     free(tl);
     free(cl);
     free(ll);
@@ -1730,14 +1730,14 @@ static char *verify_sql(const dw_t *d, size_t i, bool src)
         sql = cm_xasprintf("SELECT count(*), coalesce(sum(('x' || left(md5(ROW(%s)::text), 15))"
                            "::bit(60)::bigint::numeric), 0)::text FROM %s WHERE %s = %s AND "
                            "%s <= %s::%s",
-                           t->all_cols, t->q, r->tcol, src ? d->tenant_src : r->tenant_lit, pos,
-                           lo, t->key_type[0]);
-    else if (src)
-        sql = cm_xasprintf("SELECT count(*), coalesce(sum(('x' || left(md5(ROW(%s)::text || ':' "
-                           "|| %s), 15))::bit(60)::bigint::numeric), 0)::text FROM %s WHERE %s = "
-                           "%s AND %s <= %s::%s",
-                           t->copy_cols, pos, t->q, r->tcol, d->tenant_src, pos, lo,
+                           t->all_cols, t->q, r->tcol, src ? d->tenant_src : r->tenant_lit, pos, lo,
                            t->key_type[0]);
+    else if (src)
+        sql =
+            cm_xasprintf("SELECT count(*), coalesce(sum(('x' || left(md5(ROW(%s)::text || ':' "
+                         "|| %s), 15))::bit(60)::bigint::numeric), 0)::text FROM %s WHERE %s = "
+                         "%s AND %s <= %s::%s",
+                         t->copy_cols, pos, t->q, r->tcol, d->tenant_src, pos, lo, t->key_type[0]);
     else
         sql = cm_xasprintf("SELECT count(*), coalesce(sum(('x' || left(md5(ROW(%s)::text || ':' "
                            "|| m.source_position), 15))::bit(60)::bigint::numeric), 0)::text "
@@ -1751,8 +1751,8 @@ static char *verify_sql(const dw_t *d, size_t i, bool src)
 }
 
 /* Settings that change how rows print as text: the same on both stores while checking. */
-#define VERIFY_SESSION_SQL                                                                       \
-    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; "        \
+#define VERIFY_SESSION_SQL                                                               \
+    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; " \
     "SET extra_float_digits = 3; SET bytea_output = 'hex'"
 
 /*

@@ -76,15 +76,15 @@ static mig_result_t *read_shape(const mig_env_t *env, PGconn *c, const char *sto
 {
     char *qt = mig_quote_table(c, table);
     const char *params[] = { qt };
-    PGresult *res = mig_pq_exec(c, env->latch, QUERY_TIMEOUT_MS,
-                                "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
-                                "       to_regclass($1) IS NOT NULL, " MIG_SQL_SEQUENCE_FILLED " "
-                                "FROM (SELECT 1) one LEFT JOIN pg_attribute a "
-                                "  ON a.attrelid = to_regclass($1) AND a.attnum > 0 "
-                                "  AND NOT a.attisdropped AND a.attgenerated = '' "
-                                MIG_SQL_ATTRDEF_JOIN
-                                "ORDER BY a.attname",
-                                1, params);
+    PGresult *res =
+        mig_pq_exec(c, env->latch, QUERY_TIMEOUT_MS,
+                    "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
+                    "       to_regclass($1) IS NOT NULL, " MIG_SQL_SEQUENCE_FILLED " "
+                    "FROM (SELECT 1) one LEFT JOIN pg_attribute a "
+                    "  ON a.attrelid = to_regclass($1) AND a.attnum > 0 "
+                    "  AND NOT a.attisdropped AND a.attgenerated = '' " MIG_SQL_ATTRDEF_JOIN
+                    "ORDER BY a.attname",
+                    1, params);
     mig_result_t *r = NULL;
 
     free(qt);
@@ -514,7 +514,7 @@ out:
     "  dw_status->>'open_tenant_transactions' AS open_tenant_transactions, "                       \
     "  coalesce(dw_status->>'applied', '0') AS dual_write_rows_applied, "                          \
     "  dw_status->>'warning' AS dual_write_warning, "                                              \
-    "  CASE WHEN verify_result IS NOT NULL AND (verify_result->>'passed')::bool THEN 'passed' "     \
+    "  CASE WHEN verify_result IS NOT NULL AND (verify_result->>'passed')::bool THEN 'passed' "    \
     "       WHEN verify_result IS NOT NULL THEN 'failed' "                                         \
     "       WHEN NOT coalesce((config->>'verify_consistency')::bool, true) THEN 'off' "            \
     "       ELSE 'pending' END AS consistency_check, "                                             \

@@ -192,7 +192,8 @@ char *mig_quote_ident(PGconn *c, const char *name);
  */
 #define MIG_SQL_SEQUENCE_FILLED \
     "(a.attidentity <> '' OR coalesce(pg_get_expr(d.adbin, d.adrelid), '') LIKE 'nextval(%')"
-#define MIG_SQL_ATTRDEF_JOIN "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+#define MIG_SQL_ATTRDEF_JOIN \
+    "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
 
 /* ---- settings (cmd.c) ------------------------------------------------------- */
 

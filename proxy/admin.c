@@ -258,8 +258,7 @@ static void show_stats(px_client_t *c)
 static void show_holds(px_client_t *c)
 {
     static const char *const cols[] = {
-        "seq",        "ended_at", "client_id", "tenant", "held_store",
-        "to_store",   "held_ms",  "outcome",
+        "seq", "ended_at", "client_id", "tenant", "held_store", "to_store", "held_ms", "outcome",
     };
     adm_table_t t = { .n_cols = CM_ARRAY_LEN(cols), .cols = cols };
     px_proxy_t *p = c->conn.proxy;

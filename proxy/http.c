@@ -132,7 +132,8 @@ static void render_metrics(px_proxy_t *p, cm_buf_t *b)
                 appendf(b, "pgshift_cutover_hold_seconds_bucket{le=\"+Inf\"} %llu\n",
                         (unsigned long long)cum);
         }
-        appendf(b, "pgshift_cutover_hold_seconds_sum %.6f\npgshift_cutover_hold_seconds_count %llu\n",
+        appendf(b,
+                "pgshift_cutover_hold_seconds_sum %.6f\npgshift_cutover_hold_seconds_count %llu\n",
                 (double)st->cutover_hold_us_sum / 1e6, (unsigned long long)st->n_cutover_holds);
     }
     appendf(b, "# TYPE pgshift_cutover_held_clients gauge\npgshift_cutover_held_clients %d\n",

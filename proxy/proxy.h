@@ -438,9 +438,9 @@ struct px_proxy {
     size_t n_scram_cache;
     struct px_router *router; /* proxy/router.c state */
     uint64_t route_gen;       /* bumped on every route-table install (cutover holds) */
-    px_hold_rec_t *hold_log; /* ring of hold_log_cap ended holds, NULL when 0 */
-    size_t hold_log_cap;     /* cfg->hold_log_size it was made for */
-    uint64_t hold_seq;       /* holds recorded since start */
+    px_hold_rec_t *hold_log;  /* ring of hold_log_cap ended holds, NULL when 0 */
+    size_t hold_log_cap;      /* cfg->hold_log_size it was made for */
+    uint64_t hold_seq;        /* holds recorded since start */
     int n_cutover_unacked;    /* cutovers whose drain this process has not acknowledged yet */
     void *http;               /* proxy/http.c state */
     void *admin;              /* proxy/admin.c state */

@@ -865,7 +865,7 @@ static void apply_session_set(px_client_t *c, const route_stmt_t *st, const rout
 #define CUTOVER_RETRY_MSG "tenant is being moved to another store; retry"
 
 const uint32_t px_hold_bound_ms[PX_HOLD_BUCKETS - 1] = { 1,   2,   5,    10,   20,   50,   100,
-                                                          200, 500, 1000, 2000, 5000, 10000 };
+                                                         200, 500, 1000, 2000, 5000, 10000 };
 
 const char *px_hold_outcome_name(px_hold_outcome_t o)
 {

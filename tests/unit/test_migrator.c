@@ -1253,8 +1253,9 @@ static void mig_dbs_reset(long n_events)
               "('" T_MIG "', 'zero', 0), ('" T_MIG "', 'none', NULL), "
               "('" T_MIG "', 'mid', (SELECT global_position FROM events WHERE tenant_id = '" T_MIG
               "' ORDER BY global_position OFFSET 100 LIMIT 1)), "
-              "('" T_MIG "', 'gap', (SELECT min(global_position) FROM events WHERE tenant_id = '"
-              T_OTHER "' AND global_position > 300)), "
+              "('" T_MIG
+              "', 'gap', (SELECT min(global_position) FROM events WHERE tenant_id = '" T_OTHER
+              "' AND global_position > 300)), "
               "('" T_MIG "', 'end', (SELECT max(global_position) FROM events)), "
               "('" T_OTHER "', 'mid', 42)");
     PQfinish(c);
@@ -1632,8 +1633,9 @@ static void test_mig_copy_and_abort(void **state)
                   "WHERE tenant_id = '" T_MIG "' AND projection_name = 'mid'");
         PQfinish(c);
     }
-    v = db_value("mig_src", "SELECT global_position FROM tenant_checkpoints WHERE tenant_id = '" T_MIG
-                            "' AND projection_name = 'mid'");
+    v = db_value("mig_src",
+                 "SELECT global_position FROM tenant_checkpoints WHERE tenant_id = '" T_MIG
+                 "' AND projection_name = 'mid'");
     for (uint64_t end = cm_now_ms() + 10000;; usleep(20000)) {
         char *w = db_value("mig_dst", "SELECT global_position FROM tenant_checkpoints "
                                       "WHERE projection_name = 'mid'");

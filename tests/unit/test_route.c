@@ -196,8 +196,8 @@ static const ccase_t ccases[] = {
       "AND tenant_id = 'tb')",
       ROUTE_KIND_READ, 0, 1, "events", "'ta' 'tb'", "$1", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
     /* a disjunct without a tenant can match any tenant: the OR names none */
-    { "SELECT * FROM events WHERE tenant_id = 'ta' OR version = 1", ROUTE_KIND_READ, 0, 1,
-      "events", "", "", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
+    { "SELECT * FROM events WHERE tenant_id = 'ta' OR version = 1", ROUTE_KIND_READ, 0, 1, "events",
+      "", "", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
     { "SELECT * FROM events WHERE (tenant_id = 'ta' OR version = 1) OR tenant_id = 'tb'",
       ROUTE_KIND_READ, 0, 1, "events", "", "", "", 0, "", ROUTE_SET_NONE, NULL, ANY },
     { "SELECT * FROM events WHERE tenant_id = 'tc' AND (tenant_id = 'ta' OR version = 1)",
