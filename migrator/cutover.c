@@ -49,78 +49,106 @@ static mig_result_t *no_answer(const char *ids)
                             ids, ids);
 }
 
-mig_result_t *mig_cutover_request(const mig_env_t *env, PGconn **control, const mig_request_t *req)
+/*
+ * The record of migration ids for command cmd, which needs DUAL_WRITE and a
+ * runner that keeps the target in sync: "phase, stale" and then the columns
+ * of extra (a select list starting with ", "). NULL with *fail otherwise.
+ */
+static PGresult *dual_write_record(const mig_env_t *env, PGconn **control, const char *ids,
+                                   const char *cmd, const char *why, const char *extra,
+                                   mig_result_t **fail)
 {
-    static const char *const cols[] = { "migration_id", "success", "pause_ms", "events_synced",
-                                        "error" };
-    char ids[24], reqs[24];
-    const char *params[] = { ids, req->user };
-    const char *wait_params[] = { ids, reqs };
-    mig_result_t *fail, *r;
-    PGresult *res;
-    int64_t request;
-    uint64_t deadline;
-    int timeout_ms;
+    const char *params[] = { ids };
+    char *sql = cm_xasprintf("SELECT phase, coalesce((dw_status->>'at_ms')::double precision, 0) "
+                             "< extract(epoch FROM clock_timestamp()) * 1000 - 3000%s "
+                             "FROM pgshift.migrations WHERE id = $1::bigint",
+                             extra);
+    PGresult *res = mig_control_exec(env, control, sql, 1, params, fail);
 
-    snprintf(ids, sizeof(ids), "%lld", (long long)req->migration_id);
-    res = mig_control_exec(
-        env, control,
-        "SELECT phase, paused, coalesce((dw_status->>'ready')::bool, false), "
-        "  dw_status->>'not_ready', coalesce((dw_status->>'at_ms')::double precision, 0) < "
-        "  extract(epoch FROM clock_timestamp()) * 1000 - 3000, "
-        "  coalesce((config->>'cutover_timeout_ms')::int, 500) "
-        "FROM pgshift.migrations WHERE id = $1::bigint",
-        1, params, &fail);
+    free(sql);
     if (res == NULL)
-        return fail;
-    if (PQntuples(res) == 0) {
-        PQclear(res);
-        return mig_result_error("42704", "migration %s does not exist", ids);
-    }
-    if (strcmp(PQgetvalue(res, 0, 0), "DUAL_WRITE") != 0) {
-        r = mig_result_error("55000",
-                             "migration %s is in phase %s: CUTOVER needs DUAL_WRITE (the bulk copy "
-                             "complete and the target kept in sync)",
-                             ids, PQgetvalue(res, 0, 0));
-        PQclear(res);
-        return r;
-    }
-    if (strcmp(PQgetvalue(res, 0, 1), "t") == 0) {
-        PQclear(res);
-        return mig_result_error("55000", "migration %s is paused: RESUME MIGRATION %s first", ids,
-                                ids);
-    }
-    if (strcmp(PQgetvalue(res, 0, 4), "t") == 0) {
-        PQclear(res);
-        return mig_result_error("55000",
-                                "migration %s is not ready for cutover: no runner keeps the target "
-                                "in sync (is pgshift starting?)",
-                                ids);
-    }
-    if (strcmp(PQgetvalue(res, 0, 2), "t") != 0) {
-        r = mig_result_error("55000", "migration %s is not ready for cutover: %s", ids,
-                             PQgetisnull(res, 0, 3) ? "not caught up" : PQgetvalue(res, 0, 3));
-        PQclear(res);
-        return r;
-    }
-    timeout_ms = atoi(PQgetvalue(res, 0, 5));
+        return NULL;
+    if (PQntuples(res) == 0)
+        *fail = mig_result_error("42704", "migration %s does not exist", ids);
+    else if (strcmp(PQgetvalue(res, 0, 0), "DUAL_WRITE") != 0)
+        *fail = mig_result_error("55000", "migration %s is in phase %s: %s needs DUAL_WRITE (%s)",
+                                 ids, PQgetvalue(res, 0, 0), cmd, why);
+    else if (strcmp(PQgetvalue(res, 0, 1), "t") == 0)
+        *fail = mig_result_error("55000",
+                                 "migration %s: no runner keeps the target in sync (is pgshift "
+                                 "starting?)",
+                                 ids);
+    else
+        return res;
     PQclear(res);
+    return NULL;
+}
 
-    res = mig_control_exec(env, control,
-                           "UPDATE pgshift.migrations SET cutover_request = cutover_request + 1, "
-                           "  cutover_request_by = $2 WHERE id = $1::bigint AND phase = "
-                           "'DUAL_WRITE' RETURNING cutover_request",
-                           2, params, &fail);
+/*
+ * File request kind ("cutover", "verify") by user with the runner: bump
+ * <kind>_request while the migration is in DUAL_WRITE. The request number
+ * goes to reqs. NULL, or the refusal.
+ */
+static mig_result_t *file_request(const mig_env_t *env, PGconn **control, const char *ids,
+                                  const char *kind, const char *user, char reqs[24])
+{
+    const char *params[] = { ids, user };
+    char *sql = cm_xasprintf("UPDATE pgshift.migrations SET %s_request = %s_request + 1, "
+                             "  %s_request_by = $2 WHERE id = $1::bigint AND phase = "
+                             "'DUAL_WRITE' RETURNING %s_request",
+                             kind, kind, kind, kind);
+    mig_result_t *fail = NULL;
+    PGresult *res = mig_control_exec(env, control, sql, 2, params, &fail);
+
+    free(sql);
     if (res == NULL)
         return fail;
     if (PQntuples(res) != 1) {
         PQclear(res);
         return mig_result_error("55000", "migration %s left DUAL_WRITE", ids);
     }
-    request = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    snprintf(reqs, 24, "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
-    snprintf(reqs, sizeof(reqs), "%lld", (long long)request);
-    LOG_INFO(LOG_CTX, "migration %s: cutover requested by %s", ids, req->user ? req->user : "?");
+    LOG_INFO(LOG_CTX, "migration %s: %s requested by %s", ids, kind, user ? user : "?");
+    return NULL;
+}
+
+mig_result_t *mig_cutover_request(const mig_env_t *env, PGconn **control, const mig_request_t *req)
+{
+    static const char *const cols[] = { "migration_id", "success", "pause_ms", "events_synced",
+                                        "error" };
+    char ids[24], reqs[24];
+    const char *wait_params[] = { ids, reqs };
+    mig_result_t *fail, *r;
+    PGresult *res;
+    uint64_t deadline;
+    int timeout_ms;
+
+    snprintf(ids, sizeof(ids), "%lld", (long long)req->migration_id);
+    res = dual_write_record(env, control, ids, "CUTOVER",
+                            "the bulk copy complete and the target kept in sync",
+                            ", paused, coalesce((dw_status->>'ready')::bool, false), "
+                            "  dw_status->>'not_ready', "
+                            "  coalesce((config->>'cutover_timeout_ms')::int, 500)",
+                            &fail);
+    if (res == NULL)
+        return fail;
+    if (strcmp(PQgetvalue(res, 0, 2), "t") == 0) {
+        PQclear(res);
+        return mig_result_error("55000", "migration %s is paused: RESUME MIGRATION %s first", ids,
+                                ids);
+    }
+    if (strcmp(PQgetvalue(res, 0, 3), "t") != 0) {
+        r = mig_result_error("55000", "migration %s is not ready for cutover: %s", ids,
+                             PQgetisnull(res, 0, 4) ? "not caught up" : PQgetvalue(res, 0, 4));
+        PQclear(res);
+        return r;
+    }
+    timeout_ms = atoi(PQgetvalue(res, 0, 5));
+    PQclear(res);
+    fail = file_request(env, control, ids, "cutover", req->user, reqs);
+    if (fail != NULL)
+        return fail;
 
     deadline = cm_now_ms() + (uint64_t)timeout_ms + EXTRA_WAIT_MS;
     res = wait_answer(env, control,
@@ -158,54 +186,19 @@ mig_result_t *mig_verify_request(const mig_env_t *env, PGconn **control, const m
 {
     static const char *const cols[] = { "migration_id", "passed", "rows", "detail" };
     char ids[24], reqs[24];
-    const char *params[] = { ids, req->user };
     const char *wait_params[] = { ids, reqs };
     mig_result_t *fail, *r;
     PGresult *res;
 
     snprintf(ids, sizeof(ids), "%lld", (long long)req->migration_id);
-    res = mig_control_exec(env, control,
-                           "SELECT phase, coalesce((dw_status->>'at_ms')::double precision, 0) < "
-                           "  extract(epoch FROM clock_timestamp()) * 1000 - 3000 "
-                           "FROM pgshift.migrations WHERE id = $1::bigint",
-                           1, params, &fail);
+    res = dual_write_record(env, control, ids, "VERIFY", "both stores hold the tenant's rows", "",
+                            &fail);
     if (res == NULL)
         return fail;
-    if (PQntuples(res) == 0) {
-        PQclear(res);
-        return mig_result_error("42704", "migration %s does not exist", ids);
-    }
-    if (strcmp(PQgetvalue(res, 0, 0), "DUAL_WRITE") != 0) {
-        r = mig_result_error("55000",
-                             "migration %s is in phase %s: VERIFY needs DUAL_WRITE (both stores "
-                             "hold the tenant's rows)",
-                             ids, PQgetvalue(res, 0, 0));
-        PQclear(res);
-        return r;
-    }
-    if (strcmp(PQgetvalue(res, 0, 1), "t") == 0) {
-        PQclear(res);
-        return mig_result_error("55000",
-                                "migration %s: no runner keeps the target in sync (is pgshift "
-                                "starting?)",
-                                ids);
-    }
     PQclear(res);
-    res = mig_control_exec(env, control,
-                           "UPDATE pgshift.migrations SET verify_request = verify_request + 1, "
-                           "  verify_request_by = $2 WHERE id = $1::bigint AND phase = "
-                           "'DUAL_WRITE' RETURNING verify_request",
-                           2, params, &fail);
-    if (res == NULL)
+    fail = file_request(env, control, ids, "verify", req->user, reqs);
+    if (fail != NULL)
         return fail;
-    if (PQntuples(res) != 1) {
-        PQclear(res);
-        return mig_result_error("55000", "migration %s left DUAL_WRITE", ids);
-    }
-    snprintf(reqs, sizeof(reqs), "%s", PQgetvalue(res, 0, 0));
-    PQclear(res);
-    LOG_INFO(LOG_CTX, "migration %s: consistency check requested by %s", ids,
-             req->user ? req->user : "?");
     res = wait_answer(env, control,
                       "SELECT (verify_result->>'passed')::bool::text, verify_result->>'rows', "
                       "  verify_result->>'detail' FROM pgshift.migrations WHERE id = $1::bigint "
