@@ -718,6 +718,22 @@ def test_kill9_in_dual_write(cut_env):
 
 
 @pytest.mark.slow  # the sanitizer pass keeps the other three scenarios (CI time)
+def cutover_in_background(env, mid):
+    """CUTOVER mid from a thread; (the thread, its answer: {"row": ...} or
+    {"error": ...} when a crash cuts the answer off)."""
+    answer = {}
+
+    def cutover():
+        try:
+            answer["row"] = env.cutover_when_ready(mid)[:4]
+        except Exception as e:  # noqa: BLE001 - the crash cuts the answer off
+            answer["error"] = repr(e)
+
+    th = threading.Thread(target=cutover, daemon=True)
+    th.start()
+    return th, answer
+
+
 def test_kill9_during_cutover(cut_env):
     signal.alarm(TEST_SECONDS)
     env = cut_env
@@ -731,17 +747,8 @@ def test_kill9_during_cutover(cut_env):
     holder.execute("BEGIN")
     holder.execute(append_sql(1), (held_eid, str(uuid.uuid4()), AGG_TYPE, "Held", sc.t, "held",
                                    1, "{}"))
-    answer = {}
-
-    def cutover():
-        try:
-            answer["row"] = env.cutover_when_ready(mid)[:4]
-        except Exception as e:  # noqa: BLE001 - the crash cuts the answer off
-            answer["error"] = repr(e)
-
-    th = threading.Thread(target=cutover, daemon=True)
     t_cut = time.time()
-    th.start()
+    th, answer = cutover_in_background(env, mid)
     time.sleep(0.5)
     assert th.is_alive(), ("CUTOVER answered before the open transaction ended", answer)
     t_kill = time.time()
@@ -801,17 +808,8 @@ def test_kill9_right_after_the_flip(cut_env):
     env.wait_ready(mid, timeout=90)
     # The killed process's lease (3 s) must run out, or the cutover waits for its ack.
     time.sleep(max(0.0, t_kill0 + 4.0 - time.time()))
-    answer = {}
-
-    def cutover():
-        try:
-            answer["row"] = env.cutover_when_ready(mid)[:4]
-        except Exception as e:  # noqa: BLE001 - the crash cuts the answer off
-            answer["error"] = repr(e)
-
-    th = threading.Thread(target=cutover, daemon=True)
     t_cut = time.time()
-    th.start()
+    th, answer = cutover_in_background(env, mid)
     p.proc.wait(60)
     t_kill = time.time()
     assert p.proc.returncode == -signal.SIGKILL, p.proc.returncode
