@@ -124,6 +124,25 @@ void cm_buf_append_cstr(cm_buf_t *b, const char *s)
     cm_buf_append(b, s, strlen(s) + 1);
 }
 
+void cm_buf_append_json_str(cm_buf_t *b, const char *s)
+{
+    cm_buf_append_u8(b, '"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') {
+            cm_buf_append_u8(b, '\\');
+            cm_buf_append_u8(b, (uint8_t)*s);
+        } else if ((unsigned char)*s < 0x20) {
+            char e[8];
+
+            snprintf(e, sizeof(e), "\\u%04x", (unsigned)*s);
+            cm_buf_append(b, e, 6);
+        } else {
+            cm_buf_append_u8(b, (uint8_t)*s);
+        }
+    }
+    cm_buf_append_u8(b, '"');
+}
+
 void cm_buf_put_u32(cm_buf_t *b, size_t at, uint32_t v)
 {
     BUG_ON(at + 4 > b->len, "cm_buf_put_u32 past end");

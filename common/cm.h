@@ -59,6 +59,7 @@ void cm_buf_append_u8(cm_buf_t *b, uint8_t v);
 void cm_buf_append_u16(cm_buf_t *b, uint16_t v);         /* network order */
 void cm_buf_append_u32(cm_buf_t *b, uint32_t v);         /* network order */
 void cm_buf_append_cstr(cm_buf_t *b, const char *s);     /* with its NUL */
+void cm_buf_append_json_str(cm_buf_t *b, const char *s); /* "s" as a JSON string, no NUL */
 void cm_buf_put_u32(cm_buf_t *b, size_t at, uint32_t v); /* overwrite, network order */
 void cm_buf_consume(cm_buf_t *b, size_t n);              /* drop n bytes from the front */
 void cm_buf_reset(cm_buf_t *b);                          /* len = 0, keeps memory */

@@ -183,6 +183,7 @@ static void tab_free(tab_t *t)
     free(t->hi);
     free(t->last_key);
     free(t->stage);
+    free(t->select_cols);
 }
 
 static void tabs_free(run_t *r)
@@ -559,6 +560,46 @@ static char *col_list(PGconn *c, const PGresult *cols, bool skip_serial, const c
 }
 
 /*
+ * Translate mode: the select list of cols (a column result, "name|type|..."
+ * rows) from a stage row "s", with the position column (a checkpoint)
+ * turned into a position on the target that skips no event (I6): one less
+ * than the lowest target position of an event after the checkpoint, else
+ * the highest target position at or before it, else 0. Target positions
+ * follow insertion, so an event mapped later lands above every one of
+ * these, and a consumer that goes on from the translated value re-reads at
+ * most the events inserted out of source order. Owned.
+ */
+static char *translate_select(run_t *r, const PGresult *cols)
+{
+    cm_buf_t b = { 0 };
+    char *out;
+
+    for (int i = 0; i < PQntuples(cols); i++) {
+        char *q = mig_quote_ident(r->src, PQgetvalue(cols, i, 0)), *e;
+
+        if (strcmp(PQgetvalue(cols, i, 0), r->env->position_column) == 0)
+            e = cm_xasprintf(
+                "CASE WHEN s.%s IS NULL THEN NULL ELSE coalesce("
+                "(SELECT min(m.target_position) - 1 FROM pgshift.target_position_map m "
+                "WHERE m.migration_id = %s AND m.source_position > s.%s), "
+                "(SELECT max(m.target_position) FROM pgshift.target_position_map m "
+                "WHERE m.migration_id = %s AND m.source_position <= s.%s), 0) END",
+                q, r->ids, q, r->ids, q);
+        else
+            e = cm_xasprintf("s.%s", q);
+        if (b.len > 0)
+            cm_buf_append(&b, ", ", 2);
+        cm_buf_append(&b, e, strlen(e));
+        free(e);
+        free(q);
+    }
+    cm_buf_append_u8(&b, 0);
+    out = cm_xstrdup((const char *)b.data);
+    cm_buf_free(&b);
+    return out;
+}
+
+/*
  * Build the per-table structure (columns, cursor) for table i of the env;
  * false when the table is not a tenant table on the source.
  */
@@ -608,6 +649,8 @@ static run_rc_t describe_table(run_t *r, const char *table, const char *mode, ta
         t->copy_cols = col_list(r->src, dcols, true, NULL);
     else
         t->copy_cols = cm_xstrdup(t->all_cols);
+    if (strcmp(mode, "translate") == 0)
+        t->select_cols = translate_select(r, scols);
     if (t->has_pos) {
         int i = col_index(scols, env->position_column);
 
@@ -758,6 +801,21 @@ run_rc_t mig_run_read_plan(run_t *r, bool *found)
         }
     }
     PQclear(res);
+    /*
+     * Tables that refer to positions come last, in the copy and in every
+     * round: their translation then sees the events of the same batch.
+     */
+    for (size_t i = 0, k = 0; i < r->n_tabs; i++) {
+        if (strcmp(r->tabs[i].mode, "translate") == 0)
+            continue;
+        if (i != k) {
+            tab_t t = r->tabs[i];
+
+            memmove(&r->tabs[k + 1], &r->tabs[k], (i - k) * sizeof(*r->tabs));
+            r->tabs[k] = t;
+        }
+        k++;
+    }
     return RUN_OK;
 }
 
@@ -1229,54 +1287,11 @@ run_rc_t mig_run_ensure_stage(run_t *r, tab_t *t, size_t i)
     return rc;
 }
 
-/*
- * The columns to write from a stage row "s" of table t: copy_cols, except
- * that in translate mode the position column (a checkpoint) becomes a
- * position on the target that skips no event (I6): one less than the
- * lowest target position of an event after the checkpoint, else the
- * highest target position at or before it, else 0. Target positions follow
- * insertion, so an event mapped later lands above every one of these, and
- * a consumer that goes on from the translated value re-reads at most the
- * events inserted out of source order. Owned.
- */
+/* The columns to write from a stage row "s" of table t (translate mode: I6). Owned. */
 char *mig_run_select_list(run_t *r, const tab_t *t)
 {
-    const char *pos = r->env->position_column;
-    cm_buf_t b = { 0 };
-    char *cols, *tok, *save = NULL, *out;
-    char *qpos = mig_quote_ident(r->dst, pos);
-
-    if (strcmp(t->mode, "translate") != 0) {
-        free(qpos);
-        return cm_xstrdup(t->copy_cols);
-    }
-    cols = cm_xstrdup(t->copy_cols);
-    for (tok = strtok_r(cols, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
-        char *e;
-
-        while (*tok == ' ')
-            tok++;
-        if (strcmp(tok, qpos) == 0)
-            e = cm_xasprintf(
-                "CASE WHEN s.%s IS NULL THEN NULL ELSE coalesce("
-                "(SELECT min(m.target_position) - 1 FROM pgshift.target_position_map m "
-                "WHERE m.migration_id = %s AND m.source_position > s.%s), "
-                "(SELECT max(m.target_position) FROM pgshift.target_position_map m "
-                "WHERE m.migration_id = %s AND m.source_position <= s.%s), 0) END",
-                qpos, r->ids, qpos, r->ids, qpos);
-        else
-            e = cm_xasprintf("s.%s", tok);
-        if (b.len > 0)
-            cm_buf_append(&b, ", ", 2);
-        cm_buf_append(&b, e, strlen(e));
-        free(e);
-    }
-    cm_buf_append_u8(&b, 0);
-    out = cm_xstrdup((const char *)b.data);
-    cm_buf_free(&b);
-    free(cols);
-    free(qpos);
-    return out;
+    (void)r;
+    return cm_xstrdup(t->select_cols != NULL ? t->select_cols : t->copy_cols);
 }
 
 /*

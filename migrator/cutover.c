@@ -15,8 +15,8 @@
 
 #define LOG_CTX        "cutover"
 #define POLL_MS        5
-#define EXTRA_WAIT_MS  30000  /* beyond the budget: the runner's pick-up and clean-up */
-#define VERIFY_WAIT_MS 600000 /* a consistency check reads the tenant's rows on both stores */
+#define EXTRA_WAIT_MS  30000 /* beyond the budget: the runner's pick-up and clean-up */
+#define VERIFY_WAIT_MS 60000 /* then the check goes on, and SHOW MIGRATION tells its outcome */
 
 /*
  * Poll the record until sql (params: the migration id, the request number)
@@ -191,11 +191,23 @@ mig_result_t *mig_verify_request(const mig_env_t *env, PGconn **control, const m
     PGresult *res;
 
     snprintf(ids, sizeof(ids), "%lld", (long long)req->migration_id);
-    res = dual_write_record(env, control, ids, "VERIFY", "both stores hold the tenant's rows", "",
-                            &fail);
+    res = dual_write_record(env, control, ids, "VERIFY", "both stores hold the tenant's rows",
+                            ", paused, coalesce(dw_status->>'breaker', 'closed')", &fail);
     if (res == NULL)
         return fail;
+    /* The runner checks between rounds: none run while paused or while the target fails. */
+    fail = NULL;
+    if (strcmp(PQgetvalue(res, 0, 2), "t") == 0)
+        fail = mig_result_error("55000", "migration %s is paused: RESUME MIGRATION %s first", ids,
+                                ids);
+    else if (strcmp(PQgetvalue(res, 0, 3), "closed") != 0)
+        fail = mig_result_error("55000",
+                                "migration %s: the target's circuit breaker is %s; VERIFY once "
+                                "the target is back",
+                                ids, PQgetvalue(res, 0, 3));
     PQclear(res);
+    if (fail != NULL)
+        return fail;
     fail = file_request(env, control, ids, "verify", req->user, reqs);
     if (fail != NULL)
         return fail;
@@ -204,8 +216,13 @@ mig_result_t *mig_verify_request(const mig_env_t *env, PGconn **control, const m
                       "  verify_result->>'detail' FROM pgshift.migrations WHERE id = $1::bigint "
                       "  AND (verify_result->>'request')::bigint = $2::bigint",
                       wait_params, cm_now_ms() + VERIFY_WAIT_MS, &fail);
+    if (res == NULL && fail == NULL)
+        return mig_result_error("57014",
+                                "migration %s: the consistency check is still running; SHOW "
+                                "MIGRATION %s shows consistency_check when it ends",
+                                ids, ids);
     if (res == NULL)
-        return fail != NULL ? fail : no_answer(ids);
+        return fail;
     {
         const char *cells[] = { ids, strcmp(PQgetvalue(res, 0, 0), "true") == 0 ? "t" : "f",
                                 PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2) };

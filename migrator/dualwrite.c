@@ -175,6 +175,21 @@ static uint64_t realtime_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* s as a JSON string ("..." with escapes), or null. Owned. */
+static char *json_str_or_null(const char *s)
+{
+    cm_buf_t b = { 0 };
+    char *out;
+
+    if (s == NULL)
+        return cm_xstrdup("null");
+    cm_buf_append_json_str(&b, s);
+    cm_buf_append_u8(&b, 0);
+    out = cm_xstrdup((const char *)b.data);
+    cm_buf_free(&b);
+    return out;
+}
+
 /* Drop notifications queued on c (LISTEN leftovers). */
 static void drop_notifies(PGconn *c)
 {
@@ -1018,8 +1033,8 @@ static run_rc_t publish_status(dw_t *d, bool *phase_ok, bool *paused)
     if (d->timeout_minutes > 0 && now - d->started_ms > (uint64_t)d->timeout_minutes * 60000)
         warn = "dual_write_timeout_minutes exceeded: cut over or abort";
     {
-        char *why_js = why ? cm_xasprintf("\"%s\"", why) : cm_xstrdup("null");
-        char *warn_js = warn ? cm_xasprintf("\"%s\"", warn) : cm_xstrdup("null");
+        char *why_js = json_str_or_null(why);
+        char *warn_js = json_str_or_null(warn);
 
         snprintf(js, sizeof(js),
                  "{\"at_ms\": %" PRIu64 ", \"lag_events\": %lld, \"lag_age_ms\": %" PRIu64
@@ -1403,6 +1418,10 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
     char lt[32];
 
     *completed = false;
+    /* Both stores connected before the hold (a failed sweep dropped them), not inside it. */
+    rc = mig_run_connect_stores(r);
+    if (rc != RUN_OK)
+        return rc;
     /* Listen before the phase change, so no acknowledgement is missed. */
     rc = mig_run_x(r, r->ctl, "control store", "LISTEN " MIG_ACKS_CHANNEL, 0, NULL);
     if (rc != RUN_OK)
@@ -1470,8 +1489,8 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
          */
         {
             cm_buf_t q = { 0 };
-            PGresult *res3[3 + 16];
-            size_t n_seq = 0, seq_tab[16];
+            PGresult **res3 = cm_xcalloc(3 + r->n_tabs, sizeof(*res3));
+            size_t n_seq = 0, *seq_tab = cm_xcalloc(r->n_tabs + 1, sizeof(*seq_tab));
 
             s = cm_xasprintf("SET lock_timeout = %s; SELECT pg_advisory_lock(" FENCE_LOCK_CLASS
                              ", hashtext(%s)); INSERT INTO pgshift.fence (tenant, migration_id) "
@@ -1480,7 +1499,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
                              lt, d->tenant_src, d->tenant_src, r->ids);
             cm_buf_append(&q, s, strlen(s));
             free(s);
-            for (size_t i = 0; i < r->n_tabs && n_seq < CM_ARRAY_LEN(seq_tab); i++) {
+            for (size_t i = 0; i < r->n_tabs; i++) {
                 if (!r->tabs[i].has_pos || strcmp(r->tabs[i].mode, "preserve") != 0)
                     continue;
                 s = seq_last_sql(r, d->fence, &r->tabs[i]);
@@ -1510,6 +1529,8 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
                 set_str(&d->sweep_prelude, pre.len > 1 ? (const char *)pre.data : NULL);
                 cm_buf_free(&pre);
             }
+            free(res3);
+            free(seq_tab);
         }
         locked = true; /* maybe: unfence releases every advisory lock and resets the timeout */
         if (rc != RUN_OK) {
@@ -1751,9 +1772,10 @@ static char *verify_sql(const dw_t *d, size_t i, bool src)
 }
 
 /* Settings that change how rows print as text: the same on both stores while checking. */
-#define VERIFY_SESSION_SQL                                                               \
-    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; " \
-    "SET extra_float_digits = 3; SET bytea_output = 'hex'"
+#define VERIFY_SESSION_SQL                                                            \
+    "BEGIN READ ONLY; SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, MDY'; " \
+    "SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; "        \
+    "SET LOCAL bytea_output = 'hex'"
 
 /*
  * The consistency check: every position table's tenant rows at or below
@@ -1813,9 +1835,14 @@ static run_rc_t verify_once(dw_t *d, int64_t request, bool *done)
         PQclear(a);
         PQclear(b);
     }
+    if (rc == RUN_OK)
+        rc = mig_run_x(r, r->src, "source store", "COMMIT", 0, NULL);
+    if (rc == RUN_OK)
+        rc = mig_run_x(r, r->dst, "target store", "COMMIT", 0, NULL);
     if (rc != RUN_OK) {
         cm_buf_free(&det);
-        return is_target_error(r) ? RUN_OK : rc; /* a target failure: the check waits */
+        mig_run_drop_stores(r); /* their transactions die with them */
+        return rc;              /* a target failure counts as a failed round */
     }
     if (det.len == 0)
         cm_buf_append_cstr(&det, "no position table rows to compare yet");
@@ -1823,20 +1850,27 @@ static run_rc_t verify_once(dw_t *d, int64_t request, bool *done)
         cm_buf_append_u8(&det, 0);
     d->verify_state = ok ? VERIFY_PASSED : VERIFY_FAILED;
     snprintf(d->verify_detail, sizeof(d->verify_detail), "%s", (const char *)det.data);
-    js = cm_xasprintf("{\"request\": %" PRId64 ", \"passed\": %s, \"rows\": %lld, \"ms\": %" PRIu64
-                      ", \"detail\": \"%s\"}",
-                      request, ok ? "true" : "false", rows, cm_now_ms() - t0, d->verify_detail);
     {
-        const char *params[] = { r->ids, js };
+        char rq[24], rw[24], ms[24];
+        const char *params[] = { r->ids, rq, ok ? "true" : "false", rw, ms, d->verify_detail };
+        PGresult *res;
 
-        rc = mig_run_x(r, r->ctl, "control store",
-                       "UPDATE pgshift.migrations SET verify_result = $2::jsonb "
-                       "WHERE id = $1::bigint",
-                       2, params);
+        snprintf(rq, sizeof(rq), "%" PRId64, request);
+        snprintf(rw, sizeof(rw), "%lld", rows);
+        snprintf(ms, sizeof(ms), "%" PRIu64, cm_now_ms() - t0);
+        res = mig_run_q(r, r->ctl, "control store",
+                        "UPDATE pgshift.migrations SET verify_result = jsonb_build_object("
+                        "  'request', $2::bigint, 'passed', $3::bool, 'rows', $4::bigint, "
+                        "  'ms', $5::bigint, 'detail', $6::text) "
+                        "WHERE id = $1::bigint RETURNING verify_result::text",
+                        6, params, &rc);
+        js = res != NULL && PQntuples(res) == 1 ? cm_xstrdup(PQgetvalue(res, 0, 0)) : NULL;
+        PQclear(res);
     }
     if (rc == RUN_OK) {
         *done = true;
-        mig_run_audit(r, ok ? "verification_completed" : "verification_failed", js);
+        if (js != NULL)
+            mig_run_audit(r, ok ? "verification_completed" : "verification_failed", js);
     }
     LOG_INFO(LOG_CTX, "migration %s: consistency check %s in %" PRIu64 " ms: %s", r->ids,
              ok ? "passed" : "FAILED", cm_now_ms() - t0, d->verify_detail);
@@ -1942,6 +1976,10 @@ static run_rc_t dw_loop(dw_t *d)
                 bool done = false;
 
                 rc = verify_once(d, d->verify_pending > d->verify_seen ? vr : 0, &done);
+                if (rc != RUN_OK && is_target_error(r)) {
+                    record_failure(d); /* the check waits for the target, like the rounds */
+                    continue;
+                }
                 if (rc != RUN_OK)
                     return rc;
                 if (done)

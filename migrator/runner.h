@@ -35,7 +35,8 @@ typedef struct tab {
     long long total;  /* rows at the barrier */
     long long copied; /* rows copied (committed on the target) */
     bool done;
-    char *stage; /* map mode: the temporary table on the target */
+    char *stage;       /* map mode: the temporary table on the target */
+    char *select_cols; /* translate mode: the columns of a stage row "s", translated */
 } tab_t;
 
 typedef struct run {

@@ -64,20 +64,6 @@ static void appendf(cm_buf_t *b, const char *fmt, ...)
         cm_buf_append(b, tmp, CM_MIN((size_t)n, sizeof(tmp) - 1));
 }
 
-static void json_str(cm_buf_t *b, const char *s)
-{
-    cm_buf_append_u8(b, '"');
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            appendf(b, "\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            appendf(b, "\\u%04x", (unsigned)*s);
-        else
-            cm_buf_append_u8(b, (uint8_t)*s);
-    }
-    cm_buf_append_u8(b, '"');
-}
-
 static void render_metrics(px_proxy_t *p, cm_buf_t *b)
 {
     px_stats_t *st = &p->stats;
@@ -165,15 +151,15 @@ static void render_status(px_proxy_t *p, cm_buf_t *b)
             p->is_paused ? "true" : "false", p->is_shutting_down ? "true" : "false");
     appendf(b, "\"clients\":%d,\"admin_clients\":%d,\"default_store\":", p->n_clients,
             p->n_admin_clients);
-    json_str(b, p->default_store->name);
+    cm_buf_append_json_str(b, p->default_store->name);
     appendf(b, ",\"stores\":[");
     for (size_t i = 0; i < p->n_stores; i++) {
         px_store_t *s = p->stores[i];
 
         appendf(b, "%s{\"name\":", i ? "," : "");
-        json_str(b, s->name);
+        cm_buf_append_json_str(b, s->name);
         appendf(b, ",\"host\":");
-        json_str(b, s->host);
+        cm_buf_append_json_str(b, s->host);
         appendf(b, ",\"port\":%d,\"servers\":%d,\"queries\":%llu,\"transactions\":%llu}", s->port,
                 s->n_servers, (unsigned long long)s->n_queries, (unsigned long long)s->n_xacts);
     }

@@ -1003,8 +1003,7 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
             return cl_refuse(c, true, d.sqlstate, d.message);
         case ROUTE_ACT_NEED_LOOKUP:
             route_class_unref(cls);
-            cl_hold_end(c, PX_HOLD_RELEASED, -1);
-            return cl_lookup(c, &d);
+            return cl_lookup(c, &d); /* a hold goes on through the lookup */
         case ROUTE_ACT_HOLD:
             route_class_unref(cls);
             return cl_hold(c, true, &d);
@@ -1023,6 +1022,7 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
                          "statements separately",
                          p->stores[first.store]->name, p->stores[d.store]->name);
                 route_class_unref(cls);
+                cl_hold_end(c, PX_HOLD_REFUSED, -1);
                 return cl_refuse(c, true, "0A000", m);
             }
             if (d.binds)
@@ -1362,7 +1362,7 @@ static rt_rc_t rt_bind(px_client_t *c, const uint8_t *msg, size_t msg_len, const
         d.binds = true;
         d.tentative = false;
     }
-    if (d.action != ROUTE_ACT_HOLD)
+    if (d.action != ROUTE_ACT_HOLD && d.action != ROUTE_ACT_NEED_LOOKUP)
         cl_hold_end(c, d.action == ROUTE_ACT_REFUSE ? PX_HOLD_REFUSED : PX_HOLD_RELEASED,
                     d.action == ROUTE_ACT_SEND ? d.store : -1);
     switch (d.action) {

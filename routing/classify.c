@@ -39,7 +39,7 @@ typedef struct cls {
     route_stmt_t *st;
     size_t cap_tables, cap_tenants, cap_keys, cap_rows;
     int max_param;
-    size_t n_facts; /* tenant and key facts noted so far (duplicates too) */
+    size_t n_tfacts, n_kfacts; /* tenant and key facts noted so far (duplicates too) */
 } cls_t;
 
 /* ---- small helpers -------------------------------------------------- */
@@ -288,8 +288,10 @@ static void note(cls_t *c, col_role_t role, int key_idx, const route_val_t *v)
 
     if (v->kind != ROUTE_VAL_LITERAL && v->kind != ROUTE_VAL_PARAM)
         return;
-    if (role == ROLE_TENANT || role == ROLE_KEY)
-        c->n_facts++;
+    if (role == ROLE_TENANT)
+        c->n_tfacts++;
+    else if (role == ROLE_KEY)
+        c->n_kfacts++;
     if (role == ROLE_TENANT) {
         push_val(&st->tenants, &st->n_tenants, &c->cap_tenants, v);
     } else if (role == ROLE_KEY) {
@@ -402,31 +404,37 @@ static void where_op(cls_t *c, uint32_t ae)
 static void where_walk(cls_t *c, uint32_t i, int depth);
 
 /*
- * a OR b OR ...: the rows can be of the tenants (or keys) each disjunct
- * names, so those facts hold for the statement only when every disjunct
- * names at least one; otherwise the OR says nothing about tenants and its
- * facts are dropped again. A position bound inside an OR bounds nothing.
+ * a OR b OR ...: the rows can be of any tenant that some branch names. The
+ * OR's tenants hold for the statement only when every branch names a tenant,
+ * and its keys only when every branch names a key (routing goes by tenants
+ * first, so a tenant of one branch must not hide the key of another);
+ * otherwise they are dropped again. A position bound inside an OR bounds
+ * nothing.
  */
 static void where_or(cls_t *c, uint32_t args, int depth)
 {
     const route_jdoc_t *d = c->d;
     route_stmt_t *st = c->st;
-    size_t t0 = st->n_tenants, k0 = st->n_keys, facts0 = c->n_facts;
+    size_t t0 = st->n_tenants, k0 = st->n_keys, tf0 = c->n_tfacts, kf0 = c->n_kfacts;
     route_val_t pos0 = st->position_min;
-    bool every = true;
+    bool every_t = true, every_k = true;
 
     for (uint32_t a = d->v[args].child; a != 0; a = d->v[a].next) {
-        size_t before = c->n_facts;
+        size_t tf = c->n_tfacts, kf = c->n_kfacts;
 
         where_walk(c, a, depth + 1);
-        every &= c->n_facts > before;
+        every_t &= c->n_tfacts > tf;
+        every_k &= c->n_kfacts > kf;
     }
-    if (!every) {
+    if (!every_t) {
         while (st->n_tenants > t0)
             val_free(&st->tenants[--st->n_tenants]);
+        c->n_tfacts = tf0; /* retracted: an enclosing OR must not count them */
+    }
+    if (!every_k) {
         while (st->n_keys > k0)
             val_free(&st->keys[--st->n_keys]);
-        c->n_facts = facts0; /* retracted: an enclosing OR must not count them */
+        c->n_kfacts = kf0;
     }
     if (pos0.kind == ROUTE_VAL_NONE && st->position_min.kind != ROUTE_VAL_NONE) {
         val_free(&st->position_min);
