@@ -91,7 +91,11 @@ typedef struct dw_tab {
     char *new_lo; /* set when the barrier passed before this round's snapshot */
     uint64_t last_full_ms;
     long long last_count; /* mutable tables: the tenant's rows after the last full round, -1 */
-    bool scanned;         /* this round read the table */
+    char *v_goal;         /* consistency check: the position it checks up to (lo at its start) */
+    char *v_upto;         /* ... and has checked up to; NULL = from the start */
+    long long v_rows;     /* rows found equal so far */
+    bool v_done;
+    bool scanned; /* this round read the table */
 } dw_tab_t;
 
 typedef struct dw {
@@ -134,6 +138,9 @@ typedef struct dw {
     char verify_detail[400]; /* what the last check found */
     int64_t verify_seen;     /* the last VERIFY request answered */
     int64_t verify_pending;
+    bool verify_running;      /* a check is under way, one chunk per round */
+    int64_t verify_request;   /* the request it answers, 0 = the automatic check */
+    uint64_t verify_start_ms; /* */
 
     /* cutover */
     int64_t request_seen; /* the last CUTOVER request answered */
@@ -244,6 +251,8 @@ static void dw_free(dw_t *d)
             free(d->t[i].lo);
             free(d->t[i].bar_hi);
             free(d->t[i].new_lo);
+            free(d->t[i].v_goal);
+            free(d->t[i].v_upto);
         }
     free(d->t);
     mig_run_drop_conn(&d->fence);
@@ -955,6 +964,12 @@ static const char *not_ready(const dw_t *d, char *buf, size_t len, long long *pr
 {
     *predicted = ACK_RTT_MS + (long long)d->last_full_round_ms + (long long)d->last_round_ms +
                  (long long)(d->ms_per_row * (double)d->lag_events);
+    /* First: it does not go away by itself. */
+    if (d->verify_on && d->verify_state == VERIFY_FAILED) {
+        snprintf(buf, len, "the consistency check failed: %s (VERIFY %s runs it again)",
+                 d->verify_detail, d->r->ids);
+        return buf;
+    }
     if (d->brk != BRK_CLOSED) {
         snprintf(buf, len, "the target's circuit breaker is %s", brk_name(d->brk));
         return buf;
@@ -978,12 +993,17 @@ static const char *not_ready(const dw_t *d, char *buf, size_t len, long long *pr
         return buf;
     }
     if (d->verify_on && d->verify_state == VERIFY_PENDING) {
-        snprintf(buf, len, "the consistency check (verify_consistency) has not run yet");
-        return buf;
-    }
-    if (d->verify_on && d->verify_state == VERIFY_FAILED) {
-        snprintf(buf, len, "the consistency check failed: %s (VERIFY %s runs it again)",
-                 d->verify_detail, d->r->ids);
+        long long rows = 0;
+
+        for (size_t i = 0; i < d->r->n_tabs; i++)
+            rows += d->t[i].v_rows;
+        if (d->verify_running)
+            snprintf(buf, len,
+                     "the consistency check (verify_consistency) is under way: %lld "
+                     "rows compared",
+                     rows);
+        else
+            snprintf(buf, len, "the consistency check (verify_consistency) has not run yet");
         return buf;
     }
     return NULL;
@@ -1732,152 +1752,228 @@ static bool verify_possible(const dw_t *d)
     return true;
 }
 
-/*
- * Count and digest of the tenant's rows of position table i at or below its
- * lower bound, on the source (src) or the target: a sum of 60-bit prefixes
- * of each row's md5 (order-free, no big aggregate state). Rows keep their
- * source position in preserve mode; in map mode the target's rows are
- * paired with their source positions through pgshift.target_position_map.
- */
-static char *verify_sql(const dw_t *d, size_t i, bool src)
-{
-    const run_t *r = d->r;
-    const tab_t *t = &r->tabs[i];
-    bool map = strcmp(t->mode, "map") == 0;
-    char *lo = mig_run_lit(src ? r->src : r->dst, d->t[i].lo), *sql;
-    const char *pos = t->key_q[0];
-
-    if (!map)
-        sql = cm_xasprintf("SELECT count(*), coalesce(sum(('x' || left(md5(ROW(%s)::text), 15))"
-                           "::bit(60)::bigint::numeric), 0)::text FROM %s WHERE %s = %s AND "
-                           "%s <= %s::%s",
-                           t->all_cols, t->q, r->tcol, src ? d->tenant_src : r->tenant_lit, pos, lo,
-                           t->key_type[0]);
-    else if (src)
-        sql =
-            cm_xasprintf("SELECT count(*), coalesce(sum(('x' || left(md5(ROW(%s)::text || ':' "
-                         "|| %s), 15))::bit(60)::bigint::numeric), 0)::text FROM %s WHERE %s = "
-                         "%s AND %s <= %s::%s",
-                         t->copy_cols, pos, t->q, r->tcol, d->tenant_src, pos, lo, t->key_type[0]);
-    else
-        sql = cm_xasprintf("SELECT count(*), coalesce(sum(('x' || left(md5(ROW(%s)::text || ':' "
-                           "|| m.source_position), 15))::bit(60)::bigint::numeric), 0)::text "
-                           "FROM %s JOIN pgshift.target_position_map m ON m.migration_id = %s "
-                           "AND m.target_position = %s.%s WHERE %s = %s AND m.source_position "
-                           "<= %s::%s",
-                           t->copy_cols, t->q, r->ids, t->q, pos, r->tcol, r->tenant_lit, lo,
-                           t->key_type[0]);
-    free(lo);
-    return sql;
-}
-
 /* Settings that change how rows print as text: the same on both stores while checking. */
-#define VERIFY_SESSION_SQL                                                            \
+#define VERIFY_TXN_SQL                                                                \
     "BEGIN READ ONLY; SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, MDY'; " \
     "SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; "        \
     "SET LOCAL bytea_output = 'hex'"
 
+/* Order-free digest of rows: the sum of a 60-bit prefix of each row's md5 (of text). */
+#define VERIFY_HASH(text) \
+    "coalesce(sum(('x' || left(md5(" text "), 15))::bit(60)::bigint::numeric), 0)"
+
 /*
- * The consistency check: every position table's tenant rows at or below
- * its lower bound (all on the target by then, and final: position tables
- * are append-only) compared by count and digest between the stores. Rows
- * above it and the mutable tables are made exact by the cutover's final
- * sweep, under the fence. Answers request (0 = the automatic check) in
- * verify_result and the audit log. A source or control failure returns it;
- * a target failure leaves the check pending.
+ * The next chunk of position table i on the source: count, digest and the
+ * highest position of the tenant's first batch_size rows above v_upto
+ * and at or below v_goal. Rows keep their source position in preserve mode;
+ * in map mode the position is part of the digested text, as the target pairs
+ * its rows with their source positions. Owned.
  */
-static run_rc_t verify_once(dw_t *d, int64_t request, bool *done)
+static char *verify_src_sql(const dw_t *d, size_t i)
+{
+    const run_t *r = d->r;
+    const tab_t *t = &r->tabs[i];
+    const char *pos = t->key_q[0];
+    bool map = strcmp(t->mode, "map") == 0;
+    char *goal = mig_run_lit(r->src, d->t[i].v_goal), *from = NULL, *sql;
+
+    if (d->t[i].v_upto != NULL) {
+        char *l = mig_run_lit(r->src, d->t[i].v_upto);
+
+        from = cm_xasprintf(" AND %s > %s::%s", pos, l, t->key_type[0]);
+        free(l);
+    }
+    sql = cm_xasprintf(
+        "SELECT count(*), " VERIFY_HASH(
+            "x.pgshift_row") ", max(x.pgshift_pos)::text "
+                             "FROM (SELECT ROW(%s)::text%s%s AS pgshift_row, %s AS pgshift_pos "
+                             "FROM %s "
+                             "WHERE %s = %s AND %s <= %s::%s%s ORDER BY %s LIMIT %d) x",
+        map ? t->copy_cols : t->all_cols, map ? " || ':' || " : "", map ? pos : "", pos, t->q,
+        r->tcol, d->tenant_src, pos, goal, t->key_type[0], from ? from : "", pos, r->batch_size);
+    free(goal);
+    free(from);
+    return sql;
+}
+
+/* The same rows on the target: positions above v_upto and at or below hi. Owned. */
+static char *verify_dst_sql(const dw_t *d, size_t i, const char *hi)
+{
+    const run_t *r = d->r;
+    const tab_t *t = &r->tabs[i];
+    const char *pos = t->key_q[0];
+    const char *col = strcmp(t->mode, "map") == 0 ? "m.source_position" : NULL;
+    char *h = mig_run_lit(r->dst, hi), *from = NULL, *sql;
+    char *spos = col ? cm_xstrdup(col) : cm_xasprintf("%s.%s", t->q, pos);
+
+    if (d->t[i].v_upto != NULL) {
+        char *l = mig_run_lit(r->dst, d->t[i].v_upto);
+
+        from = cm_xasprintf(" AND %s > %s::%s", spos, l, t->key_type[0]);
+        free(l);
+    }
+    if (col == NULL)
+        sql = cm_xasprintf("SELECT count(*), " VERIFY_HASH("ROW(%s)::text") " FROM %s WHERE %s = "
+                                                                            "%s AND %s <= %s::%s%s",
+                           t->all_cols, t->q, r->tcol, r->tenant_lit, spos, h, t->key_type[0],
+                           from ? from : "");
+    else
+        sql = cm_xasprintf("SELECT count(*), " VERIFY_HASH(
+                               "ROW(%s)::text || ':' || "
+                               "m.source_position") " "
+                                                    "FROM %s JOIN pgshift.target_position_map m ON "
+                                                    "m.migration_id = %s "
+                                                    "AND m.target_position = %s.%s WHERE %s = %s "
+                                                    "AND %s <= %s::%s%s",
+                           t->copy_cols, t->q, r->ids, t->q, pos, r->tcol, r->tenant_lit, spos, h,
+                           t->key_type[0], from ? from : "");
+    free(h);
+    free(from);
+    free(spos);
+    return sql;
+}
+
+/* Start a check (request 0 = the automatic one): every position table up to its lower bound. */
+static void verify_start(dw_t *d, int64_t request)
 {
     run_t *r = d->r;
-    cm_buf_t det = { 0 };
+
+    for (size_t i = 0; i < r->n_tabs; i++) {
+        set_str(&d->t[i].v_goal, d->t[i].lo);
+        set_str(&d->t[i].v_upto, NULL);
+        d->t[i].v_rows = 0;
+        /* nothing to compare: not a position table, or no row was there at the last barrier */
+        d->t[i].v_done = !r->tabs[i].has_pos || d->t[i].lo == NULL;
+    }
+    d->verify_running = true;
+    d->verify_request = request;
+    d->verify_start_ms = cm_now_ms();
+}
+
+/* Record the outcome of the check in verify_result and the audit log. */
+static run_rc_t verify_finish(dw_t *d, bool ok, const char *detail)
+{
+    run_t *r = d->r;
+    char rq[24], rw[24], ms[24];
     long long rows = 0;
-    bool ok = true;
+    const char *params[] = { r->ids, rq, ok ? "true" : "false", rw, ms, detail };
+    PGresult *res;
     run_rc_t rc = RUN_OK;
-    char *js;
-    uint64_t t0 = cm_now_ms();
 
-    *done = false;
-    rc = mig_run_x(r, r->src, "source store", VERIFY_SESSION_SQL, 0, NULL);
-    if (rc == RUN_OK)
-        rc = mig_run_x(r, r->dst, "target store", VERIFY_SESSION_SQL, 0, NULL);
-    for (size_t i = 0; rc == RUN_OK && i < r->n_tabs; i++) {
-        const tab_t *t = &r->tabs[i];
-        PGresult *a = NULL, *b = NULL;
-        char *sql, *e;
+    for (size_t i = 0; i < r->n_tabs; i++)
+        rows += d->t[i].v_rows;
+    d->verify_running = false;
+    d->verify_state = ok ? VERIFY_PASSED : VERIFY_FAILED;
+    snprintf(d->verify_detail, sizeof(d->verify_detail), "%s", detail);
+    snprintf(rq, sizeof(rq), "%" PRId64, d->verify_request);
+    snprintf(rw, sizeof(rw), "%lld", rows);
+    snprintf(ms, sizeof(ms), "%" PRIu64, cm_now_ms() - d->verify_start_ms);
+    res = mig_run_q(r, r->ctl, "control store",
+                    "UPDATE pgshift.migrations SET verify_result = jsonb_build_object("
+                    "  'request', $2::bigint, 'passed', $3::bool, 'rows', $4::bigint, "
+                    "  'ms', $5::bigint, 'detail', $6::text) "
+                    "WHERE id = $1::bigint RETURNING verify_result::text",
+                    6, params, &rc);
+    if (res != NULL && PQntuples(res) == 1)
+        mig_run_audit(r, ok ? "verification_completed" : "verification_failed",
+                      PQgetvalue(res, 0, 0));
+    PQclear(res);
+    LOG_INFO(LOG_CTX, "migration %s: consistency check %s in %s ms: %s", r->ids,
+             ok ? "passed" : "FAILED", ms, d->verify_detail);
+    d->verify_seen = CM_MAX(d->verify_seen, d->verify_request);
+    d->last_status_ms = 0; /* publish the new readiness now */
+    return rc;
+}
 
-        if (!t->has_pos || d->t[i].lo == NULL)
-            continue;
-        sql = verify_sql(d, i, true);
-        a = mig_run_q(r, r->src, "source store", sql, 0, NULL, &rc);
-        free(sql);
-        if (a != NULL) {
-            sql = verify_sql(d, i, false);
-            b = mig_run_q(r, r->dst, "target store", sql, 0, NULL, &rc);
-            free(sql);
-        }
-        if (a != NULL && b != NULL) {
-            bool same = strcmp(PQgetvalue(a, 0, 0), PQgetvalue(b, 0, 0)) == 0 &&
-                        strcmp(PQgetvalue(a, 0, 1), PQgetvalue(b, 0, 1)) == 0;
+/*
+ * One step of the consistency check, between two rounds: the next chunk of
+ * the first position table not done, compared by count and digest between
+ * the stores. The rows it covers, at or below the table's lower bound when
+ * the check began, are all on the target and final (position tables are
+ * append-only), so the check is exact and can go on in chunks while
+ * dual-write runs; rows above it and the mutable tables are made exact by
+ * the cutover's final sweep, under the fence. The last step records the
+ * outcome. A source or control failure returns it; a target failure is
+ * returned too (the caller counts it as a failed round), and the check goes
+ * on from where it was.
+ */
+static run_rc_t verify_step(dw_t *d)
+{
+    run_t *r = d->r;
+    size_t i;
+    run_rc_t rc;
+    PGresult *a = NULL, *b = NULL;
+    char *sql;
 
-            rows += strtoll(PQgetvalue(a, 0, 0), NULL, 10);
-            if (same)
-                e = cm_xasprintf("%s%s: %s rows up to position %s equal", det.len ? "; " : "",
-                                 t->name, PQgetvalue(a, 0, 0), d->t[i].lo);
-            else
-                e = cm_xasprintf("%s%s: rows up to position %s differ (%s on the source, %s on "
-                                 "the target, or their contents)",
-                                 det.len ? "; " : "", t->name, d->t[i].lo, PQgetvalue(a, 0, 0),
-                                 PQgetvalue(b, 0, 0));
-            ok &= same;
+    for (i = 0; i < r->n_tabs && d->t[i].v_done; i++)
+        ;
+    if (i == r->n_tabs) {
+        cm_buf_t det = { 0 };
+        run_rc_t frc;
+
+        for (size_t k = 0; k < r->n_tabs; k++) {
+            char *e;
+
+            if (!r->tabs[k].has_pos || d->t[k].v_goal == NULL)
+                continue;
+            e = cm_xasprintf("%s%s: %lld rows up to position %s equal", det.len ? "; " : "",
+                             r->tabs[k].name, d->t[k].v_rows, d->t[k].v_goal);
             cm_buf_append(&det, e, strlen(e));
             free(e);
         }
-        PQclear(a);
-        PQclear(b);
+        if (det.len == 0)
+            cm_buf_append_cstr(&det, "no position table rows to compare yet");
+        else
+            cm_buf_append_u8(&det, 0);
+        frc = verify_finish(d, true, (const char *)det.data);
+        cm_buf_free(&det);
+        return frc;
+    }
+    rc = mig_run_x(r, r->src, "source store", VERIFY_TXN_SQL, 0, NULL);
+    if (rc == RUN_OK)
+        rc = mig_run_x(r, r->dst, "target store", VERIFY_TXN_SQL, 0, NULL);
+    if (rc == RUN_OK) {
+        sql = verify_src_sql(d, i);
+        a = mig_run_q(r, r->src, "source store", sql, 0, NULL, &rc);
+        free(sql);
+    }
+    if (a != NULL && !PQgetisnull(a, 0, 2)) {
+        sql = verify_dst_sql(d, i, PQgetvalue(a, 0, 2));
+        b = mig_run_q(r, r->dst, "target store", sql, 0, NULL, &rc);
+        free(sql);
     }
     if (rc == RUN_OK)
         rc = mig_run_x(r, r->src, "source store", "COMMIT", 0, NULL);
     if (rc == RUN_OK)
         rc = mig_run_x(r, r->dst, "target store", "COMMIT", 0, NULL);
     if (rc != RUN_OK) {
-        cm_buf_free(&det);
+        PQclear(a);
+        PQclear(b);
         mig_run_drop_stores(r); /* their transactions die with them */
-        return rc;              /* a target failure counts as a failed round */
+        return rc;
     }
-    if (det.len == 0)
-        cm_buf_append_cstr(&det, "no position table rows to compare yet");
-    else
-        cm_buf_append_u8(&det, 0);
-    d->verify_state = ok ? VERIFY_PASSED : VERIFY_FAILED;
-    snprintf(d->verify_detail, sizeof(d->verify_detail), "%s", (const char *)det.data);
-    {
-        char rq[24], rw[24], ms[24];
-        const char *params[] = { r->ids, rq, ok ? "true" : "false", rw, ms, d->verify_detail };
-        PGresult *res;
+    if (b == NULL) {
+        d->t[i].v_done = true; /* nothing left up to the goal */
+    } else if (strcmp(PQgetvalue(a, 0, 0), PQgetvalue(b, 0, 0)) != 0 ||
+               strcmp(PQgetvalue(a, 0, 1), PQgetvalue(b, 0, 1)) != 0) {
+        char *det = cm_xasprintf("%s: rows at positions %s%s to %s differ (%s on the source, %s "
+                                 "on the target, or their contents)",
+                                 r->tabs[i].name, d->t[i].v_upto ? "after " : "from the start",
+                                 d->t[i].v_upto ? d->t[i].v_upto : "", PQgetvalue(a, 0, 2),
+                                 PQgetvalue(a, 0, 0), PQgetvalue(b, 0, 0));
 
-        snprintf(rq, sizeof(rq), "%" PRId64, request);
-        snprintf(rw, sizeof(rw), "%lld", rows);
-        snprintf(ms, sizeof(ms), "%" PRIu64, cm_now_ms() - t0);
-        res = mig_run_q(r, r->ctl, "control store",
-                        "UPDATE pgshift.migrations SET verify_result = jsonb_build_object("
-                        "  'request', $2::bigint, 'passed', $3::bool, 'rows', $4::bigint, "
-                        "  'ms', $5::bigint, 'detail', $6::text) "
-                        "WHERE id = $1::bigint RETURNING verify_result::text",
-                        6, params, &rc);
-        js = res != NULL && PQntuples(res) == 1 ? cm_xstrdup(PQgetvalue(res, 0, 0)) : NULL;
-        PQclear(res);
+        PQclear(a);
+        PQclear(b);
+        rc = verify_finish(d, false, det);
+        free(det);
+        return rc;
+    } else {
+        d->t[i].v_rows += strtoll(PQgetvalue(a, 0, 0), NULL, 10);
+        set_str(&d->t[i].v_upto, PQgetvalue(a, 0, 2));
     }
-    if (rc == RUN_OK) {
-        *done = true;
-        if (js != NULL)
-            mig_run_audit(r, ok ? "verification_completed" : "verification_failed", js);
-    }
-    LOG_INFO(LOG_CTX, "migration %s: consistency check %s in %" PRIu64 " ms: %s", r->ids,
-             ok ? "passed" : "FAILED", cm_now_ms() - t0, d->verify_detail);
-    free(js);
-    cm_buf_free(&det);
-    d->last_status_ms = 0; /* publish the new readiness now */
-    return rc;
+    PQclear(a);
+    PQclear(b);
+    return RUN_OK;
 }
 
 static run_rc_t dw_loop(dw_t *d)
@@ -1969,21 +2065,22 @@ static run_rc_t dw_loop(dw_t *d)
             d->converging = (double)events <= d->lag_ewma + 0.5 || events <= d->max_lag;
             d->lag_ewma = 0.8 * d->lag_ewma + 0.2 * (double)events;
             d->lag_events = events;
-            if ((d->verify_pending > d->verify_seen ||
-                 (d->verify_on && d->verify_state == VERIFY_PENDING)) &&
-                verify_possible(d)) {
-                int64_t vr = CM_MAX(d->verify_pending, d->verify_seen);
-                bool done = false;
-
-                rc = verify_once(d, d->verify_pending > d->verify_seen ? vr : 0, &done);
+            /* The consistency check: a new request restarts it; one chunk per round. */
+            if (d->verify_pending > d->verify_seen &&
+                (!d->verify_running || d->verify_request != d->verify_pending) &&
+                verify_possible(d))
+                verify_start(d, d->verify_pending);
+            else if (!d->verify_running && d->verify_on && d->verify_state == VERIFY_PENDING &&
+                     verify_possible(d))
+                verify_start(d, 0);
+            if (d->verify_running) {
+                rc = verify_step(d);
                 if (rc != RUN_OK && is_target_error(r)) {
                     record_failure(d); /* the check waits for the target, like the rounds */
                     continue;
                 }
                 if (rc != RUN_OK)
                     return rc;
-                if (done)
-                    d->verify_seen = vr;
             }
             if (d->last_full_round_ms == 0)
                 d->last_full_round_ms = d->last_round_ms;

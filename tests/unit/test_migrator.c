@@ -1661,12 +1661,13 @@ static void test_mig_copy_and_abort(void **state)
         r = request(&f, &p, vq);
         assert_null(r->err_sqlstate);
         assert_string_equal(cell(r, 0, "passed"), "f");
-        assert_non_null(strstr(cell(r, 0, "detail"), "events: rows up to position"));
+        assert_non_null(strstr(cell(r, 0, "detail"), "events: rows at positions from the start"));
         assert_non_null(strstr(cell(r, 0, "detail"), "differ"));
         probe_trim(&p);
         assert_true(mig_wait(&f, &p, id, "consistency_check", "failed", 5000));
         v = mig_field(&f, &p, id, "cutover_not_ready_reason");
-        assert_non_null(strstr(v, "consistency check failed"));
+        if (strstr(v, "consistency check failed") == NULL)
+            fail_msg("cutover_not_ready_reason: %s", v);
         free(v);
         sql_ok(c, "UPDATE events SET version = version - 1000 WHERE global_position = (SELECT "
                   "min(global_position) FROM events)");
