@@ -494,23 +494,25 @@ def test_cutover_under_load(cut_env):
     report(sc, res, "cutover %r took %.3fs" % (row, took))
     check_cutover(env, sc, res, t0, t1, src_at_switch)
     assert_reads_go_to_target(env, sc)
-    # The tenant's own writers were held at most about the budget.
+    # The tenant's own writers were held at most the budget: exactly, as pgshift held
+    # each statement (SHOW HOLDS); from the clients' side with room for the machine's
+    # own stalls (a client process starved for 3 s has been seen on the 2-CPU CI machine).
+    assert_holds(env, sc, budget_ms=2000)
     stall = res.max_stall(sc.t, t0, t1)
-    assert stall < 2.0 + 1.0, "tenant held %.3fs at cutover" % stall
-    assert_holds(env, sc)
+    assert stall < 2.0 + 3.0, "tenant held %.3fs at cutover" % stall
 
 
-def assert_holds(env, sc):
+def assert_holds(env, sc, budget_ms):
     """SHOW HOLDS: every statement held was the migrating tenant's, held on
-    the source and sent on to the target within the budget; /metrics counts
-    the same holds in its histogram."""
+    the source and sent on to the target within the budget (plus the
+    release); /metrics counts the same holds in its histogram."""
     holds = env.admin("SHOW HOLDS")
     print("holds: %d, held_ms %s" % (len(holds), sorted(float(h["held_ms"]) for h in holds)))
     for h in holds:
         assert h["tenant"] == sc.t, ("another tenant was held", h)
         assert h["held_store"] == "src" and h["outcome"] == "released", h
         assert h["to_store"] in ("dst", None), h
-        assert 0 <= float(h["held_ms"]) < 3000, h
+        assert 0 <= float(h["held_ms"]) < budget_ms + 500, h
     assert [int(h["seq"]) for h in holds] == list(range(1, len(holds) + 1)), holds
     m = env.metrics()
     assert m["pgshift_cutover_hold_seconds_count"] == len(holds), m
