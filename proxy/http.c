@@ -98,7 +98,7 @@ static void render_metrics(px_proxy_t *p, cm_buf_t *b)
     appendf(b,
             "# HELP pgshift_cutover_hold_ms_sum Total time statements were held at cutovers.\n"
             "# TYPE pgshift_cutover_hold_ms_sum counter\npgshift_cutover_hold_ms_sum %llu\n",
-            (unsigned long long)st->cutover_hold_ms_sum);
+            (unsigned long long)(st->cutover_hold_us_sum / 1000));
     appendf(b,
             "# HELP pgshift_cutover_hold_timeouts_total Held statements refused after "
             "max_hold_ms.\n# TYPE pgshift_cutover_hold_timeouts_total "

@@ -370,10 +370,9 @@ typedef struct px_stats {
     uint64_t bytes_out;
     /* cutover holds that ended (released, or refused past max_hold_ms) */
     uint64_t n_cutover_holds;
-    uint64_t cutover_hold_ms_sum;
     uint64_t cutover_hold_ms_max;
     uint64_t n_cutover_hold_timeouts; /* of them: refused past max_hold_ms */
-    uint64_t cutover_hold_us_sum;
+    uint64_t cutover_hold_us_sum; /* the ms sum of /metrics is this / 1000 */
     uint64_t cutover_hold_hist[PX_HOLD_BUCKETS]; /* by px_hold_bucket_ms (last = +Inf) */
 } px_stats_t;
 

@@ -922,7 +922,6 @@ static void cl_hold_end(px_client_t *c, px_hold_outcome_t outcome, int to_store)
     c->hold_tenant = NULL;
 
     p->stats.n_cutover_holds++;
-    p->stats.cutover_hold_ms_sum += ms;
     p->stats.cutover_hold_us_sum += rec.held_us;
     p->stats.cutover_hold_ms_max = CM_MAX(p->stats.cutover_hold_ms_max, ms);
     while (b < PX_HOLD_BUCKETS - 1 && rec.held_us > (uint64_t)px_hold_bound_ms[b] * 1000)
