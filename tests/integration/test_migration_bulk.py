@@ -32,6 +32,19 @@ def tenant_total(env, tenant):
                                                                "snapshots"))
 
 
+def copy_rate(env, mid, window_s, start_timeout):
+    """Rows/s the bulk copy of mid makes over window_s, measured from 2 s
+    after it started copying: (rate, the status at the end, (rows, seconds))."""
+    env.wait(mid, lambda s: s["status"] == "copying" and int(s["events_copied"]) > 0,
+             start_timeout, "copying")
+    time.sleep(2.0)
+    c0, t0 = int(env.status(mid)["events_copied"]), time.monotonic()
+    time.sleep(window_s)
+    st = env.status(mid)
+    c1, t1 = int(st["events_copied"]), time.monotonic()
+    return (c1 - c0) / (t1 - t0), st, (c1 - c0, t1 - t0)
+
+
 def route_of(env, tenant):
     for r in env.admin("SHOW ROUTES"):
         if r["tenant"] == tenant:
@@ -161,13 +174,7 @@ def test_rate_limit_then_abort_with_the_app_writing(mig_env):
     app.start()
     mid = env.migrate(t, batch_size=200, max_bulk_copy_rate=rate)
     try:
-        env.wait(mid, lambda s: s["status"] == "copying" and int(s["events_copied"]) > 0, 20,
-                 "copying")
-        time.sleep(2.0)
-        c0, t0 = int(env.status(mid)["events_copied"]), time.monotonic()
-        time.sleep(12.0)
-        c1, t1 = int(env.status(mid)["events_copied"]), time.monotonic()
-        measured = (c1 - c0) / (t1 - t0)
+        measured, _, _ = copy_rate(env, mid, 12.0, start_timeout=20)
         assert 0.9 * rate <= measured <= 1.1 * rate, "measured %.0f rows/s, limit %d" % (
             measured, rate)
         st = env.status(mid)
@@ -274,17 +281,9 @@ def test_rate_limit_holds_over_a_full_minute(mig_env):
     env.start_pgshift()
     mid = env.migrate(t, batch_size=500, max_bulk_copy_rate=rate)
     try:
-        env.wait(mid, lambda s: s["status"] == "copying" and int(s["events_copied"]) > 0, 30,
-                 "copying")
-        time.sleep(2.0)
-        c0, t0 = int(env.status(mid)["events_copied"]), time.monotonic()
-        time.sleep(60.0)
-        st = env.status(mid)
-        c1, t1 = int(st["events_copied"]), time.monotonic()
+        measured, st, (rows, secs) = copy_rate(env, mid, 60.0, start_timeout=30)
         assert st["phase"] == "BULK_COPY", st  # still copying: the window saw the limit only
-        measured = (c1 - c0) / (t1 - t0)
-        print("copied %d rows in %.1fs: %.0f rows/s (limit %d)" % (c1 - c0, t1 - t0, measured,
-                                                                   rate))
+        print("copied %d rows in %.1fs: %.0f rows/s (limit %d)" % (rows, secs, measured, rate))
         assert 0.9 * rate <= measured <= 1.1 * rate, "measured %.0f rows/s over a minute, " \
             "limit %d" % (measured, rate)
     finally:
