@@ -58,8 +58,10 @@
  * table was empty at the barrier, else let the target assign them.
  *
  * Rate limit: a virtual clock - a batch of n rows moves the earliest start
- * of the next batch by n / max_bulk_copy_rate seconds, never earlier than the
- * start of the batch itself, so no credit accumulates.
+ * of the next batch by n / max_bulk_copy_rate seconds. The clock may fall
+ * behind real time by RATE_CREDIT_US at most: batches that ran slow (a busy
+ * machine, a round trip to the control store) are made up, but a long stall
+ * buys no burst, and a pause resets the clock.
  */
 #include <errno.h>
 #include <poll.h>
@@ -80,6 +82,7 @@
 #define BACKOFF_FIRST_MS   500
 #define BACKOFF_MAX_MS     15000
 #define RATE_WINDOW_MS     10000
+#define RATE_CREDIT_US     500000 /* a slow batch is made up within this much time */
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -1608,6 +1611,7 @@ static run_rc_t do_copy(run_t *r)
         bool finished = r->tabs[i].done;
 
         while (!finished) {
+            uint64_t now;
             int pct;
 
             if (v == PAUSE) {
@@ -1618,8 +1622,9 @@ static run_rc_t do_copy(run_t *r)
             rc = wait_slot(r);
             if (rc != RUN_OK)
                 return rc;
-            if (r->next_batch_us < cm_now_us())
-                r->next_batch_us = cm_now_us(); /* no credit beyond this batch */
+            now = cm_now_us();
+            if (r->next_batch_us + RATE_CREDIT_US < now)
+                r->next_batch_us = now - RATE_CREDIT_US; /* credit of RATE_CREDIT_US at most */
             rc = copy_batch(r, i, &finished);
             if (rc != RUN_OK)
                 return rc;
