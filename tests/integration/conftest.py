@@ -71,6 +71,15 @@ def pytest_configure(config):
                             "(informational; such tests fail until the feature works)")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item (item.rep_call), so a fixture's
+    teardown can tell a test that failed from one that passed."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
 def pytest_report_header(config):
     if TARGET == "postgres":
         return "pgshift integration: target=postgres (direct, no pgshift)"

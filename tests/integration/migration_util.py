@@ -265,12 +265,45 @@ class MigEnv:
             assert n == 0, "dst.%s holds %d rows before the test" % (t, n)
 
 
+    def leftovers(self):
+        """What a test left behind: migrations not in a final phase (aborted
+        here, while its pgshift still runs) and target rows (deleted). Returns
+        a description, or "" when the test cleaned up after itself."""
+        found = []
+        if self.ep and self.ep.pgshift and self.ep.pgshift.alive():
+            try:
+                for r in self.admin("SHOW MIGRATIONS"):
+                    if r["phase"] not in ("COMPLETED", "ABORTED", "FAILED"):
+                        found.append("migration %s in %s" % (r["id"], r["phase"]))
+                        self.admin("ABORT MIGRATION %s 'left by a test'" % r["id"])
+            except Exception as e:  # a test that broke pgshift: the rows below still go
+                found.append("admin console: %s" % e)
+        if self.value("src", "SELECT to_regclass('pgshift.migrations') IS NOT NULL"):
+            with self.direct("src") as conn:
+                conn.execute("UPDATE pgshift.migrations SET phase = 'ABORTED', aborted_at = now() "
+                             "WHERE phase NOT IN ('COMPLETED', 'ABORTED', 'FAILED')")
+        for t in TENANT_TABLES:
+            n = self.value("dst", "SELECT count(*) FROM %s" % t)
+            if n:
+                found.append("dst.%s: %d rows" % (t, n))
+                with self.direct("dst") as conn:
+                    conn.execute("TRUNCATE %s" % t)
+        return ", ".join(found)
+
+
 @pytest.fixture
-def mig_env(clusters, pgshift_factory):
+def mig_env(request, clusters, pgshift_factory):
+    """A MigEnv on the session's src and dst. After the test, whatever it left
+    (a live migration, target rows) is cleaned away so the next test starts
+    clean; a test that passed but left something fails its teardown."""
     stores = {"src": clusters.get("mig_src"), "dst": clusters.get("mig_dst")}
     env = MigEnv(stores, pgshift_factory)
     env.assert_target_clean()
-    return env
+    yield env
+    left = env.leftovers()
+    rep = getattr(request.node, "rep_call", None)
+    if left and rep is not None and rep.passed:
+        pytest.fail("the test left behind: " + left)
 
 
 def new_tenant():

@@ -172,9 +172,10 @@ def test_rate_limit_then_abort_with_the_app_writing(mig_env):
     env.start_pgshift()
     app = Appender(env.ep, [t, other], conns=2)
     app.start()
-    mid = env.migrate(t, batch_size=200, max_bulk_copy_rate=rate)
+    mid = env.migrate(t, batch_size=500, max_bulk_copy_rate=rate)
     try:
         measured, _, _ = copy_rate(env, mid, 12.0, start_timeout=20)
+        print("bulk copy at %.0f rows/s, limit %d" % (measured, rate))
         assert 0.9 * rate <= measured <= 1.1 * rate, "measured %.0f rows/s, limit %d" % (
             measured, rate)
         st = env.status(mid)
