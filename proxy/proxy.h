@@ -371,8 +371,8 @@ typedef struct px_stats {
     /* cutover holds that ended (released, or refused past max_hold_ms) */
     uint64_t n_cutover_holds;
     uint64_t cutover_hold_ms_max;
-    uint64_t n_cutover_hold_timeouts; /* of them: refused past max_hold_ms */
-    uint64_t cutover_hold_us_sum; /* the ms sum of /metrics is this / 1000 */
+    uint64_t n_cutover_hold_timeouts;            /* of them: refused past max_hold_ms */
+    uint64_t cutover_hold_us_sum;                /* the ms sum of /metrics is this / 1000 */
     uint64_t cutover_hold_hist[PX_HOLD_BUCKETS]; /* by px_hold_bucket_ms (last = +Inf) */
 } px_stats_t;
 
