@@ -1102,7 +1102,10 @@ run_rc_t mig_run_stream(run_t *r, const char *out_sql, const char *in_sql, long 
         mig_run_drop_stores(r); /* the target's COPY is half-started */
         return rc;
     }
-    res = next_result(r, r->dst, &broken);
+    /* in_sql may start with other statements (BEGIN, CREATE ...): their results come first. */
+    while ((res = next_result(r, r->dst, &broken)) != NULL &&
+           (PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK))
+        PQclear(res);
     if (res == NULL || PQresultStatus(res) != PGRES_COPY_IN) {
         rc = mig_run_classify(r, r->dst, res, "target store");
         PQclear(res);
@@ -1273,21 +1276,14 @@ static char *batch_where(run_t *r, const tab_t *t, const char *upto_lit)
 }
 
 /* Map mode: the temporary stage table for t on the target connection. */
-run_rc_t mig_run_ensure_stage(run_t *r, tab_t *t, size_t i)
+char *mig_run_stage_sql(tab_t *t, size_t i)
 {
-    char *sql;
-    run_rc_t rc;
-
     if (t->stage != NULL)
-        return RUN_OK;
-    sql = cm_xasprintf("CREATE TEMP TABLE IF NOT EXISTS pgshift_stage_%zu "
-                       "(LIKE %s) ON COMMIT DELETE ROWS",
-                       i, t->q);
-    rc = mig_run_x(r, r->dst, "target store", sql, 0, NULL);
-    free(sql);
-    if (rc == RUN_OK)
-        t->stage = cm_xasprintf("pg_temp.pgshift_stage_%zu", i);
-    return rc;
+        return NULL;
+    t->stage = cm_xasprintf("pg_temp.pgshift_stage_%zu", i);
+    return cm_xasprintf("CREATE TEMP TABLE IF NOT EXISTS pgshift_stage_%zu (LIKE %s) ON COMMIT "
+                        "DELETE ROWS",
+                        i, t->q);
 }
 
 /* The columns to write from a stage row "s" of table t (translate mode: I6). Owned. */
@@ -1367,14 +1363,6 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
     }
 
     /* 2. The batch, in one target transaction with its progress. */
-    if (map || translate) {
-        rc = mig_run_ensure_stage(r, t, i);
-        if (rc != RUN_OK)
-            goto out;
-    }
-    rc = mig_run_x(r, r->dst, "target store", "BEGIN", 0, NULL);
-    if (rc != RUN_OK)
-        goto out;
     if (upto != NULL)
         upto_lit = mig_run_lit(r->src, upto);
     where = batch_where(r, t, upto_lit);
@@ -1382,9 +1370,17 @@ static run_rc_t copy_batch(run_t *r, size_t i, bool *finished)
     out_sql = cm_xasprintf("COPY (SELECT %s FROM %s WHERE %s%s%s) TO STDOUT (FORMAT binary)",
                            map || translate ? t->all_cols : t->copy_cols, t->q, where,
                            order ? " ORDER BY " : "", order ? order : "");
-    in_sql = map || translate
-                 ? cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", t->stage, t->all_cols)
-                 : cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", t->q, t->copy_cols);
+    /* BEGIN, and the stage where one is needed, ride with the COPY's start. */
+    {
+        char *stage = map || translate ? mig_run_stage_sql(t, i) : NULL;
+
+        in_sql = map || translate
+                     ? cm_xasprintf("BEGIN; %s%sCOPY %s (%s) FROM STDIN (FORMAT binary)",
+                                    stage ? stage : "", stage ? "; " : "", t->stage, t->all_cols)
+                     : cm_xasprintf("BEGIN; COPY %s (%s) FROM STDIN (FORMAT binary)", t->q,
+                                    t->copy_cols);
+        free(stage);
+    }
     t_bound = cm_now_us();
     rc = mig_run_stream(r, out_sql, in_sql, &rows);
     t_stream = cm_now_us();

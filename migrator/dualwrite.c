@@ -718,29 +718,70 @@ static bool keys_written(const tab_t *t)
     return true;
 }
 
-/* Copy the new rows of table i into its stage and apply them; *applied = rows written. */
-static run_rc_t round_table(dw_t *d, size_t i, long long *applied)
+/*
+ * Statements of a round for the target, sent with the round's COPYs or, at
+ * its end, all in one round trip with the COMMIT; tab[k] is the table of
+ * apply's statement k.
+ */
+typedef struct round_sql {
+    cm_buf_t pre;   /* what rides with the next COPY's start (BEGIN ..., CREATE ...) */
+    cm_buf_t apply; /* "INSERT ...; DELETE ...; " */
+    size_t *tab;
+    size_t n;
+} round_sql_t;
+
+static void round_sql_add(round_sql_t *q, size_t i, char *sql_owned)
+{
+    cm_buf_append(&q->apply, sql_owned, strlen(sql_owned));
+    cm_buf_append(&q->apply, "; ", 2);
+    free(sql_owned);
+    q->tab[q->n++] = i;
+}
+
+/* Stream out_sql into in_sql, with what waits in q->pre sent before in_sql. */
+static run_rc_t round_stream(run_t *r, round_sql_t *q, const char *out_sql, const char *in_sql,
+                             long long *rows)
+{
+    run_rc_t rc;
+
+    if (q->pre.len == 0)
+        return mig_run_stream(r, out_sql, in_sql, rows);
+    cm_buf_append(&q->pre, in_sql, strlen(in_sql));
+    cm_buf_append_u8(&q->pre, 0);
+    rc = mig_run_stream(r, out_sql, (const char *)q->pre.data, rows);
+    q->pre.len = 0;
+    return rc;
+}
+
+/*
+ * Table i's part of a round: its changed rows are COPYed into its stage on
+ * the target, and on full rounds a mutable table's current keys into a key
+ * table; the statements that apply them (insert, upsert, delete) go to q,
+ * to run in order at the end of the round.
+ */
+static run_rc_t round_table(dw_t *d, size_t i, round_sql_t *q)
 {
     run_t *r = d->r;
     const mig_env_t *env = r->env;
     tab_t *t = &r->tabs[i];
-    char *where, *order, *out_sql, *in_sql, *sql;
+    char *where, *order, *out_sql, *in_sql, *sql, *stage;
     long long rows = 0;
     run_rc_t rc;
-    PGresult *res;
     bool map = strcmp(t->mode, "map") == 0;
 
-    *applied = 0;
-    rc = mig_run_ensure_stage(r, t, i);
-    if (rc != RUN_OK)
-        return rc;
+    stage = mig_run_stage_sql(t, i);
+    if (stage != NULL) {
+        cm_buf_append(&q->pre, stage, strlen(stage));
+        cm_buf_append(&q->pre, "; ", 2);
+        free(stage);
+    }
     where = changed_where(d, i);
     order = t->n_key ? mig_run_key_order(t, false) : NULL;
     out_sql = cm_xasprintf("COPY (SELECT %s FROM %s WHERE %s%s%s) TO STDOUT (FORMAT binary)",
                            t->all_cols, t->q, where, order ? " ORDER BY " : "", order ? order : "");
     free(where);
     in_sql = cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", t->stage, t->all_cols);
-    rc = mig_run_stream(r, out_sql, in_sql, &rows);
+    rc = round_stream(r, q, out_sql, in_sql, &rows);
     free(out_sql);
     free(in_sql);
     if (rc != RUN_OK) {
@@ -788,61 +829,40 @@ static run_rc_t round_table(dw_t *d, size_t i, long long *applied)
         }
         free(rk);
         free(pos);
-        res = mig_run_q(r, r->dst, "target store", sql, 0, NULL, &rc);
-        free(sql);
-        if (res == NULL) {
-            free(order);
-            return rc;
-        }
-        *applied = strtoll(PQcmdTuples(res), NULL, 10);
-        PQclear(res);
+        round_sql_add(q, i, sql);
     }
     /* Rows deleted on the source: mutable tables, on full rounds. */
     if (!t->has_pos && t->n_key > 0 && keys_written(t)) {
         char *tuple = mig_run_key_tuple(t), *keys = cm_xstrndup(tuple + 1, strlen(tuple) - 2);
-        char *ktab = cm_xasprintf("pg_temp.pgshift_keys_%zu", i);
+        cm_buf_t cond = { 0 };
 
         sql = cm_xasprintf("CREATE TEMP TABLE IF NOT EXISTS pgshift_keys_%zu ON COMMIT DELETE "
-                           "ROWS AS SELECT %s FROM %s LIMIT 0",
+                           "ROWS AS SELECT %s FROM %s LIMIT 0; ",
                            i, keys, t->q);
-        rc = mig_run_x(r, r->dst, "target store", sql, 0, NULL);
+        cm_buf_append(&q->pre, sql, strlen(sql));
         free(sql);
-        if (rc == RUN_OK) {
-            out_sql = cm_xasprintf("COPY (SELECT %s FROM %s WHERE %s = %s) TO STDOUT (FORMAT "
-                                   "binary)",
-                                   keys, t->q, r->tcol, r->tenant_lit);
-            in_sql = cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", ktab, keys);
-            rc = mig_run_stream(r, out_sql, in_sql, &rows);
-            free(out_sql);
-            free(in_sql);
-        }
-        if (rc == RUN_OK) {
-            {
-                cm_buf_t cond = { 0 };
+        out_sql = cm_xasprintf("COPY (SELECT %s FROM %s WHERE %s = %s) TO STDOUT (FORMAT binary)",
+                               keys, t->q, r->tcol, r->tenant_lit);
+        in_sql =
+            cm_xasprintf("COPY pg_temp.pgshift_keys_%zu (%s) FROM STDIN (FORMAT binary)", i, keys);
+        rc = round_stream(r, q, out_sql, in_sql, &rows);
+        free(out_sql);
+        free(in_sql);
+        for (size_t k = 0; k < t->n_key; k++) {
+            char *e = cm_xasprintf("%sk.%s = d.%s", k ? " AND " : "", t->key_q[k], t->key_q[k]);
 
-                for (size_t k = 0; k < t->n_key; k++) {
-                    char *e =
-                        cm_xasprintf("%sk.%s = d.%s", k ? " AND " : "", t->key_q[k], t->key_q[k]);
-
-                    cm_buf_append(&cond, e, strlen(e));
-                    free(e);
-                }
-                cm_buf_append_u8(&cond, 0);
-                sql = cm_xasprintf("DELETE FROM %s d WHERE d.%s = %s AND NOT EXISTS (SELECT 1 "
-                                   "FROM %s k WHERE %s)",
-                                   t->q, r->tcol, r->tenant_lit, ktab, (const char *)cond.data);
-                cm_buf_free(&cond);
-            }
-            res = mig_run_q(r, r->dst, "target store", sql, 0, NULL, &rc);
-            free(sql);
-            if (res != NULL) {
-                *applied += strtoll(PQcmdTuples(res), NULL, 10);
-                PQclear(res);
-            }
+            cm_buf_append(&cond, e, strlen(e));
+            free(e);
         }
+        cm_buf_append_u8(&cond, 0);
+        if (rc == RUN_OK)
+            round_sql_add(q, i,
+                          cm_xasprintf("DELETE FROM %s d WHERE d.%s = %s AND NOT EXISTS (SELECT 1 "
+                                       "FROM pg_temp.pgshift_keys_%zu k WHERE %s)",
+                                       t->q, r->tcol, r->tenant_lit, i, (const char *)cond.data));
+        cm_buf_free(&cond);
         free(tuple);
         free(keys);
-        free(ktab);
     }
     free(order);
     return rc;
@@ -862,6 +882,7 @@ static run_rc_t round_once(dw_t *d, bool exact, int timeout_ms, long long *appli
     char *snap_xmin = NULL;
     bool full = exact, dst_open = false, *changed, *due;
     long long *counts;
+    round_sql_t q = { 0 };
 
     *applied = *events = 0;
     rc = mig_run_connect_stores(r);
@@ -882,9 +903,13 @@ static run_rc_t round_once(dw_t *d, bool exact, int timeout_ms, long long *appli
         free(counts);
         return rc;
     }
+    /*
+     * The target's transaction: BEGIN rides with the first COPY, and every
+     * statement that applies what the COPYs staged runs with the COMMIT, in
+     * one round trip (a round costs 1 + 2 per COPY + 1 of them).
+     */
+    q.tab = cm_xcalloc(2 * r->n_tabs + 1, sizeof(*q.tab));
     for (size_t i = 0; rc == RUN_OK && i < r->n_tabs; i++) {
-        long long n = 0;
-
         d->t[i].scanned = false;
         if (!due[i])
             continue;
@@ -893,29 +918,43 @@ static run_rc_t round_once(dw_t *d, bool exact, int timeout_ms, long long *appli
             continue;
         }
         if (!dst_open) {
-            char *b = timeout_ms > 0 ? cm_xasprintf("BEGIN; SET LOCAL statement_timeout = %d%s%s",
-                                                    timeout_ms, d->sweep_prelude ? "; " : "",
-                                                    d->sweep_prelude ? d->sweep_prelude : "")
-                                     : cm_xstrdup("BEGIN");
+            char *b = timeout_ms > 0
+                          ? cm_xasprintf("BEGIN; SET LOCAL statement_timeout = %d; %s%s",
+                                         timeout_ms, d->sweep_prelude ? d->sweep_prelude : "",
+                                         d->sweep_prelude ? "; " : "")
+                          : cm_xstrdup("BEGIN; ");
 
-            rc = mig_run_x(r, r->dst, "target store", b, 0, NULL);
+            cm_buf_append(&q.pre, b, strlen(b));
             free(b);
-            if (timeout_ms > 0 && rc == RUN_OK)
-                set_str(&d->sweep_prelude, NULL); /* done: setval does not roll back */
-            if (rc != RUN_OK)
-                break;
             dst_open = true;
         }
-        rc = round_table(d, i, &n);
+        rc = round_table(d, i, &q);
         if (rc != RUN_OK)
             break;
+        if (timeout_ms > 0)
+            set_str(&d->sweep_prelude, NULL); /* done: setval does not roll back */
         d->t[i].scanned = true;
-        *applied += n;
-        if (r->tabs[i].has_pos)
-            *events += n;
     }
-    if (rc == RUN_OK && dst_open)
-        rc = mig_run_x(r, r->dst, "target store", "COMMIT", 0, NULL);
+    if (rc == RUN_OK && dst_open) {
+        PGresult **res = cm_xcalloc(q.n + 1, sizeof(*res));
+
+        cm_buf_append_cstr(&q.apply, "COMMIT");
+        rc = exec_multi(r, r->dst, "target store", (const char *)q.apply.data, res, q.n + 1);
+        for (size_t k = 0; rc == RUN_OK && k <= q.n; k++) {
+            if (k < q.n) {
+                long long n = strtoll(PQcmdTuples(res[k]), NULL, 10);
+
+                *applied += n;
+                if (r->tabs[q.tab[k]].has_pos)
+                    *events += n;
+            }
+            PQclear(res[k]);
+        }
+        free(res);
+    }
+    cm_buf_free(&q.pre);
+    cm_buf_free(&q.apply);
+    free(q.tab);
     if (rc == RUN_OK)
         for (size_t i = 0; i < r->n_tabs; i++)
             if (d->t[i].scanned && !r->tabs[i].has_pos)

@@ -110,13 +110,22 @@ run_rc_t mig_run_fail_migration(run_t *r);
 run_rc_t mig_run_connect(run_t *r, int idx, const char *app, const char *what, PGconn **out);
 run_rc_t mig_run_connect_stores(run_t *r);
 run_rc_t mig_run_bump_sequence(run_t *r, const tab_t *t);
-/* Stream one COPY from the source into the target; *rows from the target's tag. */
+/*
+ * Stream one COPY from the source into the target; *rows from the target's
+ * tag. in_sql may put other statements before its COPY (BEGIN, a stage's
+ * CREATE), so that they cost no round trip of their own.
+ */
 run_rc_t mig_run_stream(run_t *r, const char *out_sql, const char *in_sql, long long *rows);
 char *mig_run_key_tuple(const tab_t *t);
 char *mig_run_key_order(const tab_t *t, bool desc);
 /* The select list that writes stage rows "s" of t into t (translate mode: I6). Owned. */
 char *mig_run_select_list(run_t *r, const tab_t *t);
-run_rc_t mig_run_ensure_stage(run_t *r, tab_t *t, size_t i);
+/*
+ * The statement that creates table i's stage (a temporary table) on the
+ * target, to run before the stage's first use, or NULL when it exists.
+ * t->stage names the stage from here on; mig_run_drop_stores forgets it.
+ */
+char *mig_run_stage_sql(tab_t *t, size_t i);
 run_rc_t mig_run_mirror_map(run_t *r);
 /* Read the copy plan (the tables and their modes) from the target; *found = whether there is one.
  */
