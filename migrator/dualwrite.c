@@ -1280,6 +1280,33 @@ static void unfence(dw_t *d, bool fenced, bool locked)
 }
 
 /* Back to DUAL_WRITE after a failed attempt; persisted with the outcome and audited. */
+/*
+ * This process's router learns the tenant's route as just committed by a
+ * cutover (its hold, flip or roll-back) at once; other processes learn it
+ * from the NOTIFY. res row 0 from column col on: the route's store, state
+ * and version (NULL: no route row, nothing to tell). phase NULL: no
+ * migration any more (after the flip).
+ */
+static void publish_route(dw_t *d, const PGresult *res, int col, const char *phase, int attempt)
+{
+    run_t *r = d->r;
+    mig_route_t rt = { 0 };
+
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, col) || PQgetisnull(res, 0, col + 2))
+        return;
+    rt.tenant = r->tenant;
+    rt.store = PQgetvalue(res, 0, col);
+    rt.state = PQgetvalue(res, 0, col + 1);
+    rt.version = strtoll(PQgetvalue(res, 0, col + 2), NULL, 10);
+    if (phase != NULL) {
+        rt.phase = (char *)phase;
+        rt.target_store = r->env->store_names[r->dst_idx];
+        rt.migration_id = r->id;
+        rt.cutover_attempt = attempt;
+    }
+    mig_publish_route(r->env, &rt);
+}
+
 static run_rc_t roll_back(dw_t *d, int attempt, int64_t request, outcome_t *o, uint64_t t0)
 {
     run_t *r = d->r;
@@ -1293,17 +1320,24 @@ static run_rc_t roll_back(dw_t *d, int attempt, int64_t request, outcome_t *o, u
     {
         const char *params[] = { r->ids, att, res_js };
 
-        rc = mig_run_x(
+        PGresult *res = mig_run_q(
             r, r->ctl, "control store",
             "WITH m AS (UPDATE pgshift.migrations SET phase = 'DUAL_WRITE', updated_at = now(), "
             "    cutover_result = $3::jsonb, status_detail = 'dual-write' "
             "  WHERE id = $1::bigint AND phase = 'CUTOVER' AND cutover_attempt = $2::int "
-            "  RETURNING id) "
-            "INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
-            "SELECT id, 'phase_changed', 'pgshift', '{\"from\": \"CUTOVER\", \"to\": "
-            "\"DUAL_WRITE\"}' FROM m "
-            "UNION ALL SELECT id, 'cutover_rolled_back', 'pgshift', $3::jsonb FROM m",
-            3, params);
+            "  RETURNING id, tenant), "
+            "a AS (INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
+            "  SELECT id, 'phase_changed', 'pgshift', "
+            "    '{\"from\": \"CUTOVER\", \"to\": \"DUAL_WRITE\"}' FROM m "
+            "  UNION ALL SELECT id, 'cutover_rolled_back', 'pgshift', $3::jsonb FROM m) "
+            "SELECT rt.store, rt.state, rt.version FROM m JOIN pgshift.routes rt "
+            "  ON rt.tenant = m.tenant",
+            3, params, &rc);
+
+        if (res != NULL) {
+            publish_route(d, res, 0, "DUAL_WRITE", 0); /* held work goes back to the source */
+            PQclear(res);
+        }
         if (rc == RUN_OK) {
             /* Aborted meanwhile: still answer the request. */
             const char *p3[] = { r->ids, res_js };
@@ -1496,14 +1530,15 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
             "    cutover_attempt = cutover_attempt + 1, cutover_started_at = now(), "
             "    updated_at = now(), status_detail = 'cutover' "
             "  WHERE id = $1::bigint AND phase = 'DUAL_WRITE' AND NOT paused "
-            "  RETURNING id, cutover_attempt, cutover_request_by), "
+            "  RETURNING id, tenant, cutover_attempt, cutover_request_by), "
             "a AS (INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
             "  SELECT id, 'phase_changed', coalesce(cutover_request_by, 'pgshift'), "
             "    '{\"from\": \"DUAL_WRITE\", \"to\": \"CUTOVER\"}' FROM m "
             "  UNION ALL SELECT id, 'cutover_initiated', coalesce(cutover_request_by, 'pgshift'), "
             "    jsonb_build_object('attempt', cutover_attempt, 'request', $2::bigint, "
             "    'automatic', $2::bigint = 0) FROM m) "
-            "SELECT cutover_attempt FROM m",
+            "SELECT m.cutover_attempt, rt.store, rt.state, rt.version FROM m "
+            "  LEFT JOIN pgshift.routes rt ON rt.tenant = m.tenant",
             2, params, &rc);
     }
     if (res == NULL)
@@ -1513,6 +1548,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
         return RUN_RECHECK;
     }
     attempt = atoi(PQgetvalue(res, 0, 0));
+    publish_route(d, res, 1, "CUTOVER", attempt); /* this process holds from here */
     PQclear(res);
     t0 = cm_now_ms();
     deadline = t0 + (uint64_t)d->timeout_ms;
@@ -1662,7 +1698,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
             "  RETURNING id, tenant, target_store, cutover_request_by), "
             "rt AS (UPDATE pgshift.routes SET store = (SELECT target_store FROM m), "
             "    state = 'normal', migration_id = NULL, version = version + 1, updated_at = now() "
-            "  WHERE tenant = (SELECT tenant FROM m) RETURNING tenant), "
+            "  WHERE tenant = (SELECT tenant FROM m) RETURNING tenant, store, state, version), "
             "a AS (INSERT INTO pgshift.audit_log (migration_id, event_type, operator, details) "
             "  SELECT id, 'phase_changed', 'pgshift', '{\"from\": \"CUTOVER\", \"to\": "
             "    \"COMPLETED\"}' FROM m "
@@ -1670,7 +1706,8 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
             "    $3::jsonb FROM m "
             "  UNION ALL SELECT id, 'migration_completed', 'pgshift', jsonb_build_object("
             "    'target_store', target_store) FROM m) "
-            "SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM rt)",
+            "SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM rt), "
+            "  (SELECT store FROM rt), (SELECT state FROM rt), (SELECT version FROM rt)",
             3, params, &rc);
         free(res_js);
         if (res == NULL) {
@@ -1688,6 +1725,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
             snprintf(o.error, sizeof(o.error), "the migration left CUTOVER (aborted?)");
             goto rollback;
         }
+        publish_route(d, res, 2, NULL, 0); /* held work goes to the target */
         PQclear(res);
     }
     failpoint("cutover_after_flip"); /* persisted, nothing after it done: restart -> COMPLETED */

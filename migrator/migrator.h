@@ -81,14 +81,22 @@ typedef enum mig_event_kind {
     MIG_EV_REPLY,        /* cookie/result: the answer to one mig_ctl_request */
     MIG_EV_CONTROL_DOWN, /* lost the control store; the last routes stay valid */
     MIG_EV_CONTROL_UP,   /* reconnected; a fresh MIG_EV_ROUTES follows */
+    /*
+     * Internal to migrator/, never delivered: one route as a runner of this
+     * process just committed it (a cutover's hold, flip or roll-back), ahead
+     * of the NOTIFY round trip. It is merged into the routes, and a
+     * MIG_EV_ROUTES goes out in its place.
+     */
+    MIG_EV_ROUTE_PATCH,
 } mig_event_kind_t;
 
 typedef struct mig_event {
     struct mig_event *next; /* outbox link; NULL once delivered */
     mig_event_kind_t kind;
-    /* MIG_EV_ROUTES: sorted by tenant, owned */
+    /* MIG_EV_ROUTES: sorted by tenant, owned; MIG_EV_ROUTE_PATCH: one route */
     size_t n_routes;
     mig_route_t *routes;
+    uint64_t at_us; /* internal: cm_now_us() when the load began, or the patch was made */
     /* MIG_EV_REPLY */
     void *cookie;         /* as passed to mig_ctl_request */
     mig_result_t *result; /* owned, never NULL for a reply */

@@ -166,7 +166,18 @@ typedef struct mig_env {
      * the control store (the one exception to "read-only").
      */
     atomic_ullong local_ack;
+    struct mig_outbox *outbox; /* towards the loop: mig_publish_route */
 } mig_env_t;
+
+/*
+ * Any thread: hand this process's router a route just committed to the
+ * control store (copied), without waiting for its NOTIFY and reload. The
+ * route stays in force until a reload begun after this call replaces it.
+ */
+void mig_publish_route(const mig_env_t *env, const mig_route_t *route);
+/* A deep copy of src into *dst; mig_route_clear frees what *r owns. */
+void mig_route_copy(mig_route_t *dst, const mig_route_t *src);
+void mig_route_clear(mig_route_t *r);
 
 #define MIG_LOCAL_ACK(id, attempt) \
     (((unsigned long long)(id) << 20) | ((unsigned long long)(attempt)&0xfffff))

@@ -71,16 +71,36 @@ mig_result_t *mig_result_error(const char *sqlstate, const char *fmt, ...)
     return r;
 }
 
+void mig_route_clear(mig_route_t *r)
+{
+    free(r->tenant);
+    free(r->store);
+    free(r->state);
+    free(r->phase);
+    free(r->target_store);
+    memset(r, 0, sizeof(*r));
+}
+
 void mig_routes_free(mig_route_t *routes, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        free(routes[i].tenant);
-        free(routes[i].store);
-        free(routes[i].state);
-        free(routes[i].phase);
-        free(routes[i].target_store);
-    }
+    for (size_t i = 0; i < n; i++)
+        mig_route_clear(&routes[i]);
     free(routes);
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? cm_xstrdup(s) : NULL;
+}
+
+void mig_route_copy(mig_route_t *dst, const mig_route_t *src)
+{
+    *dst = *src;
+    dst->tenant = dup_or_null(src->tenant);
+    dst->store = dup_or_null(src->store);
+    dst->state = dup_or_null(src->state);
+    dst->phase = dup_or_null(src->phase);
+    dst->target_store = dup_or_null(src->target_store);
 }
 
 void mig_event_free(mig_event_t *ev)

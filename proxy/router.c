@@ -320,6 +320,7 @@ static void router_event_cb(void *arg, mig_event_t *ev)
                 mig_ctl_cutover_ack(p->router->ctl, c->migration_id, c->attempt);
         }
         break;
+    case MIG_EV_ROUTE_PATCH: /* merged into MIG_EV_ROUTES by migrator/ */
     default:
         break;
     }
