@@ -282,8 +282,8 @@ void px_client_server_ready(px_client_t *c, px_server_t *s)
 void px_client_server_lost(px_client_t *c, px_server_t *s, const char *why)
 {
     px_router_server_gone(c, s);
-    if (c->state == PX_CL_CLOSING)
-        return;
+    if (c->state == PX_CL_CLOSING || s->is_warm)
+        return; /* a connection opened ahead of need carried nothing of the client's */
     px_client_fail(c, "08006", "%s", why);
 }
 

@@ -264,7 +264,12 @@ struct px_server {
     unsigned is_busy : 1;
     unsigned is_copy_in : 1;  /* the store sent CopyInResponse: client streams CopyData */
     unsigned is_copy_out : 1; /* the store streams CopyData to the client */
-    char ctx[64];             /* log prefix */
+    /*
+     * Opened ahead of need (the target of a cutover the client is held
+     * at) and not used yet: losing it fails nothing.
+     */
+    unsigned is_warm : 1;
+    char ctx[64]; /* log prefix */
 };
 
 /* ---- client sessions ---- */

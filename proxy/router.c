@@ -579,6 +579,8 @@ static px_server_t *cl_use_store(px_client_t *c, int store, rt_rc_t *rc)
         c->n_servers = n;
     }
     s = c->servers[store];
+    if (s != NULL)
+        s->is_warm = 0; /* used from here on */
     if (s == NULL) {
         if (px_server_connect(p, p->stores[store], c, &s) < 0) {
             px_client_fail(c, "08006", "could not connect to store \"%s\"", p->stores[store]->name);
@@ -595,6 +597,33 @@ static px_server_t *cl_use_store(px_client_t *c, int store, rt_rc_t *rc)
     c->server = s;
     c->store = s->store;
     return s;
+}
+
+/*
+ * Open the session's connection to `store` ahead of need, if it has none:
+ * a client held at a cutover logs in to the target meanwhile (and gets its
+ * session settings there), so the release does not wait for a login. If
+ * the connection fails, nothing fails with it.
+ */
+static void cl_warm_store(px_client_t *c, int store)
+{
+    px_proxy_t *p = c->conn.proxy;
+    px_server_t *s;
+
+    if (store < 0 || (size_t)store >= p->n_stores ||
+        ((size_t)store < c->n_servers && c->servers[store] != NULL))
+        return;
+    if (px_server_connect(p, p->stores[store], c, &s) < 0)
+        return;
+    if ((size_t)store >= c->n_servers) {
+        c->servers = cm_xrealloc(c->servers, p->n_stores * sizeof(*c->servers));
+        for (size_t i = c->n_servers; i < p->n_stores; i++)
+            c->servers[i] = NULL;
+        c->n_servers = p->n_stores;
+    }
+    s->is_warm = 1;
+    c->servers[store] = s;
+    LOG_DEBUG(c->ctx, "held: warming a connection to store %s", p->stores[store]->name);
 }
 
 /*
@@ -959,6 +988,8 @@ static rt_rc_t cl_hold(px_client_t *c, bool is_simple, const route_decision_t *d
         c->hold_tenant = cm_xstrdup(d->tenant);
         c->is_hold_expired = 0;
         LOG_DEBUG(c->ctx, "held: tenant %s is at cutover", d->tenant);
+        if (d->route != NULL)
+            cl_warm_store(c, d->route->target_store);
     }
     if (c->is_hold_expired) {
         rt_rc_t rc = cl_refuse(c, is_simple, "55000", CUTOVER_RETRY_MSG);
