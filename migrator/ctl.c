@@ -82,17 +82,7 @@ struct mig_ctl {
     PGconn *listen_conn; /* handed from mig_ctl_start to the listener thread */
 
     /* loop thread only */
-    /*
-     * The last routes loaded (at routes_at_us; has_routes once there are
-     * some), and the routes this process's runners published since, each
-     * in force until a load begun after it (ctl_deliver).
-     */
-    mig_route_t *routes;
-    size_t n_routes;
-    bool has_routes;
-    mig_route_t *pins;
-    uint64_t *pins_at_us;
-    size_t n_pins;
+    mig_overlay_t overlay; /* the routes loaded, and those this process's runners published */
     pending_t *pending;
     uint64_t next_request_id;
     bool is_stopped;
@@ -108,78 +98,22 @@ static mig_event_t *event_new(mig_event_kind_t kind)
     return ev;
 }
 
-static int route_cmp(const void *a, const void *b)
-{
-    return strcmp(((const mig_route_t *)a)->tenant, ((const mig_route_t *)b)->tenant);
-}
-
 /*
- * Loop thread: ev (routes loaded, or a route a runner published) becomes
- * m's state, and ev carries the routes in force: the loaded ones, with each
- * route published after the load began in place of its tenant's. A load
- * that began before a route was published may predate its commit; one that
- * began after it sees it (or something newer), so the published route then
- * gives way. False when there is nothing to deliver yet.
+ * Loop thread: ev (routes loaded, or a route a runner published) goes into
+ * m->overlay, and ev carries the routes in force from there. False when
+ * there is nothing to deliver yet (no load so far).
  */
 static bool routes_merge(mig_ctl_t *m, mig_event_t *ev)
 {
-    mig_route_t *out;
-    size_t n = 0, k = 0;
-
     if (ev->kind == MIG_EV_ROUTES) {
-        mig_routes_free(m->routes, m->n_routes);
-        m->routes = ev->routes;
-        m->n_routes = ev->n_routes;
-        m->has_routes = true;
-        for (size_t i = 0; i < m->n_pins; i++) {
-            if (m->pins_at_us[i] < ev->at_us) {
-                mig_route_clear(&m->pins[i]);
-                continue;
-            }
-            m->pins[k] = m->pins[i];
-            m->pins_at_us[k++] = m->pins_at_us[i];
-        }
-        m->n_pins = k;
+        mig_overlay_load(&m->overlay, ev->routes, ev->n_routes, ev->at_us);
     } else {
-        size_t i = 0;
-
-        while (i < m->n_pins && strcmp(m->pins[i].tenant, ev->routes[0].tenant) != 0)
-            i++;
-        if (i == m->n_pins) {
-            m->pins = cm_xrealloc(m->pins, (m->n_pins + 1) * sizeof(*m->pins));
-            m->pins_at_us = cm_xrealloc(m->pins_at_us, (m->n_pins + 1) * sizeof(*m->pins_at_us));
-            m->n_pins++;
-        } else {
-            mig_route_clear(&m->pins[i]);
-        }
-        mig_route_copy(&m->pins[i], &ev->routes[0]);
-        m->pins_at_us[i] = ev->at_us;
+        mig_overlay_publish(&m->overlay, &ev->routes[0], ev->at_us);
         mig_routes_free(ev->routes, ev->n_routes);
         ev->kind = MIG_EV_ROUTES;
     }
-    ev->routes = NULL;
-    ev->n_routes = 0;
-    if (!m->has_routes)
-        return false;
-    out = cm_xcalloc(m->n_routes + m->n_pins + 1, sizeof(*out));
-    for (size_t i = 0; i < m->n_routes; i++) {
-        const mig_route_t *src = &m->routes[i];
-
-        for (size_t p = 0; p < m->n_pins; p++)
-            if (strcmp(m->pins[p].tenant, src->tenant) == 0) {
-                src = NULL;
-                break;
-            }
-        if (src != NULL)
-            mig_route_copy(&out[n++], src);
-    }
-    for (size_t p = 0; p < m->n_pins; p++)
-        mig_route_copy(&out[n++], &m->pins[p]);
-    if (m->n_pins > 0)
-        qsort(out, n, sizeof(*out), route_cmp);
-    ev->routes = out;
-    ev->n_routes = n;
-    return true;
+    ev->routes = mig_overlay_routes(&m->overlay, &ev->n_routes);
+    return ev->routes != NULL;
 }
 
 /* Loop thread: filters replies whose cookie was cancelled, then hands ev to the user. */
@@ -798,9 +732,7 @@ static void ctl_free(mig_ctl_t *m)
         free(p);
     }
     env_destroy(&m->env);
-    mig_routes_free(m->routes, m->n_routes);
-    mig_routes_free(m->pins, m->n_pins);
-    free(m->pins_at_us);
+    mig_overlay_free(&m->overlay);
     free(m);
 }
 

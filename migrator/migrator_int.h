@@ -175,6 +175,30 @@ typedef struct mig_env {
  * route stays in force until a reload begun after this call replaces it.
  */
 void mig_publish_route(const mig_env_t *env, const mig_route_t *route);
+/*
+ * The routes in force in this process: the last ones loaded from the
+ * control store, and on top of them the routes its runners published
+ * (mig_publish_route). A published route stays in force until a load that
+ * began after it was published: a load begun before may predate its
+ * commit, one begun after sees it or something newer. Loop thread.
+ */
+typedef struct mig_overlay {
+    mig_route_t *routes; /* the last load, sorted by tenant */
+    size_t n_routes;
+    bool has_routes;   /* a load happened */
+    mig_route_t *pins; /* published, one per tenant */
+    uint64_t *pins_at_us;
+    size_t n_pins;
+} mig_overlay_t;
+
+/* A load that began at at_us; takes routes (sorted by tenant). */
+void mig_overlay_load(mig_overlay_t *o, mig_route_t *routes, size_t n, uint64_t at_us);
+/* A route published at at_us (copied). */
+void mig_overlay_publish(mig_overlay_t *o, const mig_route_t *route, uint64_t at_us);
+/* The routes in force, sorted by tenant, owned; NULL before the first load. */
+mig_route_t *mig_overlay_routes(const mig_overlay_t *o, size_t *n);
+void mig_overlay_free(mig_overlay_t *o);
+
 /* A deep copy of src into *dst; mig_route_clear frees what *r owns. */
 void mig_route_copy(mig_route_t *dst, const mig_route_t *src);
 void mig_route_clear(mig_route_t *r);

@@ -103,6 +103,82 @@ void mig_route_copy(mig_route_t *dst, const mig_route_t *src)
     dst->target_store = dup_or_null(src->target_store);
 }
 
+/* ---- the routes in force ---- */
+
+void mig_overlay_load(mig_overlay_t *o, mig_route_t *routes, size_t n, uint64_t at_us)
+{
+    size_t k = 0;
+
+    mig_routes_free(o->routes, o->n_routes);
+    o->routes = routes;
+    o->n_routes = n;
+    o->has_routes = true;
+    for (size_t i = 0; i < o->n_pins; i++) {
+        if (o->pins_at_us[i] < at_us) {
+            mig_route_clear(&o->pins[i]); /* the load saw it, or something newer */
+            continue;
+        }
+        o->pins[k] = o->pins[i];
+        o->pins_at_us[k++] = o->pins_at_us[i];
+    }
+    o->n_pins = k;
+}
+
+void mig_overlay_publish(mig_overlay_t *o, const mig_route_t *route, uint64_t at_us)
+{
+    size_t i = 0;
+
+    while (i < o->n_pins && strcmp(o->pins[i].tenant, route->tenant) != 0)
+        i++;
+    if (i == o->n_pins) {
+        o->pins = cm_xrealloc(o->pins, (o->n_pins + 1) * sizeof(*o->pins));
+        o->pins_at_us = cm_xrealloc(o->pins_at_us, (o->n_pins + 1) * sizeof(*o->pins_at_us));
+        o->n_pins++;
+    } else {
+        mig_route_clear(&o->pins[i]);
+    }
+    mig_route_copy(&o->pins[i], route);
+    o->pins_at_us[i] = at_us;
+}
+
+static int route_cmp(const void *a, const void *b)
+{
+    return strcmp(((const mig_route_t *)a)->tenant, ((const mig_route_t *)b)->tenant);
+}
+
+mig_route_t *mig_overlay_routes(const mig_overlay_t *o, size_t *n)
+{
+    mig_route_t *out;
+    size_t k = 0;
+
+    *n = 0;
+    if (!o->has_routes)
+        return NULL;
+    out = cm_xcalloc(o->n_routes + o->n_pins + 1, sizeof(*out));
+    for (size_t i = 0; i < o->n_routes; i++) {
+        bool pinned = false;
+
+        for (size_t p = 0; p < o->n_pins && !pinned; p++)
+            pinned = strcmp(o->pins[p].tenant, o->routes[i].tenant) == 0;
+        if (!pinned)
+            mig_route_copy(&out[k++], &o->routes[i]);
+    }
+    for (size_t p = 0; p < o->n_pins; p++)
+        mig_route_copy(&out[k++], &o->pins[p]);
+    if (o->n_pins > 0)
+        qsort(out, k, sizeof(*out), route_cmp);
+    *n = k;
+    return out;
+}
+
+void mig_overlay_free(mig_overlay_t *o)
+{
+    mig_routes_free(o->routes, o->n_routes);
+    mig_routes_free(o->pins, o->n_pins);
+    free(o->pins_at_us);
+    memset(o, 0, sizeof(*o));
+}
+
 void mig_event_free(mig_event_t *ev)
 {
     if (ev == NULL)

@@ -247,6 +247,109 @@ static void test_cmd_parse(void **state)
     }
 }
 
+/* A route; store "a" or "b", version v. Owned by the caller's array. */
+static mig_route_t rt(const char *tenant, const char *store, int64_t v)
+{
+    mig_route_t r = { .tenant = cm_xstrdup(tenant),
+                      .store = cm_xstrdup(store),
+                      .state = cm_xstrdup("normal"),
+                      .version = v };
+    return r;
+}
+
+/* "tenant:store:version,..." of routes. */
+static char *routes_str(const mig_route_t *r, size_t n)
+{
+    cm_buf_t b = { 0 };
+
+    for (size_t i = 0; i < n; i++) {
+        char *e = cm_xasprintf("%s%s:%s:%lld", i ? "," : "", r[i].tenant, r[i].store,
+                               (long long)r[i].version);
+
+        cm_buf_append(&b, e, strlen(e));
+        free(e);
+    }
+    cm_buf_append_u8(&b, 0);
+    return (char *)b.data;
+}
+
+static void assert_overlay(const mig_overlay_t *o, const char *want)
+{
+    size_t n;
+    mig_route_t *r = mig_overlay_routes(o, &n);
+    char *got;
+
+    assert_non_null(r);
+    got = routes_str(r, n);
+    assert_string_equal(got, want);
+    free(got);
+    mig_routes_free(r, n);
+}
+
+/*
+ * A route a runner published stays in force over loads that began before
+ * it (they may predate its commit), and gives way to the first load begun
+ * after it - whatever that load says, even that the route is gone.
+ */
+static void test_route_overlay(void **state)
+{
+    mig_overlay_t o = { 0 };
+    mig_route_t *load;
+    mig_route_t pub;
+    size_t n;
+
+    (void)state;
+    pub = rt("t2", "b", 8);
+    mig_overlay_publish(&o, &pub, 5);
+    assert_null(mig_overlay_routes(&o, &n)); /* nothing loaded yet: nothing to deliver */
+    assert_int_equal(n, 0);
+
+    load = cm_xcalloc(3, sizeof(*load));
+    load[0] = rt("t1", "a", 1);
+    load[1] = rt("t2", "a", 7);
+    load[2] = rt("t3", "a", 1);
+    mig_overlay_load(&o, load, 3, 4); /* began before the publication */
+    assert_overlay(&o, "t1:a:1,t2:b:8,t3:a:1");
+
+    /* A second publication of the same tenant replaces the first; a new tenant sorts in. */
+    mig_route_clear(&pub);
+    pub = rt("t2", "a", 9);
+    mig_overlay_publish(&o, &pub, 10);
+    mig_route_clear(&pub);
+    pub = rt("t0", "b", 1);
+    mig_overlay_publish(&o, &pub, 11);
+    mig_route_clear(&pub);
+    assert_overlay(&o, "t0:b:1,t1:a:1,t2:a:9,t3:a:1");
+
+    /* A stale load (began at 6, before both): both publications stay. */
+    load = cm_xcalloc(3, sizeof(*load));
+    load[0] = rt("t1", "a", 1);
+    load[1] = rt("t2", "b", 8);
+    load[2] = rt("t3", "a", 1);
+    mig_overlay_load(&o, load, 3, 6);
+    assert_overlay(&o, "t0:b:1,t1:a:1,t2:a:9,t3:a:1");
+
+    /* Began at 10, with t2's publication: not after it, so nothing gives way. */
+    load = cm_xcalloc(2, sizeof(*load));
+    load[0] = rt("t1", "a", 1);
+    load[1] = rt("t2", "b", 12);
+    mig_overlay_load(&o, load, 2, 10);
+    assert_overlay(&o, "t0:b:1,t1:a:1,t2:a:9");
+    load = cm_xcalloc(2, sizeof(*load));
+    load[0] = rt("t1", "a", 1);
+    load[1] = rt("t2", "b", 12);
+    mig_overlay_load(&o, load, 2, 11); /* after t2's (at 10), not after t0's (at 11) */
+    assert_overlay(&o, "t0:b:1,t1:a:1,t2:b:12");
+
+    /* After every publication: the load alone, t0 gone with it. */
+    load = cm_xcalloc(1, sizeof(*load));
+    load[0] = rt("t1", "a", 2);
+    mig_overlay_load(&o, load, 1, 12);
+    assert_overlay(&o, "t1:a:2");
+    assert_int_equal(o.n_pins, 0);
+    mig_overlay_free(&o);
+}
+
 static void test_cmd_parse_migrations(void **state)
 {
     mig_cmd_t cmd;
@@ -2091,7 +2194,7 @@ int main(void)
     const struct CMUnitTest local[] = {
         cmocka_unit_test(test_outbox_threads),          cmocka_unit_test(test_outbox_coalesce),
         cmocka_unit_test(test_outbox_close_in_deliver), cmocka_unit_test(test_cmd_parse),
-        cmocka_unit_test(test_cmd_parse_migrations),
+        cmocka_unit_test(test_cmd_parse_migrations),    cmocka_unit_test(test_route_overlay),
     };
     const struct CMUnitTest pg[] = {
         cmocka_unit_test(test_schema_idempotent),
