@@ -640,6 +640,24 @@ static run_rc_t describe_table(run_t *r, const char *table, const char *mode, ta
     t->q = mig_quote_table(r->src, table);
     t->mode = cm_xstrdup(mode);
     {
+        /* Whether the row key alone is unique on the target: the conflict target of dual-write. */
+        const char *params[] = { t->q, env->row_key };
+        PGresult *u = mig_run_q(
+            r, r->dst, "target store",
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = "
+            "i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass($1) AND "
+            "i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = $2)",
+            2, params, &rc);
+
+        if (u == NULL) {
+            PQclear(scols);
+            PQclear(dcols);
+            return rc;
+        }
+        t->rk_unique = strcmp(PQgetvalue(u, 0, 0), "t") == 0;
+        PQclear(u);
+    }
+    {
         int pi = col_index(scols, env->position_column);
 
         t->has_pos = pi >= 0 && strcmp(PQgetvalue(scols, pi, 2), "t") == 0;
@@ -1082,19 +1100,25 @@ static bool flush_all(run_t *r, PGconn *c)
     return f == 0;
 }
 
-/*
- * Stream one COPY from the source into the target (both in the middle of
- * their COPY statements). Returns RUN_OK with *rows from the target's tag.
- */
-run_rc_t mig_run_stream(run_t *r, const char *out_sql, const char *in_sql, long long *rows)
+/* The next result of c that is not a plain success: a COPY's start, an error, or NULL. */
+static PGresult *next_copy(run_t *r, PGconn *c, bool *broken)
+{
+    PGresult *res;
+
+    while ((res = next_result(r, c, broken)) != NULL &&
+           (PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK))
+        PQclear(res);
+    return res;
+}
+
+run_rc_t mig_run_stream_n(run_t *r, const char *out_sql, const char *in_sql, size_t n,
+                          long long *rows)
 {
     PGresult *res;
     bool broken;
     run_rc_t rc = RUN_OK;
-    bool src_failed = false;
 
-    *rows = 0;
-    /* Both COPYs start in the same round trip. */
+    /* Both sides start in the same round trip. */
     if (!PQsendQuery(r->dst, in_sql))
         return mig_run_classify(r, r->dst, NULL, "target store");
     if (!PQsendQuery(r->src, out_sql)) {
@@ -1102,84 +1126,123 @@ run_rc_t mig_run_stream(run_t *r, const char *out_sql, const char *in_sql, long 
         mig_run_drop_stores(r); /* the target's COPY is half-started */
         return rc;
     }
-    /* in_sql may start with other statements (BEGIN, CREATE ...): their results come first. */
-    while ((res = next_result(r, r->dst, &broken)) != NULL &&
-           (PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK))
-        PQclear(res);
-    if (res == NULL || PQresultStatus(res) != PGRES_COPY_IN) {
-        rc = mig_run_classify(r, r->dst, res, "target store");
-        PQclear(res);
-        mig_run_drop_stores(r); /* the source is streaming its COPY: start both afresh */
-        return rc;
-    }
-    PQclear(res);
-    res = next_result(r, r->src, &broken);
-    if (res == NULL || PQresultStatus(res) != PGRES_COPY_OUT) {
-        rc = mig_run_classify(r, r->src, res, "source store");
-        PQclear(res);
-        (void)PQputCopyEnd(r->dst, "pgshift: source failed");
-        return rc;
-    }
-    PQclear(res);
-    if (PQsetnonblocking(r->dst, 1) != 0)
-        return mig_run_classify(r, r->dst, NULL, "target store");
-    for (;;) {
-        char *buf = NULL;
-        int n = PQgetCopyData(r->src, &buf, 1);
+    for (size_t k = 0; k < n; k++) {
+        bool src_failed = false;
 
-        if (n > 0) {
-            int put;
+        rows[k] = 0;
+        /* Statements before a COPY (BEGIN, CREATE ...) answer first. */
+        res = next_copy(r, r->dst, &broken);
+        if (res == NULL || PQresultStatus(res) != PGRES_COPY_IN) {
+            rc = mig_run_classify(r, r->dst, res, "target store");
+            if (rc == RUN_OK) {
+                mig_run_set_err(r, "XX000", cm_xasprintf("target store: no COPY %zu", k + 1));
+                rc = RUN_TRANSIENT;
+            }
+            PQclear(res);
+            mig_run_drop_stores(r); /* the source is streaming its COPY: start both afresh */
+            return rc;
+        }
+        PQclear(res);
+        res = next_copy(r, r->src, &broken);
+        if (res == NULL || PQresultStatus(res) != PGRES_COPY_OUT) {
+            rc = mig_run_classify(r, r->src, res, "source store");
+            if (rc == RUN_OK) {
+                mig_run_set_err(r, "XX000", cm_xasprintf("source store: no COPY %zu", k + 1));
+                rc = RUN_TRANSIENT;
+            }
+            PQclear(res);
+            (void)PQputCopyEnd(r->dst, "pgshift: source failed");
+            return rc;
+        }
+        PQclear(res);
+        if (PQsetnonblocking(r->dst, 1) != 0)
+            return mig_run_classify(r, r->dst, NULL, "target store");
+        for (;;) {
+            char *buf = NULL;
+            int got = PQgetCopyData(r->src, &buf, 1);
 
-            while ((put = PQputCopyData(r->dst, buf, n)) == 0)
-                if (mig_pq_wait(r->dst, POLLOUT, r->env->latch, IO_TIMEOUT_MS) <= 0 ||
-                    PQflush(r->dst) < 0) {
-                    put = -1;
+            if (got > 0) {
+                int put;
+
+                while ((put = PQputCopyData(r->dst, buf, got)) == 0)
+                    if (mig_pq_wait(r->dst, POLLOUT, r->env->latch, IO_TIMEOUT_MS) <= 0 ||
+                        PQflush(r->dst) < 0) {
+                        put = -1;
+                        break;
+                    }
+                PQfreemem(buf);
+                if (put < 0) {
+                    rc = mig_run_classify(r, r->dst, NULL, "target store");
                     break;
                 }
-            PQfreemem(buf);
-            if (put < 0) {
-                rc = mig_run_classify(r, r->dst, NULL, "target store");
-                break;
+                continue;
             }
-            continue;
-        }
-        if (n == 0) {
-            /* Send what is buffered before sleeping on the source. */
-            if (PQflush(r->dst) < 0) {
-                rc = mig_run_classify(r, r->dst, NULL, "target store");
-                break;
+            if (got == 0) {
+                /* Send what is buffered before sleeping on the source. */
+                if (PQflush(r->dst) < 0) {
+                    rc = mig_run_classify(r, r->dst, NULL, "target store");
+                    break;
+                }
+                if (mig_pq_wait(r->src, POLLIN, r->env->latch, IO_TIMEOUT_MS) <= 0 ||
+                    !PQconsumeInput(r->src)) {
+                    rc = mig_run_classify(r, r->src, NULL, "source store");
+                    break;
+                }
+                continue;
             }
-            if (mig_pq_wait(r->src, POLLIN, r->env->latch, IO_TIMEOUT_MS) <= 0 ||
-                !PQconsumeInput(r->src)) {
-                rc = mig_run_classify(r, r->src, NULL, "source store");
-                break;
+            if (got == -2)
+                src_failed = true;
+            /* This COPY's own result; the source goes on to the next statement by itself. */
+            res = next_result(r, r->src, &broken);
+            if (res == NULL || !mig_pq_ok(res) || src_failed) {
+                rc = mig_run_classify(r, r->src, res, "source store");
+                if (rc == RUN_OK)
+                    rc = RUN_TRANSIENT;
             }
-            continue;
+            PQclear(res);
+            break;
         }
-        if (n == -2)
-            src_failed = true;
-        res = finish_results(r, r->src, &broken);
-        if (res == NULL || !mig_pq_ok(res) || src_failed) {
-            rc = mig_run_classify(r, r->src, res, "source store");
-            if (rc == RUN_OK)
-                rc = RUN_TRANSIENT;
+        if (rc != RUN_OK) {
+            /* The caller drops both connections: the target's transaction dies with it. */
+            return rc;
         }
+        if (PQputCopyEnd(r->dst, NULL) < 0 || !flush_all(r, r->dst) ||
+            PQsetnonblocking(r->dst, 0) != 0)
+            return mig_run_classify(r, r->dst, NULL, "target store");
+        res = next_result(r, r->dst, &broken);
+        if (res == NULL || !mig_pq_ok(res)) {
+            rc = mig_run_classify(r, r->dst, res, "target store");
+            PQclear(res);
+            return rc;
+        }
+        rows[k] = strtoll(PQcmdTuples(res), NULL, 10);
         PQclear(res);
-        break;
     }
-    if (rc != RUN_OK) {
-        /* The caller drops both connections: the target's transaction dies with it. */
+    /* The source's query ends with its last COPY. */
+    res = finish_results(r, r->src, &broken);
+    if (broken || (res != NULL && !mig_pq_ok(res))) {
+        rc = mig_run_classify(r, r->src, res, "source store");
+        PQclear(res);
+        return rc == RUN_OK ? RUN_TRANSIENT : rc;
+    }
+    PQclear(res);
+    return RUN_OK;
+}
+
+run_rc_t mig_run_stream(run_t *r, const char *out_sql, const char *in_sql, long long *rows)
+{
+    PGresult *res;
+    bool broken;
+    run_rc_t rc = mig_run_stream_n(r, out_sql, in_sql, 1, rows);
+
+    if (rc != RUN_OK)
         return rc;
-    }
-    if (PQputCopyEnd(r->dst, NULL) < 0 || !flush_all(r, r->dst) || PQsetnonblocking(r->dst, 0) != 0)
-        return mig_run_classify(r, r->dst, NULL, "target store");
     res = finish_results(r, r->dst, &broken);
-    if (res == NULL || !mig_pq_ok(res)) {
+    if (broken || (res != NULL && !mig_pq_ok(res))) {
         rc = mig_run_classify(r, r->dst, res, "target store");
         PQclear(res);
-        return rc;
+        return rc == RUN_OK ? RUN_TRANSIENT : rc;
     }
-    *rows = strtoll(PQcmdTuples(res), NULL, 10);
     PQclear(res);
     return RUN_OK;
 }

@@ -492,19 +492,16 @@ static run_rc_t to_dual_write(run_t *r)
 /* ---- one round ------------------------------------------------------------------------ */
 
 /*
- * Run the statements of sql (several, one simple query: one round trip) and
- * keep their n results in order. RUN_OK with every one successful.
+ * Read the n results of a simple query sent on c, in order. RUN_OK with
+ * every one successful.
  */
-static run_rc_t exec_multi(run_t *r, PGconn *c, const char *what, const char *sql, PGresult **out,
-                           size_t n)
+static run_rc_t collect_results(run_t *r, PGconn *c, const char *what, PGresult **out, size_t n)
 {
     size_t k = 0;
     run_rc_t rc = RUN_OK;
     PGresult *res;
 
     memset(out, 0, n * sizeof(*out));
-    if (!PQsendQuery(c, sql))
-        return mig_run_classify(r, c, NULL, what);
     for (;;) {
         while (PQisBusy(c)) {
             if (mig_pq_wait(c, POLLIN, r->env->latch, 30000) <= 0 || !PQconsumeInput(c)) {
@@ -533,6 +530,15 @@ static run_rc_t exec_multi(run_t *r, PGconn *c, const char *what, const char *sq
             out[i] = NULL;
         }
     return rc;
+}
+
+/* Run the statements of sql (several, one simple query: one round trip); n results. */
+static run_rc_t exec_multi(run_t *r, PGconn *c, const char *what, const char *sql, PGresult **out,
+                           size_t n)
+{
+    if (!PQsendQuery(c, sql))
+        return mig_run_classify(r, c, NULL, what);
+    return collect_results(r, c, what, out, n);
 }
 
 /*
@@ -719,135 +725,119 @@ static bool keys_written(const tab_t *t)
 }
 
 /*
- * Statements of a round for the target, sent with the round's COPYs or, at
- * its end, all in one round trip with the COMMIT; tab[k] is the table of
- * apply's statement k.
+ * A round's two queries: on the source, its COPYs out; on the target, its
+ * transaction - BEGIN, the COPYs in, then the statements that apply what
+ * they staged and the COMMIT. tab[k] is the table of apply's statement k.
  */
 typedef struct round_sql {
-    cm_buf_t pre;   /* what rides with the next COPY's start (BEGIN ..., CREATE ...) */
+    cm_buf_t out; /* "COPY (...) TO STDOUT ...; " */
+    cm_buf_t in;  /* "BEGIN ...; [CREATE ...;] COPY ... FROM STDIN ...; " */
+    size_t n_copy;
     cm_buf_t apply; /* "INSERT ...; DELETE ...; " */
     size_t *tab;
     size_t n;
 } round_sql_t;
 
+static void buf_stmt(cm_buf_t *b, char *sql_owned)
+{
+    cm_buf_append(b, sql_owned, strlen(sql_owned));
+    cm_buf_append(b, "; ", 2);
+    free(sql_owned);
+}
+
+static void round_sql_copy(round_sql_t *q, char *out_owned, char *in_owned)
+{
+    buf_stmt(&q->out, out_owned);
+    buf_stmt(&q->in, in_owned);
+    q->n_copy++;
+}
+
 static void round_sql_add(round_sql_t *q, size_t i, char *sql_owned)
 {
-    cm_buf_append(&q->apply, sql_owned, strlen(sql_owned));
-    cm_buf_append(&q->apply, "; ", 2);
-    free(sql_owned);
+    buf_stmt(&q->apply, sql_owned);
     q->tab[q->n++] = i;
 }
 
-/* Stream out_sql into in_sql, with what waits in q->pre sent before in_sql. */
-static run_rc_t round_stream(run_t *r, round_sql_t *q, const char *out_sql, const char *in_sql,
-                             long long *rows)
-{
-    run_rc_t rc;
-
-    if (q->pre.len == 0)
-        return mig_run_stream(r, out_sql, in_sql, rows);
-    cm_buf_append(&q->pre, in_sql, strlen(in_sql));
-    cm_buf_append_u8(&q->pre, 0);
-    rc = mig_run_stream(r, out_sql, (const char *)q->pre.data, rows);
-    q->pre.len = 0;
-    return rc;
-}
-
 /*
- * Table i's part of a round: its changed rows are COPYed into its stage on
- * the target, and on full rounds a mutable table's current keys into a key
- * table; the statements that apply them (insert, upsert, delete) go to q,
- * to run in order at the end of the round.
+ * Table i's part of a round: a COPY of its changed rows into its stage on
+ * the target, and on full rounds one of a mutable table's current keys into
+ * a key table; the statements that apply them (insert, upsert, delete), in
+ * order. An empty stage applies nothing.
  */
-static run_rc_t round_table(dw_t *d, size_t i, round_sql_t *q)
+static void round_table(dw_t *d, size_t i, round_sql_t *q)
 {
     run_t *r = d->r;
     const mig_env_t *env = r->env;
     tab_t *t = &r->tabs[i];
-    char *where, *order, *out_sql, *in_sql, *sql, *stage;
-    long long rows = 0;
-    run_rc_t rc;
+    char *where, *order, *sql, *stage;
     bool map = strcmp(t->mode, "map") == 0;
+    char *rk = mig_quote_ident(r->dst, env->row_key);
+    char *pos = mig_quote_ident(r->dst, env->position_column);
 
     stage = mig_run_stage_sql(t, i);
-    if (stage != NULL) {
-        cm_buf_append(&q->pre, stage, strlen(stage));
-        cm_buf_append(&q->pre, "; ", 2);
-        free(stage);
-    }
+    if (stage != NULL)
+        buf_stmt(&q->in, stage);
     where = changed_where(d, i);
     order = t->n_key ? mig_run_key_order(t, false) : NULL;
-    out_sql = cm_xasprintf("COPY (SELECT %s FROM %s WHERE %s%s%s) TO STDOUT (FORMAT binary)",
-                           t->all_cols, t->q, where, order ? " ORDER BY " : "", order ? order : "");
+    round_sql_copy(q,
+                   cm_xasprintf("COPY (SELECT %s FROM %s WHERE %s%s%s) TO STDOUT (FORMAT binary)",
+                                t->all_cols, t->q, where, order ? " ORDER BY " : "",
+                                order ? order : ""),
+                   cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", t->stage, t->all_cols));
     free(where);
-    in_sql = cm_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", t->stage, t->all_cols);
-    rc = round_stream(r, q, out_sql, in_sql, &rows);
-    free(out_sql);
-    free(in_sql);
-    if (rc != RUN_OK) {
-        free(order);
-        return rc;
+    if (t->has_pos && map) {
+        /* The target assigns positions, in source order (I4); record the pairs. */
+        sql = cm_xasprintf("WITH ins AS (INSERT INTO %s (%s) SELECT %s FROM %s s WHERE NOT "
+                           "EXISTS (SELECT 1 FROM %s x WHERE x.%s = s.%s) ORDER BY s.%s "
+                           "ON CONFLICT DO NOTHING RETURNING %s AS pgshift_tpos, %s AS "
+                           "pgshift_rk) "
+                           "INSERT INTO pgshift.target_position_map (migration_id, "
+                           "source_position, target_position) "
+                           "SELECT %s, s.%s, ins.pgshift_tpos FROM ins JOIN %s s "
+                           "ON s.%s = ins.pgshift_rk ON CONFLICT DO NOTHING",
+                           t->q, t->copy_cols, t->copy_cols, t->stage, t->q, rk, rk, pos, pos, rk,
+                           r->ids, pos, t->stage, rk);
+    } else if (t->has_pos || t->n_key == 0 || !keys_written(t)) {
+        char *sel = mig_run_select_list(r, t);
+
+        /* A row already there (by its row key where that is unique) is left as it is. */
+        sql = cm_xasprintf("INSERT INTO %s (%s) SELECT %s FROM %s s%s%s ON CONFLICT %s%s%s "
+                           "DO NOTHING",
+                           t->q, t->copy_cols, sel, t->stage, order ? " ORDER BY " : "",
+                           order ? order : "", t->rk_unique ? "(" : "", t->rk_unique ? rk : "",
+                           t->rk_unique ? ")" : "");
+        free(sel);
+    } else {
+        /* Mutable rows: upsert by key; a checkpoint's position is translated (I6). */
+        char *tuple = mig_run_key_tuple(t), *set = excluded_set(t);
+        char *sel = mig_run_select_list(r, t);
+
+        sql = cm_xasprintf("INSERT INTO %s (%s) SELECT %s FROM %s s ORDER BY %s ON CONFLICT "
+                           "%s %s%s",
+                           t->q, t->copy_cols, sel, t->stage, order, tuple,
+                           *set ? "DO UPDATE SET " : "DO NOTHING", set);
+        free(sel);
+        free(tuple);
+        free(set);
     }
-    if (rows > 0) {
-        char *rk = mig_quote_ident(r->dst, env->row_key);
-        char *pos = mig_quote_ident(r->dst, env->position_column);
-        bool has_rk = strstr(t->all_cols, rk) != NULL;
-
-        if (t->has_pos && map) {
-            /* The target assigns positions, in source order (I4); record the pairs. */
-            sql = cm_xasprintf("WITH ins AS (INSERT INTO %s (%s) SELECT %s FROM %s s WHERE NOT "
-                               "EXISTS (SELECT 1 FROM %s x WHERE x.%s = s.%s) ORDER BY s.%s "
-                               "ON CONFLICT DO NOTHING RETURNING %s AS pgshift_tpos, %s AS "
-                               "pgshift_rk) "
-                               "INSERT INTO pgshift.target_position_map (migration_id, "
-                               "source_position, target_position) "
-                               "SELECT %s, s.%s, ins.pgshift_tpos FROM ins JOIN %s s "
-                               "ON s.%s = ins.pgshift_rk ON CONFLICT DO NOTHING",
-                               t->q, t->copy_cols, t->copy_cols, t->stage, t->q, rk, rk, pos, pos,
-                               rk, r->ids, pos, t->stage, rk);
-        } else if (t->has_pos || t->n_key == 0 || !keys_written(t)) {
-            char *sel = mig_run_select_list(r, t);
-
-            sql = cm_xasprintf("INSERT INTO %s (%s) SELECT %s FROM %s s%s%s ON CONFLICT %s%s%s "
-                               "DO NOTHING",
-                               t->q, t->copy_cols, sel, t->stage, order ? " ORDER BY " : "",
-                               order ? order : "", has_rk ? "(" : "", has_rk ? rk : "",
-                               has_rk ? ")" : "");
-            free(sel);
-        } else {
-            /* Mutable rows: upsert by key; a checkpoint's position is translated (I6). */
-            char *tuple = mig_run_key_tuple(t), *set = excluded_set(t);
-            char *sel = mig_run_select_list(r, t);
-
-            sql = cm_xasprintf("INSERT INTO %s (%s) SELECT %s FROM %s s ORDER BY %s ON CONFLICT "
-                               "%s %s%s",
-                               t->q, t->copy_cols, sel, t->stage, order, tuple,
-                               *set ? "DO UPDATE SET " : "DO NOTHING", set);
-            free(sel);
-            free(tuple);
-            free(set);
-        }
-        free(rk);
-        free(pos);
-        round_sql_add(q, i, sql);
-    }
+    free(rk);
+    free(pos);
+    round_sql_add(q, i, sql);
     /* Rows deleted on the source: mutable tables, on full rounds. */
     if (!t->has_pos && t->n_key > 0 && keys_written(t)) {
         char *tuple = mig_run_key_tuple(t), *keys = cm_xstrndup(tuple + 1, strlen(tuple) - 2);
         cm_buf_t cond = { 0 };
 
-        sql = cm_xasprintf("CREATE TEMP TABLE IF NOT EXISTS pgshift_keys_%zu ON COMMIT DELETE "
-                           "ROWS AS SELECT %s FROM %s LIMIT 0; ",
-                           i, keys, t->q);
-        cm_buf_append(&q->pre, sql, strlen(sql));
-        free(sql);
-        out_sql = cm_xasprintf("COPY (SELECT %s FROM %s WHERE %s = %s) TO STDOUT (FORMAT binary)",
-                               keys, t->q, r->tcol, r->tenant_lit);
-        in_sql =
-            cm_xasprintf("COPY pg_temp.pgshift_keys_%zu (%s) FROM STDIN (FORMAT binary)", i, keys);
-        rc = round_stream(r, q, out_sql, in_sql, &rows);
-        free(out_sql);
-        free(in_sql);
+        buf_stmt(&q->in, cm_xasprintf("CREATE TEMP TABLE IF NOT EXISTS pgshift_keys_%zu ON COMMIT "
+                                      "DELETE ROWS AS SELECT %s FROM %s LIMIT 0",
+                                      i, keys, t->q));
+        round_sql_copy(q,
+                       cm_xasprintf("COPY (SELECT %s FROM %s WHERE %s = %s) TO STDOUT (FORMAT "
+                                    "binary)",
+                                    keys, t->q, r->tcol, r->tenant_lit),
+                       cm_xasprintf("COPY pg_temp.pgshift_keys_%zu (%s) FROM STDIN (FORMAT "
+                                    "binary)",
+                                    i, keys));
         for (size_t k = 0; k < t->n_key; k++) {
             char *e = cm_xasprintf("%sk.%s = d.%s", k ? " AND " : "", t->key_q[k], t->key_q[k]);
 
@@ -855,17 +845,15 @@ static run_rc_t round_table(dw_t *d, size_t i, round_sql_t *q)
             free(e);
         }
         cm_buf_append_u8(&cond, 0);
-        if (rc == RUN_OK)
-            round_sql_add(q, i,
-                          cm_xasprintf("DELETE FROM %s d WHERE d.%s = %s AND NOT EXISTS (SELECT 1 "
-                                       "FROM pg_temp.pgshift_keys_%zu k WHERE %s)",
-                                       t->q, r->tcol, r->tenant_lit, i, (const char *)cond.data));
+        round_sql_add(q, i,
+                      cm_xasprintf("DELETE FROM %s d WHERE d.%s = %s AND NOT EXISTS (SELECT 1 "
+                                   "FROM pg_temp.pgshift_keys_%zu k WHERE %s)",
+                                   t->q, r->tcol, r->tenant_lit, i, (const char *)cond.data));
         cm_buf_free(&cond);
         free(tuple);
         free(keys);
     }
     free(order);
-    return rc;
 }
 
 /*
@@ -904,12 +892,13 @@ static run_rc_t round_once(dw_t *d, bool exact, int timeout_ms, long long *appli
         return rc;
     }
     /*
-     * The target's transaction: BEGIN rides with the first COPY, and every
-     * statement that applies what the COPYs staged runs with the COMMIT, in
-     * one round trip (a round costs 1 + 2 per COPY + 1 of them).
+     * Two queries, started in the same round trip: the source's COPYs out,
+     * and the target's whole transaction (BEGIN, the COPYs in, the
+     * statements that apply them, COMMIT). Each COPY costs the target one
+     * round trip more; everything else rides along.
      */
     q.tab = cm_xcalloc(2 * r->n_tabs + 1, sizeof(*q.tab));
-    for (size_t i = 0; rc == RUN_OK && i < r->n_tabs; i++) {
+    for (size_t i = 0; i < r->n_tabs; i++) {
         d->t[i].scanned = false;
         if (!due[i])
             continue;
@@ -918,28 +907,29 @@ static run_rc_t round_once(dw_t *d, bool exact, int timeout_ms, long long *appli
             continue;
         }
         if (!dst_open) {
-            char *b = timeout_ms > 0
-                          ? cm_xasprintf("BEGIN; SET LOCAL statement_timeout = %d; %s%s",
-                                         timeout_ms, d->sweep_prelude ? d->sweep_prelude : "",
-                                         d->sweep_prelude ? "; " : "")
-                          : cm_xstrdup("BEGIN; ");
-
-            cm_buf_append(&q.pre, b, strlen(b));
-            free(b);
+            if (timeout_ms > 0)
+                buf_stmt(&q.in, cm_xasprintf("BEGIN; SET LOCAL statement_timeout = %d%s%s",
+                                             timeout_ms, d->sweep_prelude ? "; " : "",
+                                             d->sweep_prelude ? d->sweep_prelude : ""));
+            else
+                buf_stmt(&q.in, cm_xstrdup("BEGIN"));
             dst_open = true;
         }
-        rc = round_table(d, i, &q);
-        if (rc != RUN_OK)
-            break;
-        if (timeout_ms > 0)
-            set_str(&d->sweep_prelude, NULL); /* done: setval does not roll back */
+        round_table(d, i, &q);
         d->t[i].scanned = true;
     }
-    if (rc == RUN_OK && dst_open) {
+    if (dst_open) {
         PGresult **res = cm_xcalloc(q.n + 1, sizeof(*res));
+        long long *rows = cm_xcalloc(q.n_copy + 1, sizeof(*rows));
 
-        cm_buf_append_cstr(&q.apply, "COMMIT");
-        rc = exec_multi(r, r->dst, "target store", (const char *)q.apply.data, res, q.n + 1);
+        cm_buf_append(&q.in, q.apply.data, q.apply.len);
+        cm_buf_append_cstr(&q.in, "COMMIT");
+        cm_buf_append_u8(&q.out, 0);
+        rc = mig_run_stream_n(r, (const char *)q.out.data, (const char *)q.in.data, q.n_copy, rows);
+        if (rc == RUN_OK && timeout_ms > 0)
+            set_str(&d->sweep_prelude, NULL); /* done: setval does not roll back */
+        if (rc == RUN_OK)
+            rc = collect_results(r, r->dst, "target store", res, q.n + 1);
         for (size_t k = 0; rc == RUN_OK && k <= q.n; k++) {
             if (k < q.n) {
                 long long n = strtoll(PQcmdTuples(res[k]), NULL, 10);
@@ -951,8 +941,10 @@ static run_rc_t round_once(dw_t *d, bool exact, int timeout_ms, long long *appli
             PQclear(res[k]);
         }
         free(res);
+        free(rows);
     }
-    cm_buf_free(&q.pre);
+    cm_buf_free(&q.out);
+    cm_buf_free(&q.in);
     cm_buf_free(&q.apply);
     free(q.tab);
     if (rc == RUN_OK)

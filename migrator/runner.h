@@ -37,6 +37,7 @@ typedef struct tab {
     bool done;
     char *stage;       /* map mode: the temporary table on the target */
     char *select_cols; /* translate mode: the columns of a stage row "s", translated */
+    bool rk_unique;    /* the target has a unique index on the row key column alone */
 } tab_t;
 
 typedef struct run {
@@ -116,6 +117,15 @@ run_rc_t mig_run_bump_sequence(run_t *r, const tab_t *t);
  * CREATE), so that they cost no round trip of their own.
  */
 run_rc_t mig_run_stream(run_t *r, const char *out_sql, const char *in_sql, long long *rows);
+/*
+ * The same for n COPYs in a row: out_sql holds n COPY ... TO STDOUT, in_sql
+ * n COPY ... FROM STDIN (other statements may come before, between and,
+ * on the target, after them), the k-th out streamed into the k-th in; rows[k]
+ * from the target's tags. Returns once the n-th COPY into the target is
+ * done: the target's later results are the caller's to read.
+ */
+run_rc_t mig_run_stream_n(run_t *r, const char *out_sql, const char *in_sql, size_t n,
+                          long long *rows);
 char *mig_run_key_tuple(const tab_t *t);
 char *mig_run_key_order(const tab_t *t, bool desc);
 /* The select list that writes stage rows "s" of t into t (translate mode: I6). Owned. */
