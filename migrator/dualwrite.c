@@ -1937,6 +1937,10 @@ static run_rc_t verify_finish(dw_t *d, bool ok, const char *detail)
     snprintf(rq, sizeof(rq), "%" PRId64, d->verify_request);
     snprintf(rw, sizeof(rw), "%lld", rows);
     snprintf(ms, sizeof(ms), "%" PRIu64, cm_now_ms() - d->verify_start_ms);
+    /* The outcome and the readiness that follows from it, in one transaction. */
+    rc = mig_run_x(r, r->ctl, "control store", "BEGIN", 0, NULL);
+    if (rc != RUN_OK)
+        return rc;
     res = mig_run_q(r, r->ctl, "control store",
                     "UPDATE pgshift.migrations SET verify_result = jsonb_build_object("
                     "  'request', $2::bigint, 'passed', $3::bool, 'rows', $4::bigint, "
@@ -1950,7 +1954,16 @@ static run_rc_t verify_finish(dw_t *d, bool ok, const char *detail)
     LOG_INFO(LOG_CTX, "migration %s: consistency check %s in %s ms: %s", r->ids,
              ok ? "passed" : "FAILED", ms, d->verify_detail);
     d->verify_seen = CM_MAX(d->verify_seen, d->verify_request);
-    d->last_status_ms = 0; /* publish the new readiness now */
+    if (rc == RUN_OK) {
+        bool phase_ok, paused;
+
+        rc = publish_status(d, &phase_ok, &paused);
+    }
+    if (rc == RUN_OK)
+        rc = mig_run_x(r, r->ctl, "control store", "COMMIT", 0, NULL);
+    else if (r->ctl != NULL && PQstatus(r->ctl) == CONNECTION_OK)
+        (void)mig_run_x(r, r->ctl, "control store", "ROLLBACK", 0, NULL);
+    d->last_status_ms = 0; /* and the loop looks at the record again */
     return rc;
 }
 
