@@ -710,7 +710,47 @@ static run_rc_t describe_table(run_t *r, const char *table, const char *mode, ta
     }
     PQclear(scols);
     PQclear(dcols);
+    if (!t->has_pos && !t->rk_unique && (t->n_key == 0 || !mig_run_keys_written(t))) {
+        /*
+         * Dual-write reads a row again now and then (a round re-reads what
+         * may still have been in flight): with no key of its own on the
+         * target and no unique row key, a row it wrote could not be told
+         * from a new one, so it would be written twice (I2). Refuse.
+         */
+        mig_run_set_err(
+            r, "55000",
+            cm_xasprintf("table \"%s\" cannot be mirrored without duplicates: the target assigns "
+                         "its key (the table already had rows at MIGRATE) and has no unique index "
+                         "on \"%s\" alone; add one on the target, or migrate into an empty table",
+                         table, env->row_key));
+        tab_free(t);
+        memset(t, 0, sizeof(*t));
+        return RUN_PERMANENT;
+    }
     return RUN_OK;
+}
+
+bool mig_run_keys_written(const tab_t *t)
+{
+    for (size_t k = 0; k < t->n_key; k++) {
+        char *needle = cm_xasprintf(",%s,", t->key_q[k]);
+        char *hay = cm_xasprintf(",%s,", t->copy_cols);
+        bool found;
+
+        /* copy_cols is "a, b, c": drop the blanks after the commas */
+        for (char *p = hay, *o = hay;; p++) {
+            if (!(*p == ' ' && p > hay && p[-1] == ','))
+                *o++ = *p;
+            if (*p == '\0')
+                break;
+        }
+        found = strstr(hay, needle) != NULL;
+        free(needle);
+        free(hay);
+        if (!found)
+            return false;
+    }
+    return true;
 }
 
 /* ---- the plan ------------------------------------------------------------------------ */

@@ -178,7 +178,7 @@ static int publish_routes(mig_ctl_t *m, PGconn *c)
     return 0;
 }
 
-void mig_publish_route(const mig_env_t *env, const mig_route_t *route)
+void mig_publish_route(const mig_env_t *env, const mig_route_t *route, uint64_t sent_us)
 {
     mig_event_t *ev;
 
@@ -188,7 +188,7 @@ void mig_publish_route(const mig_env_t *env, const mig_route_t *route)
     ev->routes = cm_xcalloc(1, sizeof(*ev->routes));
     ev->n_routes = 1;
     mig_route_copy(&ev->routes[0], route);
-    ev->at_us = cm_now_us();
+    ev->at_us = sent_us;
     mig_outbox_push(env->outbox, ev);
 }
 

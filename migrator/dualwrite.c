@@ -700,30 +700,6 @@ static char *excluded_set(const tab_t *t)
     return s;
 }
 
-/* Whether every key column of t is among the columns written. */
-static bool keys_written(const tab_t *t)
-{
-    for (size_t k = 0; k < t->n_key; k++) {
-        char *needle = cm_xasprintf(",%s,", t->key_q[k]);
-        char *hay = cm_xasprintf(",%s,", t->copy_cols);
-        bool found;
-
-        /* copy_cols is "a, b, c": drop the blanks after the commas */
-        for (char *p = hay, *o = hay;; p++) {
-            if (!(*p == ' ' && p > hay && p[-1] == ','))
-                *o++ = *p;
-            if (*p == '\0')
-                break;
-        }
-        found = strstr(hay, needle) != NULL;
-        free(needle);
-        free(hay);
-        if (!found)
-            return false;
-    }
-    return true;
-}
-
 /*
  * A round's two queries: on the source, its COPYs out; on the target, its
  * transaction - BEGIN, the COPYs in, then the statements that apply what
@@ -797,7 +773,7 @@ static void round_table(dw_t *d, size_t i, round_sql_t *q)
                            "ON s.%s = ins.pgshift_rk ON CONFLICT DO NOTHING",
                            t->q, t->copy_cols, t->copy_cols, t->stage, t->q, rk, rk, pos, pos, rk,
                            r->ids, pos, t->stage, rk);
-    } else if (t->has_pos || t->n_key == 0 || !keys_written(t)) {
+    } else if (t->has_pos || t->n_key == 0 || !mig_run_keys_written(t)) {
         char *sel = mig_run_select_list(r, t);
 
         /* A row already there (by its row key where that is unique) is left as it is. */
@@ -824,7 +800,7 @@ static void round_table(dw_t *d, size_t i, round_sql_t *q)
     free(pos);
     round_sql_add(q, i, sql);
     /* Rows deleted on the source: mutable tables, on full rounds. */
-    if (!t->has_pos && t->n_key > 0 && keys_written(t)) {
+    if (!t->has_pos && t->n_key > 0 && mig_run_keys_written(t)) {
         char *tuple = mig_run_key_tuple(t), *keys = cm_xstrndup(tuple + 1, strlen(tuple) - 2);
         cm_buf_t cond = { 0 };
 
@@ -1277,9 +1253,11 @@ static void unfence(dw_t *d, bool fenced, bool locked)
  * cutover (its hold, flip or roll-back) at once; other processes learn it
  * from the NOTIFY. res row 0 from column col on: the route's store, state
  * and version (NULL: no route row, nothing to tell). phase NULL: no
- * migration any more (after the flip).
+ * migration any more (after the flip). sent_us: cm_now_us() before the
+ * committing statement was sent (see mig_publish_route).
  */
-static void publish_route(dw_t *d, const PGresult *res, int col, const char *phase, int attempt)
+static void publish_route(dw_t *d, const PGresult *res, int col, const char *phase, int attempt,
+                          uint64_t sent_us)
 {
     run_t *r = d->r;
     mig_route_t rt = { 0 };
@@ -1296,7 +1274,7 @@ static void publish_route(dw_t *d, const PGresult *res, int col, const char *pha
         rt.migration_id = r->id;
         rt.cutover_attempt = attempt;
     }
-    mig_publish_route(r->env, &rt);
+    mig_publish_route(r->env, &rt, sent_us);
 }
 
 static run_rc_t roll_back(dw_t *d, int attempt, int64_t request, outcome_t *o, uint64_t t0)
@@ -1312,6 +1290,7 @@ static run_rc_t roll_back(dw_t *d, int attempt, int64_t request, outcome_t *o, u
     {
         const char *params[] = { r->ids, att, res_js };
 
+        uint64_t sent_us = cm_now_us();
         PGresult *res = mig_run_q(
             r, r->ctl, "control store",
             "WITH m AS (UPDATE pgshift.migrations SET phase = 'DUAL_WRITE', updated_at = now(), "
@@ -1327,7 +1306,7 @@ static run_rc_t roll_back(dw_t *d, int attempt, int64_t request, outcome_t *o, u
             3, params, &rc);
 
         if (res != NULL) {
-            publish_route(d, res, 0, "DUAL_WRITE", 0); /* held work goes back to the source */
+            publish_route(d, res, 0, "DUAL_WRITE", 0, sent_us); /* held work: back to the source */
             PQclear(res);
         }
         if (rc == RUN_OK) {
@@ -1495,7 +1474,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
 {
     run_t *r = d->r;
     outcome_t o = { 0 };
-    uint64_t t0, deadline, t_acked = 0, t_fenced = 0, t_swept = 0;
+    uint64_t t0, deadline, t_acked = 0, t_fenced = 0, t_swept = 0, sent_us;
     int attempt = 0;
     bool fenced = false, locked = false, all = false;
     run_rc_t rc;
@@ -1515,6 +1494,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
         char reqs[24];
         const char *params[] = { r->ids, reqs };
 
+        sent_us = cm_now_us();
         snprintf(reqs, sizeof(reqs), "%" PRId64, request);
         res = mig_run_q(
             r, r->ctl, "control store",
@@ -1540,7 +1520,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
         return RUN_RECHECK;
     }
     attempt = atoi(PQgetvalue(res, 0, 0));
-    publish_route(d, res, 1, "CUTOVER", attempt); /* this process holds from here */
+    publish_route(d, res, 1, "CUTOVER", attempt, sent_us); /* this process holds from here */
     PQclear(res);
     t0 = cm_now_ms();
     deadline = t0 + (uint64_t)d->timeout_ms;
@@ -1682,6 +1662,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
         params[0] = r->ids;
         params[1] = att;
         params[2] = res_js;
+        sent_us = cm_now_us();
         res = mig_run_q(
             r, r->ctl, "control store",
             "WITH m AS (UPDATE pgshift.migrations SET phase = 'COMPLETED', completed_at = now(), "
@@ -1717,7 +1698,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
             snprintf(o.error, sizeof(o.error), "the migration left CUTOVER (aborted?)");
             goto rollback;
         }
-        publish_route(d, res, 2, NULL, 0); /* held work goes to the target */
+        publish_route(d, res, 2, NULL, 0, sent_us); /* held work goes to the target */
         PQclear(res);
     }
     failpoint("cutover_after_flip"); /* persisted, nothing after it done: restart -> COMPLETED */
@@ -1937,10 +1918,6 @@ static run_rc_t verify_finish(dw_t *d, bool ok, const char *detail)
     snprintf(rq, sizeof(rq), "%" PRId64, d->verify_request);
     snprintf(rw, sizeof(rw), "%lld", rows);
     snprintf(ms, sizeof(ms), "%" PRIu64, cm_now_ms() - d->verify_start_ms);
-    /* The outcome and the readiness that follows from it, in one transaction. */
-    rc = mig_run_x(r, r->ctl, "control store", "BEGIN", 0, NULL);
-    if (rc != RUN_OK)
-        return rc;
     res = mig_run_q(r, r->ctl, "control store",
                     "UPDATE pgshift.migrations SET verify_result = jsonb_build_object("
                     "  'request', $2::bigint, 'passed', $3::bool, 'rows', $4::bigint, "
@@ -1955,14 +1932,12 @@ static run_rc_t verify_finish(dw_t *d, bool ok, const char *detail)
              ok ? "passed" : "FAILED", ms, d->verify_detail);
     d->verify_seen = CM_MAX(d->verify_seen, d->verify_request);
     if (rc == RUN_OK) {
+        /* The readiness that follows from it, right after (never "failed" next to "ready" for
+         * long). */
         bool phase_ok, paused;
 
         rc = publish_status(d, &phase_ok, &paused);
     }
-    if (rc == RUN_OK)
-        rc = mig_run_x(r, r->ctl, "control store", "COMMIT", 0, NULL);
-    else if (r->ctl != NULL && PQstatus(r->ctl) == CONNECTION_OK)
-        (void)mig_run_x(r, r->ctl, "control store", "ROLLBACK", 0, NULL);
     d->last_status_ms = 0; /* and the loop looks at the record again */
     return rc;
 }

@@ -171,16 +171,20 @@ typedef struct mig_env {
 
 /*
  * Any thread: hand this process's router a route just committed to the
- * control store (copied), without waiting for its NOTIFY and reload. The
- * route stays in force until a reload begun after this call replaces it.
+ * control store (copied), without waiting for its NOTIFY and reload.
+ * sent_us is cm_now_us() taken before the committing statement was sent:
+ * the route stays in force until a load that began after that. A load that
+ * began before cannot have seen the commit; one that began after may not
+ * have either, and then the NOTIFY's reload brings the route - never
+ * anything older than the control store says after that reload.
  */
-void mig_publish_route(const mig_env_t *env, const mig_route_t *route);
+void mig_publish_route(const mig_env_t *env, const mig_route_t *route, uint64_t sent_us);
 /*
  * The routes in force in this process: the last ones loaded from the
  * control store, and on top of them the routes its runners published
  * (mig_publish_route). A published route stays in force until a load that
- * began after it was published: a load begun before may predate its
- * commit, one begun after sees it or something newer. Loop thread.
+ * began after its committing statement was sent: a load begun before
+ * cannot have seen the commit. Loop thread.
  */
 typedef struct mig_overlay {
     mig_route_t *routes; /* the last load, sorted by tenant */
