@@ -931,6 +931,11 @@ static void hold_log_add(px_proxy_t *p, const px_hold_rec_t *rec)
  * histogram, and log it for SHOW HOLDS. to_store is where the statement
  * went (-1: nowhere, or not known yet).
  */
+static int rec_to(px_hold_outcome_t outcome, int to_store)
+{
+    return outcome == PX_HOLD_RELEASED ? to_store : -1;
+}
+
 static void cl_hold_end(px_client_t *c, px_hold_outcome_t outcome, int to_store)
 {
     px_proxy_t *p = c->conn.proxy;
@@ -940,8 +945,17 @@ static void cl_hold_end(px_client_t *c, px_hold_outcome_t outcome, int to_store)
 
     if (c->hold_start_us == 0)
         return;
+    /* A connection warmed for a store the statement did not go to goes again (a roll-back). */
+    for (size_t i = 0; i < c->n_servers; i++) {
+        px_server_t *s = c->servers[i];
+
+        if (s != NULL && s->is_warm && (int)i != rec_to(outcome, to_store)) {
+            c->servers[i] = NULL;
+            px_server_release(s);
+        }
+    }
     rec.held_us = cm_now_us() - c->hold_start_us;
-    rec.to_store = outcome == PX_HOLD_RELEASED ? to_store : -1;
+    rec.to_store = rec_to(outcome, to_store);
     rec.end_unix_ms = cm_wall_ms();
     rec.seq = ++p->hold_seq;
     snprintf(rec.tenant, sizeof(rec.tenant), "%s", c->hold_tenant ? c->hold_tenant : "");
