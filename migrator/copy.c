@@ -602,6 +602,30 @@ static char *translate_select(run_t *r, const PGresult *cols)
     return out;
 }
 
+/* Whether every key column of t is among the columns written on the target. */
+static bool keys_written(const tab_t *t)
+{
+    for (size_t k = 0; k < t->n_key; k++) {
+        char *needle = cm_xasprintf(",%s,", t->key_q[k]);
+        char *hay = cm_xasprintf(",%s,", t->copy_cols);
+        bool found;
+
+        /* copy_cols is "a, b, c": drop the blanks after the commas */
+        for (char *p = hay, *o = hay;; p++) {
+            if (!(*p == ' ' && p > hay && p[-1] == ','))
+                *o++ = *p;
+            if (*p == '\0')
+                break;
+        }
+        found = strstr(hay, needle) != NULL;
+        free(needle);
+        free(hay);
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
 /*
  * Build the per-table structure (columns, cursor) for table i of the env;
  * false when the table is not a tenant table on the source.
@@ -710,7 +734,8 @@ static run_rc_t describe_table(run_t *r, const char *table, const char *mode, ta
     }
     PQclear(scols);
     PQclear(dcols);
-    if (!t->has_pos && !t->rk_unique && (t->n_key == 0 || !mig_run_keys_written(t))) {
+    t->keys_written = t->n_key > 0 && keys_written(t);
+    if (!t->has_pos && !t->rk_unique && !t->keys_written) {
         /*
          * Dual-write reads a row again now and then (a round re-reads what
          * may still have been in flight): with no key of its own on the
@@ -719,38 +744,16 @@ static run_rc_t describe_table(run_t *r, const char *table, const char *mode, ta
          */
         mig_run_set_err(
             r, "55000",
-            cm_xasprintf("table \"%s\" cannot be mirrored without duplicates: the target assigns "
-                         "its key (the table already had rows at MIGRATE) and has no unique index "
-                         "on \"%s\" alone; add one on the target, or migrate into an empty table",
+            cm_xasprintf("table \"%s\" cannot be mirrored without duplicates: no key of its own "
+                         "is written on the target (it has none, or the target assigns it because "
+                         "the table already had rows at MIGRATE) and there is no unique index on "
+                         "\"%s\" alone; add one on the target, or migrate into an empty table",
                          table, env->row_key));
         tab_free(t);
         memset(t, 0, sizeof(*t));
         return RUN_PERMANENT;
     }
     return RUN_OK;
-}
-
-bool mig_run_keys_written(const tab_t *t)
-{
-    for (size_t k = 0; k < t->n_key; k++) {
-        char *needle = cm_xasprintf(",%s,", t->key_q[k]);
-        char *hay = cm_xasprintf(",%s,", t->copy_cols);
-        bool found;
-
-        /* copy_cols is "a, b, c": drop the blanks after the commas */
-        for (char *p = hay, *o = hay;; p++) {
-            if (!(*p == ' ' && p > hay && p[-1] == ','))
-                *o++ = *p;
-            if (*p == '\0')
-                break;
-        }
-        found = strstr(hay, needle) != NULL;
-        free(needle);
-        free(hay);
-        if (!found)
-            return false;
-    }
-    return true;
 }
 
 /* ---- the plan ------------------------------------------------------------------------ */

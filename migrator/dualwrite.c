@@ -773,7 +773,7 @@ static void round_table(dw_t *d, size_t i, round_sql_t *q)
                            "ON s.%s = ins.pgshift_rk ON CONFLICT DO NOTHING",
                            t->q, t->copy_cols, t->copy_cols, t->stage, t->q, rk, rk, pos, pos, rk,
                            r->ids, pos, t->stage, rk);
-    } else if (t->has_pos || t->n_key == 0 || !mig_run_keys_written(t)) {
+    } else if (t->has_pos || !t->keys_written) {
         char *sel = mig_run_select_list(r, t);
 
         /* A row already there (by its row key where that is unique) is left as it is. */
@@ -800,7 +800,7 @@ static void round_table(dw_t *d, size_t i, round_sql_t *q)
     free(pos);
     round_sql_add(q, i, sql);
     /* Rows deleted on the source: mutable tables, on full rounds. */
-    if (!t->has_pos && t->n_key > 0 && mig_run_keys_written(t)) {
+    if (!t->has_pos && t->keys_written) {
         char *tuple = mig_run_key_tuple(t), *keys = cm_xstrndup(tuple + 1, strlen(tuple) - 2);
         cm_buf_t cond = { 0 };
 

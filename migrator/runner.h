@@ -38,6 +38,7 @@ typedef struct tab {
     char *stage;       /* map mode: the temporary table on the target */
     char *select_cols; /* translate mode: the columns of a stage row "s", translated */
     bool rk_unique;    /* the target has a unique index on the row key column alone */
+    bool keys_written; /* n_key > 0 and every key column is written on the target */
 } tab_t;
 
 typedef struct run {
@@ -136,8 +137,6 @@ char *mig_run_select_list(run_t *r, const tab_t *t);
  * t->stage names the stage from here on; mig_run_drop_stores forgets it.
  */
 char *mig_run_stage_sql(tab_t *t, size_t i);
-/* Whether t's key columns are among the columns written on the target. */
-bool mig_run_keys_written(const tab_t *t);
 run_rc_t mig_run_mirror_map(run_t *r);
 /* Read the copy plan (the tables and their modes) from the target; *found = whether there is one.
  */
