@@ -565,10 +565,10 @@ static void inject_query(px_server_t *s, const char *sql)
  * The logged-in server of `store` for this session, or NULL when it must be
  * connected first (the client waits; px_client_server_ready kicks it).
  */
-static px_server_t *cl_use_store(px_client_t *c, int store, rt_rc_t *rc)
+/* Make room for the session's server on `store` in c->servers (NULL while none). */
+static void cl_servers_fit(px_client_t *c, int store)
 {
     px_proxy_t *p = c->conn.proxy;
-    px_server_t *s;
 
     if ((size_t)store >= c->n_servers) {
         size_t n = p->n_stores > (size_t)store ? p->n_stores : (size_t)store + 1;
@@ -578,6 +578,14 @@ static px_server_t *cl_use_store(px_client_t *c, int store, rt_rc_t *rc)
             c->servers[i] = NULL;
         c->n_servers = n;
     }
+}
+
+static px_server_t *cl_use_store(px_client_t *c, int store, rt_rc_t *rc)
+{
+    px_proxy_t *p = c->conn.proxy;
+    px_server_t *s;
+
+    cl_servers_fit(c, store);
     s = c->servers[store];
     if (s != NULL)
         s->is_warm = 0; /* used from here on */
@@ -610,17 +618,11 @@ static void cl_warm_store(px_client_t *c, int store)
     px_proxy_t *p = c->conn.proxy;
     px_server_t *s;
 
-    if (store < 0 || (size_t)store >= p->n_stores ||
-        ((size_t)store < c->n_servers && c->servers[store] != NULL))
+    if (store < 0 || (size_t)store >= p->n_stores)
         return;
-    if (px_server_connect(p, p->stores[store], c, &s) < 0)
+    cl_servers_fit(c, store);
+    if (c->servers[store] != NULL || px_server_connect(p, p->stores[store], c, &s) < 0)
         return;
-    if ((size_t)store >= c->n_servers) {
-        c->servers = cm_xrealloc(c->servers, p->n_stores * sizeof(*c->servers));
-        for (size_t i = c->n_servers; i < p->n_stores; i++)
-            c->servers[i] = NULL;
-        c->n_servers = p->n_stores;
-    }
     s->is_warm = 1;
     c->servers[store] = s;
     LOG_DEBUG(c->ctx, "held: warming a connection to store %s", p->stores[store]->name);
