@@ -156,7 +156,8 @@ mig_result_t *mig_cutover_request(const mig_env_t *env, PGconn **control, const 
                       "  cutover_result->>'events_synced', cutover_result->>'error', "
                       "  coalesce((cutover_result->>'attempt')::int, 0) "
                       "FROM pgshift.migrations WHERE id = $1::bigint "
-                      "  AND (cutover_result->>'request')::bigint = $2::bigint",
+                      "  AND (cutover_result->>'request')::bigint = $2::bigint "
+                      "  AND cutover_result ? 'pause_ms'",
                       wait_params, deadline, &fail);
     if (res == NULL)
         return fail != NULL ? fail : no_answer(ids);

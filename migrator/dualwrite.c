@@ -1199,7 +1199,7 @@ typedef struct outcome {
 /* Persist the outcome of request (0 = automatic) in the record, for CUTOVER's answer. */
 static char *outcome_json(const outcome_t *o, int64_t request, int attempt)
 {
-    char *e = NULL;
+    char *e = NULL, pause[40] = "";
     char *j;
 
     if (!o->success) {
@@ -1217,9 +1217,11 @@ static char *outcome_json(const outcome_t *o, int64_t request, int attempt)
         e = cm_xstrdup((const char *)b.data);
         cm_buf_free(&b);
     }
-    j = cm_xasprintf("{\"request\": %" PRId64 ", \"attempt\": %d, \"success\": %s, \"pause_ms\": "
-                     "%lld, \"events_synced\": %lld, \"error\": %s}",
-                     request, attempt, o->success ? "true" : "false", o->pause_ms, o->synced,
+    if (o->pause_ms >= 0)
+        snprintf(pause, sizeof(pause), ", \"pause_ms\": %lld", o->pause_ms);
+    j = cm_xasprintf("{\"request\": %" PRId64 ", \"attempt\": %d, \"success\": %s%s, "
+                     "\"events_synced\": %lld, \"error\": %s}",
+                     request, attempt, o->success ? "true" : "false", pause, o->synced,
                      e ? e : "null");
     free(e);
     return j;
@@ -1277,6 +1279,28 @@ static void publish_route(dw_t *d, const PGresult *res, int col, const char *pha
     mig_publish_route(r->env, &rt, sent_us);
 }
 
+/*
+ * The pause as clients saw it ends when the statement that releases them
+ * (the flip, or the roll-back) has committed, so it is known only after:
+ * that statement records the outcome without it (its audit row too, which
+ * stays so: the audit log is append-only), and this adds it to the record.
+ * The CUTOVER answer waits for it.
+ */
+static void record_pause(dw_t *d, long long pause_ms)
+{
+    run_t *r = d->r;
+    char pm[24];
+    const char *params[] = { r->ids, pm };
+
+    snprintf(pm, sizeof(pm), "%lld", pause_ms);
+    if (mig_run_x(r, r->ctl, "control store",
+                  "UPDATE pgshift.migrations SET cutover_result = cutover_result || "
+                  "jsonb_build_object('pause_ms', $2::bigint) WHERE id = $1::bigint",
+                  2, params) != RUN_OK)
+        LOG_WARN(LOG_CTX, "migration %s: the pause (%lld ms) is not recorded: %s", r->ids, pause_ms,
+                 r->err ? r->err : "?");
+}
+
 static run_rc_t roll_back(dw_t *d, int attempt, int64_t request, outcome_t *o, uint64_t t0)
 {
     run_t *r = d->r;
@@ -1284,7 +1308,7 @@ static run_rc_t roll_back(dw_t *d, int attempt, int64_t request, outcome_t *o, u
     run_rc_t rc;
 
     o->success = false;
-    o->pause_ms = (long long)(cm_now_ms() - t0);
+    o->pause_ms = -1; /* known once the roll-back has committed: record_pause */
     snprintf(att, sizeof(att), "%d", attempt);
     res_js = outcome_json(o, request, attempt);
     {
@@ -1320,6 +1344,9 @@ static run_rc_t roll_back(dw_t *d, int attempt, int64_t request, outcome_t *o, u
         }
     }
     free(res_js);
+    o->pause_ms = (long long)(cm_now_ms() - t0);
+    if (rc == RUN_OK)
+        record_pause(d, o->pause_ms);
     LOG_WARN(LOG_CTX, "migration %s: cutover attempt %d rolled back after %lld ms: %s", r->ids,
              attempt, o->pause_ms, o->error);
     return rc;
@@ -1656,7 +1683,7 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
         const char *params[3];
 
         o.success = true;
-        o.pause_ms = (long long)(cm_now_ms() - t0);
+        o.pause_ms = -1; /* known once the flip has committed: record_pause */
         snprintf(att, sizeof(att), "%d", attempt);
         res_js = outcome_json(&o, request, attempt);
         params[0] = r->ids;
@@ -1702,18 +1729,8 @@ static run_rc_t cutover(dw_t *d, int64_t request, bool *completed)
         PQclear(res);
     }
     failpoint("cutover_after_flip"); /* persisted, nothing after it done: restart -> COMPLETED */
-    /* The pause as clients saw it ends with the flip's commit, which releases them. */
     o.pause_ms = (long long)(cm_now_ms() - t0);
-    {
-        char pm[24];
-        const char *params[] = { r->ids, pm };
-
-        snprintf(pm, sizeof(pm), "%lld", o.pause_ms);
-        (void)mig_run_x(r, r->ctl, "control store",
-                        "UPDATE pgshift.migrations SET cutover_result = jsonb_set(cutover_result, "
-                        "'{pause_ms}', to_jsonb($2::bigint)) WHERE id = $1::bigint",
-                        2, params);
-    }
+    record_pause(d, o.pause_ms);
     unfence(d, false, locked); /* the fence stays: the source refuses the tenant for good */
     if (strcmp(r->position_mode, "map") == 0)
         (void)mig_run_mirror_map(r); /* the final sweep's pairs, now outside the pause */
