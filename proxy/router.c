@@ -1275,10 +1275,9 @@ static rt_rc_t rt_parse(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
     if (st != NULL && ps.name.len > 0) {
         /* PostgreSQL refuses a duplicate name; let the store say so. */
     } else if (st != NULL) {
-        stmt_forget(c, st); /* the unnamed statement is replaced */
+        /* Replaced; a store replaces its own unnamed statement at this Parse. */
+        stmt_forget(c, st);
         st = NULL;
-        for (size_t i = 0; i < c->n_servers; i++)
-            ; /* the store replaces its unnamed statement itself at this Parse */
     }
     if (st == NULL) {
         if (c->n_stmts == c->cap_stmts) {
