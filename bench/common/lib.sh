@@ -268,8 +268,9 @@ bench_pgshift_stop() {
 }
 
 # bench_pgbouncer_start STORE [key=value ...]: PgBouncer (run as postgres) in
-# front of cluster STORE, pool_mode=session, a server per client for up to
-# 200 clients, same auth_type and auth_file secret as PostgreSQL and pgshift
+# front of cluster STORE, pool_mode=session (BENCH_POOL_MODE), a server per
+# client for up to 200 clients (BENCH_POOL_SIZE), for database $BENCH_DB (or
+# each of BENCH_POOLER_DBS), the secret BENCH_POOLER_SECRET if set, same auth_type and auth_file secret as PostgreSQL and pgshift
 # (with a SCRAM secret it logs into PostgreSQL with the client's SCRAM keys).
 # Extra args are added to [pgbouncer]. Sets PGBOUNCER_PORT, PGBOUNCER_PID.
 bench_pgbouncer_start() {
@@ -278,12 +279,15 @@ bench_pgbouncer_start() {
     shift
     mkdir -p "$dir"
     PGBOUNCER_PORT=$(bench_free_port)
-    printf '"%s" "%s"\n' "$BENCH_USER" "${BENCH_SECRET:-$BENCH_PASSWORD}" >"$dir/userlist.txt"
+    printf '"%s" "%s"\n' "$BENCH_USER" "${BENCH_POOLER_SECRET:-${BENCH_SECRET:-$BENCH_PASSWORD}}" \
+        >"$dir/userlist.txt"
     {
         cat <<EOF
 ; written by bench/common/lib.sh
 [databases]
-$BENCH_DB = host=127.0.0.1 port=${!port_var} dbname=$BENCH_DB
+$(for db in ${BENCH_POOLER_DBS:-$BENCH_DB}; do
+            echo "$db = host=127.0.0.1 port=${!port_var} dbname=$db"
+        done)
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -292,9 +296,9 @@ unix_socket_dir =
 auth_type = $BENCH_AUTH
 auth_file = $dir/userlist.txt
 admin_users = $BENCH_USER
-pool_mode = session
+pool_mode = ${BENCH_POOL_MODE:-session}
 max_client_conn = $((BENCH_MAX_CLIENTS + 100))
-default_pool_size = 200
+default_pool_size = ${BENCH_POOL_SIZE:-200}
 max_db_connections = 0
 min_pool_size = 0
 logfile = $dir/pgbouncer.log

@@ -30,6 +30,17 @@
 # warning; debug shows every routing decision), CLASSIFY_ITERS (classify_bench
 # iterations, 200000), OUT (also write the report to this file), plus
 # PGSHIFT_BIN, BENCH_AUTH, BENCH_KEEP and the others of bench/common/lib.sh.
+#
+# Diagnosis knobs (they change what is measured; the report says so):
+#   B_ON_A=1   two's store b is database routed on cluster a: both stores on
+#              one cluster, so a second backend per client session is the
+#              only difference from one (no second cluster on the 2 CPUs)
+#   POOLER=N   both pgshift processes reach their stores through one PgBouncer
+#              in transaction mode with N server connections per database on
+#              cluster a (implies B_ON_A): backends shared between client
+#              sessions, as a transaction pool would share them. PgBouncer
+#              1.18 cannot share named prepared statements, so MODES defaults
+#              to "simple extended" and prepared is refused.
 
 set -u -o pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -38,7 +49,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 
 BENCH_CMD=""
 for v in QUICK ROUNDS DURATION VARIANTS CLIENTS MODES TENANTS PER_CLIENT HISTORY LOG_LEVEL \
-    CLASSIFY_ITERS BENCH_AUTH PGSHIFT_BIN; do
+    CLASSIFY_ITERS B_ON_A POOLER BENCH_AUTH PGSHIFT_BIN; do
     if [ -n "${!v+x}" ]; then BENCH_CMD+="$v=\"${!v}\" "; fi
 done
 BENCH_CMD+="bench/routing/run.sh"
@@ -52,6 +63,15 @@ else
     ROUNDS=${ROUNDS:-3}
     DURATION=${DURATION:-4}
     VARIANTS=${VARIANTS:-agg session}
+fi
+B_ON_A=${B_ON_A:-0}
+POOLER=${POOLER:-0}
+if [ "$POOLER" != 0 ]; then
+    B_ON_A=1
+    MODES=${MODES:-simple extended}
+    case " $MODES " in
+    *" prepared "*) bench_die "POOLER: -M prepared cannot go through PgBouncer in transaction mode" ;;
+    esac
 fi
 CLIENTS=${CLIENTS:-8 32}
 MODES=${MODES:-simple extended prepared}
@@ -110,6 +130,8 @@ log_level = $LOG_LEVEL
 EOF
         for st in "$@"; do
             port_var="PG_${st}_PORT"
+            [ "$B_ON_A" = 1 ] && port_var=PG_a_PORT
+            [ "$POOLER" != 0 ] && port_var=PGBOUNCER_PORT
             echo "$st = host=127.0.0.1 port=${!port_var} dbname=$db user=$BENCH_USER" \
                 "password=$BENCH_PASSWORD"
         done
@@ -206,6 +228,13 @@ for c in a b; do
         bench_die "schema load on $c/$ROUTED_DB failed"
 done
 
+if [ "$POOLER" != 0 ]; then
+    # The password itself: PgBouncer logs in to PostgreSQL for pgshift's
+    # libpq connections (control store) too, not only with SCRAM keys.
+    BENCH_POOLER_SECRET=$BENCH_PASSWORD BENCH_POOLER_DBS="$BENCH_DB $ROUTED_DB" \
+        BENCH_POOL_MODE=transaction \
+        BENCH_POOL_SIZE=$POOLER bench_pgbouncer_start a
+fi
 routing_pgshift_start one "$BENCH_DB" a
 routing_pgshift_start two "$ROUTED_DB" a b
 
@@ -388,7 +417,11 @@ done
         "expected $((two_txns + two_warm)) (pgbench transactions through two + warm-up and" \
         "history rows)," \
         "found $routed_total"
-    echo "rows on the wrong store (tenant on b with row on a, or the reverse): $misplaced"
+    if [ "$B_ON_A" = 1 ]; then
+        echo "rows on the wrong store: not checked (B_ON_A: both stores are cluster a)"
+    else
+        echo "rows on the wrong store (tenant on b with row on a, or the reverse): $misplaced"
+    fi
     echo "pgshift warnings/errors in the logs: one" \
         "$(grep -cE 'WARN|ERROR|FATAL|PANIC' "$BENCH_TMP/pgshift-one/pgshift.log")," \
         "two $(grep -cE 'WARN|ERROR|FATAL|PANIC' "$BENCH_TMP/pgshift-two/pgshift.log")"
@@ -424,6 +457,13 @@ T_END=$(date +%s)
         "shared_buffers=256MB (both clusters)"
     echo "pgshift: log_level=$LOG_LEVEL, defaults otherwise; one: store a; two: stores a" \
         "(default, control) and b"
+    if [ "$POOLER" != 0 ]; then
+        echo "diagnosis: POOLER=$POOLER - one's and two's stores are reached through" \
+            "$("$PGBOUNCER_BIN" --version 2>/dev/null | head -1), pool_mode=transaction," \
+            "default_pool_size=$POOLER, on cluster a (store b too)"
+    elif [ "$B_ON_A" = 1 ]; then
+        echo "diagnosis: B_ON_A=1 - two's store b is database $ROUTED_DB on cluster a"
+    fi
     echo "wall time: $(((T_END - T_START) / 60)) min $(((T_END - T_START) % 60)) s"
     echo '```'
 } >"$HEADER"
