@@ -259,6 +259,30 @@ def test_refusals_change_nothing(mig_env, clusters):
         with env.direct("dst") as conn:
             conn.execute("DELETE FROM snapshots")
     assert snapshot() == before
+    # A target outbox that already has rows (another tenant's) assigns the ids
+    # of the rows copied into it, and its event_id is not unique: a row that
+    # dual-write reads twice could not be told from a new one (I2). Refused
+    # when the runner plans the copy; the target is left as it was.
+    other = new_tenant()
+    with env.direct("dst") as conn:
+        conn.execute("INSERT INTO event_outbox (event_id, aggregate_id, aggregate_type, "
+                     "event_type, tenant_id, payload) VALUES (gen_random_uuid(), "
+                     "gen_random_uuid(), 'Order', 'Placed', %s, '{}')", (other,))
+    try:
+        mid = env.migrate(t)
+        st = env.wait(mid, lambda s: s["phase"] == "FAILED", 30, "FAILED")
+        err = st["last_error"] or ""
+        assert "event_outbox" in err and "cannot be mirrored without duplicates" in err, st
+        assert "unique index" in err, st
+        for tb in ("events", "event_outbox", "snapshots"):
+            assert env.value("dst", "SELECT count(*) FROM %s WHERE tenant_id = %%s" % tb,
+                             (t,)) == 0, tb
+        assert env.value("dst", "SELECT count(*) FROM event_outbox") == 1
+        r = route_of(env, t)
+        assert r is None or (r["store"] == "src" and r["state"] == "normal"), r
+    finally:
+        with env.direct("dst") as conn:
+            conn.execute("DELETE FROM event_outbox")
     # Already migrating.
     mid = env.migrate(t, max_bulk_copy_rate=100)
     try:
