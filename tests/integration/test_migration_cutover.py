@@ -562,6 +562,91 @@ def test_cutover_answer_counts_the_flip(cut_env):
     assert env.route_of(t)["store"] == "dst"
 
 
+def test_held_client_whose_warm_target_login_fails(cut_env):
+    """A client held at a cutover logs in to the target while it waits, so
+    the release need not wait for a login. When that login fails (here the
+    target refuses new connections of the role), nothing of the client's
+    fails: the cutover rolls back (a tenant transaction stays open past the
+    budget) and the held statement runs on the source. With the target
+    taking logins again, the next CUTOVER succeeds and the client's next
+    statement goes there."""
+    signal.alarm(TEST_SECONDS)
+    env = cut_env
+    dst = env.stores["dst"]
+    t = new_tenant()
+    env.load_tenant(t, 500)
+    env.start_pgshift()
+    mid = env.migrate(t, max_bulk_copy_rate=0, cutover_timeout_ms=1500)
+    env.wait_ready(mid, timeout=90)
+    agg = env.hot_aggregates(t, 1)[0]
+
+    def event(conn, version, aggregate=agg):
+        return conn.execute(append_sql(1), (str(uuid.uuid4()), aggregate, AGG_TYPE, "Warm", t,
+                                            "test", version, "{}")).fetchone()[0]
+
+    out = {}
+
+    def run():
+        try:
+            out["row"] = env.cutover(mid)[0]
+        except Exception as e:  # noqa: BLE001 - reported below
+            out["error"] = e
+
+    a = psycopg.connect(env.ep.conninfo())  # its transaction stays open at the cutover
+    b = psycopg.connect(env.ep.conninfo(), autocommit=True)
+    try:
+        version = b.execute(PROBE, (agg, AGG_TYPE)).fetchone()[0]  # b's session: src only
+        n = int(dst.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"))
+        dst.psql("ALTER ROLE app CONNECTION LIMIT %d" % n)
+        try:
+            # b writes once the hold has begun (admin commands wait while the
+            # CUTOVER runs, so the test cannot ask; SHOW HOLDS tells after).
+            # A refusal "not ready" (the open transaction can count against
+            # the predicted pause), or b too early, and it tries again.
+            for _ in range(20):
+                env.wait_ready(mid, timeout=30)
+                out.clear()
+                event(a, 1, str(uuid.uuid4()))
+                th = threading.Thread(target=run, daemon=True)
+                th.start()
+                time.sleep(0.2)
+                t_b = time.monotonic()
+                pos = event(b, version + 1)  # held; then released back to the source
+                took_b = time.monotonic() - t_b
+                th.join(30)
+                a.rollback()
+                if "row" in out and env.admin("SHOW HOLDS"):
+                    break
+                err = out.get("error")
+                assert "row" in out or (err is not None and "not ready" in str(err)), out
+                version += 1
+            else:
+                raise AssertionError("no CUTOVER held b in 20 tries: %r" % (out,))
+            assert took_b > 0.1, "b not held"
+            row = out["row"]
+            assert not truthy(row["success"]) and "drain" in (row["error"] or ""), row
+            assert env.status(mid)["phase"] == "DUAL_WRITE"
+            assert "too many connections for role" in env.log(100000), env.log()
+        finally:
+            dst.psql("ALTER ROLE app CONNECTION LIMIT -1")
+        holds = env.admin("SHOW HOLDS")
+        assert len(holds) == 1, holds
+        h = holds[0]
+        assert h["tenant"] == t and h["outcome"] == "released", h
+        assert h["held_store"] == "src" and h["to_store"] == "src", h
+        assert env.value("src", "SELECT count(*) FROM events WHERE global_position = %s "
+                         "AND tenant_id = %s", (pos, t)) == 1
+        env.wait_ready(mid, timeout=30)
+        row = env.cutover(mid)[0]
+        assert truthy(row["success"]), (row, env.log())
+        pos = event(b, version + 2)
+        assert env.value("dst", "SELECT count(*) FROM events WHERE global_position = %s "
+                         "AND tenant_id = %s", (pos, t)) == 1
+    finally:
+        a.close()
+        b.close()
+
+
 @pytest.mark.slow  # the sanitizer pass keeps the other three scenarios (CI time)
 def test_auto_cutover_under_load(cut_env):
     signal.alarm(TEST_SECONDS)
