@@ -116,6 +116,21 @@ class CutEnv(MigEnv):
         assert int(row["migration_id"]) == mid, row
         return row, took, t0w, t1w
 
+    def cutover_async(self, mid):
+        """CUTOVER id in a thread -> (thread, out): out gets "row" (the
+        answer) or "error" (the exception) when the thread ends."""
+        out = {}
+
+        def run():
+            try:
+                out["row"] = self.cutover(mid)[0]
+            except Exception as e:  # noqa: BLE001 - the caller looks at out
+                out["error"] = e
+
+        th = threading.Thread(target=run, daemon=True)
+        th.start()
+        return th, out
+
     def cutover_when_ready(self, mid, within=30):
         """CUTOVER as an operator does it: once SHOW MIGRATION says ready.
         Readiness moves with the load (the lag goes up and down), so a
@@ -533,21 +548,12 @@ def test_cutover_answer_counts_the_flip(cut_env):
     env.start_pgshift()
     mid = env.migrate(t, max_bulk_copy_rate=0, cutover_timeout_ms=3000)
     env.wait_ready(mid, timeout=90)
-    out = {}
-
-    def run():
-        try:
-            out["row"] = env.cutover(mid)[0]
-        except Exception as e:  # noqa: BLE001 - reported below
-            out["error"] = e
-
     with env.direct("src") as conn:
         with conn.transaction():
             locked = conn.execute("SELECT tenant FROM pgshift.routes WHERE tenant = %s "
                                   "FOR UPDATE", (t,)).fetchall()
             assert locked == [(t,)], locked
-            th = threading.Thread(target=run, daemon=True)
-            th.start()
+            th, out = env.cutover_async(mid)
             time.sleep(1.0)
             assert th.is_alive(), out  # the flip waits for the lock
     th.join(30)
@@ -584,14 +590,6 @@ def test_held_client_whose_warm_target_login_fails(cut_env):
         return conn.execute(append_sql(1), (str(uuid.uuid4()), aggregate, AGG_TYPE, "Warm", t,
                                             "test", version, "{}")).fetchone()[0]
 
-    out = {}
-
-    def run():
-        try:
-            out["row"] = env.cutover(mid)[0]
-        except Exception as e:  # noqa: BLE001 - reported below
-            out["error"] = e
-
     a = psycopg.connect(env.ep.conninfo())  # its transaction stays open at the cutover
     b = psycopg.connect(env.ep.conninfo(), autocommit=True)
     try:
@@ -605,10 +603,8 @@ def test_held_client_whose_warm_target_login_fails(cut_env):
             # the predicted pause), or b too early, and it tries again.
             for _ in range(20):
                 env.wait_ready(mid, timeout=30)
-                out.clear()
                 event(a, 1, str(uuid.uuid4()))
-                th = threading.Thread(target=run, daemon=True)
-                th.start()
+                th, out = env.cutover_async(mid)
                 time.sleep(0.2)
                 t_b = time.monotonic()
                 pos = event(b, version + 1)  # held; then released back to the source
