@@ -174,6 +174,15 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     }
     if (c->tls != NULL) {
         if (tls_rc < 0 || tls_pump(c) < 0) {
+            /*
+             * What was decrypted before the close or the error goes first:
+             * a store's FATAL (too many connections, shutting down) often
+             * arrives in the same read as its close_notify.
+             */
+            if (c->rlen > c->rpos && px_tls_handshake_done(c->tls)) {
+                c->is_tls_ready = 1;
+                conn_ops(c)->on_read(c);
+            }
             conn_fail(c, UV_EPROTO);
             return;
         }

@@ -264,3 +264,41 @@ def test_client_vanishes_mid_query(endpoint):
             rows, err = raw.query("SELECT 1")
             assert err is None and rows == [["1"]]
             raw.close()  # closing without Terminate
+
+
+def test_store_refusing_the_login_over_tls_gives_its_reason(clusters, pgshift_factory):
+    """A store that refuses pgshift's login sends its FATAL and closes the
+    TLS session, often in the same packet: each client hears the store's
+    reason (not "TLS connection closed"), every time, and pgshift goes on
+    serving once the store takes logins again."""
+    store = clusters.new("refuser")
+    ep = pgshift_factory(stores={"main": store})
+    store.psql("ALTER ROLE app CONNECTION LIMIT 0")
+    errors = []
+
+    def attempt():
+        try:
+            with psycopg.connect(ep.conninfo(), autocommit=True) as c:
+                c.execute("SELECT 1")
+            errors.append(None)
+        except psycopg.OperationalError as e:
+            errors.append(e)
+
+    try:
+        # Many at once: pgshift's loop then reads the FATAL and the
+        # close_notify together more often.
+        for _ in range(3):
+            ths = [threading.Thread(target=attempt) for _ in range(16)]
+            for th in ths:
+                th.start()
+            for th in ths:
+                th.join(30)
+        assert len(errors) == 48, len(errors)
+        for e in errors:
+            assert e is not None, "a login the store refused went through"
+            assert "too many connections for role" in str(e), str(e)
+            assert getattr(e, "sqlstate", None) in (None, "08006"), e.sqlstate
+    finally:
+        store.psql("ALTER ROLE app CONNECTION LIMIT -1")
+    with psycopg.connect(ep.conninfo(), autocommit=True) as c:
+        assert c.execute("SELECT 'served'").fetchone()[0] == "served"
