@@ -1,12 +1,11 @@
 /*
  * migrator/ctl.c - the control store client: mig_ctl_t owns a listener
- * thread (LISTEN pgshift_routes, route reloads, reconnects), an admin worker
- * thread (admin commands, one at a time) and a lookup worker thread (key
- * lookups for routing), a request queue towards each worker, and the outbox
- * towards the loop. The threads use blocking libpq on their own
- * connections and never touch the loop; they reach it only through the
- * outbox. Loop-side state (pending requests) is touched only on the loop
- * thread.
+ * thread (LISTEN pgshift_routes, route reloads, reconnects), worker threads
+ * (worker_kind_t: admin commands, the commands that wait for a runner, key
+ * lookups for routing, WATCH streams, cutover acknowledgements), a request
+ * queue towards each worker, and the outbox towards the loop. The threads use blocking libpq on
+ * their own connections and never touch the loop; they reach it only through the outbox. Loop-side
+ * state (pending requests) is touched only on the loop thread.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -43,16 +42,20 @@ typedef struct runner {
 
 typedef enum worker_kind {
     WK_ADMIN,  /* admin commands, one at a time */
+    WK_WAIT,   /* CUTOVER and VERIFY, which wait for a runner's answer */
     WK_LOOKUP, /* MIG_CMD_LOOKUP_KEY */
     WK_WATCH,  /* WATCH MIGRATION streams */
     WK_ACK,    /* cutover acknowledgements: never queued behind a (waiting) CUTOVER */
+    WK_COUNT,
 } worker_kind_t;
 
 /*
- * A worker thread and its request queue (loop -> worker). Three of them: the
- * admin worker runs admin commands one at a time; the lookup worker answers
- * MIG_CMD_LOOKUP_KEY, so routing never waits behind a slow admin command;
- * the watch worker streams WATCH MIGRATION rows.
+ * A worker thread and its request queue (loop -> worker), one per
+ * worker_kind_t. The admin worker runs admin commands one at a time; CUTOVER
+ * and VERIFY wait for a runner (up to the cutover budget and more) on their
+ * own worker, so SHOW MIGRATION, PAUSE and ABORT answer meanwhile; the
+ * lookup worker answers MIG_CMD_LOOKUP_KEY, so routing never waits behind a
+ * slow admin command; the watch worker streams WATCH MIGRATION rows.
  */
 typedef struct worker {
     struct mig_ctl *m;
@@ -71,12 +74,9 @@ struct mig_ctl {
     void *arg;
     mig_env_t env; /* read-only while the threads run */
 
-    worker_t admin;
-    worker_t lookup;
-    worker_t watch;
-    worker_t ack;
-    atomic_bool want_stop; /* also signalled through env.latch */
-    runner_t *runners;     /* listener thread only (and mig_ctl_stop after joining it) */
+    worker_t workers[WK_COUNT]; /* by kind */
+    atomic_bool want_stop;      /* also signalled through env.latch */
+    runner_t *runners;          /* listener thread only (and mig_ctl_stop after joining it) */
 
     uv_thread_t listener;
     PGconn *listen_conn; /* handed from mig_ctl_start to the listener thread */
@@ -721,9 +721,8 @@ static void env_destroy(mig_env_t *e)
 
 static void ctl_free(mig_ctl_t *m)
 {
-    worker_destroy(&m->admin);
-    worker_destroy(&m->lookup);
-    worker_destroy(&m->watch);
+    for (int k = 0; k < WK_COUNT; k++)
+        worker_destroy(&m->workers[k]);
     while (m->pending != NULL) {
         pending_t *p = m->pending;
 
@@ -749,7 +748,7 @@ int mig_ctl_start(uv_loop_t *loop, const char *control_conninfo, const char *con
     mig_env_t *e;
     PGconn *c = NULL;
     char *err = NULL;
-    int rc;
+    int rc, n_init;
     bool default_known = false;
 
     if (loop == NULL || control_conninfo == NULL || cb == NULL || out == NULL || tenancy == NULL ||
@@ -807,21 +806,14 @@ int mig_ctl_start(uv_loop_t *loop, const char *control_conninfo, const char *con
     atomic_init(&m->want_stop, false);
     atomic_init(&e->local_ack, 0);
 
-    rc = worker_init(&m->admin, m, WK_ADMIN);
-    if (rc != 0)
-        goto fail_mutex;
-    rc = worker_init(&m->lookup, m, WK_LOOKUP);
-    if (rc != 0)
-        goto fail_cond;
-    rc = worker_init(&m->watch, m, WK_WATCH);
-    if (rc != 0)
-        goto fail_watch;
-    rc = worker_init(&m->ack, m, WK_ACK);
-    if (rc != 0)
-        goto fail_ack;
+    for (n_init = 0; n_init < WK_COUNT; n_init++) {
+        rc = worker_init(&m->workers[n_init], m, (worker_kind_t)n_init);
+        if (rc != 0)
+            goto fail_workers;
+    }
     rc = mig_latch_new();
     if (rc < 0)
-        goto fail_latch;
+        goto fail_workers;
     e->latch = rc;
 
     /* Connect, upgrade the schema and LISTEN here, so a bad control store fails the start. */
@@ -852,29 +844,17 @@ int mig_ctl_start(uv_loop_t *loop, const char *control_conninfo, const char *con
     rc = uv_thread_create(&m->listener, listener_main, m);
     if (rc != 0)
         goto fail_threads;
-    rc = uv_thread_create(&m->admin.thread, worker_main, &m->admin);
-    if (rc == 0) {
-        m->admin.is_running = true;
-        rc = uv_thread_create(&m->lookup.thread, worker_main, &m->lookup);
-    }
-    if (rc == 0) {
-        m->lookup.is_running = true;
-        rc = uv_thread_create(&m->watch.thread, worker_main, &m->watch);
-        if (rc == 0) {
-            m->watch.is_running = true;
-            rc = uv_thread_create(&m->ack.thread, worker_main, &m->ack);
-        }
-        if (rc == 0)
-            m->ack.is_running = true;
+    for (int k = 0; k < WK_COUNT && rc == 0; k++) {
+        rc = uv_thread_create(&m->workers[k].thread, worker_main, &m->workers[k]);
+        m->workers[k].is_running = rc == 0;
     }
     if (rc != 0) {
         atomic_store(&m->want_stop, true);
         mig_latch_set(e->latch);
         uv_thread_join(&m->listener); /* it finishes c */
         runners_reap(m, true);
-        worker_stop(&m->admin);
-        worker_stop(&m->lookup);
-        worker_stop(&m->watch);
+        for (int k = 0; k < WK_COUNT; k++)
+            worker_stop(&m->workers[k]);
         c = NULL;
         goto fail_threads;
     }
@@ -893,15 +873,9 @@ fail_setup:
     PQfinish(c);
 fail_connect:
     free(err);
-fail_latch:
-    worker_destroy(&m->ack);
-fail_ack:
-    worker_destroy(&m->watch);
-fail_watch:
-    worker_destroy(&m->lookup);
-fail_cond:
-    worker_destroy(&m->admin);
-fail_mutex:
+fail_workers:
+    while (n_init-- > 0)
+        worker_destroy(&m->workers[n_init]);
     env_destroy(e);
     free(m);
     return rc;
@@ -942,10 +916,12 @@ void mig_ctl_request(mig_ctl_t *m, const mig_cmd_t *cmd, void *cookie)
         ;
     *pp = p;
 
-    worker_push(cmd->kind == MIG_CMD_LOOKUP_KEY        ? &m->lookup
-                : cmd->kind == MIG_CMD_WATCH_MIGRATION ? &m->watch
-                                                       : &m->admin,
-                r);
+    worker_push(
+        &m->workers[cmd->kind == MIG_CMD_LOOKUP_KEY                               ? WK_LOOKUP
+                    : cmd->kind == MIG_CMD_WATCH_MIGRATION                        ? WK_WATCH
+                    : cmd->kind == MIG_CMD_CUTOVER || cmd->kind == MIG_CMD_VERIFY ? WK_WAIT
+                                                                                  : WK_ADMIN],
+        r);
 }
 
 void mig_ctl_cancel(mig_ctl_t *m, void *cookie)
@@ -966,10 +942,8 @@ void mig_ctl_stop(mig_ctl_t *m)
     mig_latch_set(m->env.latch);
     uv_thread_join(&m->listener);
     runners_reap(m, true); /* the latch is set: each runner ends promptly */
-    worker_stop(&m->admin);
-    worker_stop(&m->lookup);
-    worker_stop(&m->watch);
-    worker_stop(&m->ack);
+    for (int k = 0; k < WK_COUNT; k++)
+        worker_stop(&m->workers[k]);
     /* No thread is left to push: the close callback frees what is queued, then m. */
     mig_outbox_close(&m->outbox, ctl_closed_cb);
 }
@@ -983,5 +957,5 @@ void mig_ctl_cutover_ack(mig_ctl_t *m, int64_t migration_id, int64_t attempt)
     r->kind = MIG_CMD_CUTOVER;
     r->migration_id = migration_id;
     r->attempt = attempt;
-    worker_push(&m->ack, r); /* no reply: nothing pending on the loop side */
+    worker_push(&m->workers[WK_ACK], r); /* no reply: nothing pending on the loop side */
 }

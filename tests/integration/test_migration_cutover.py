@@ -540,7 +540,8 @@ def test_cutover_answer_counts_the_flip(cut_env):
     """The pause CUTOVER answers is the pause up to the route flip, the step
     that releases the held clients: a flip kept waiting 1 s in the control
     store (a row lock on the tenant's route) shows in the answer and in the
-    record, the same figure in both."""
+    record, the same figure in both. Meanwhile the admin console still
+    answers (SHOW MIGRATION does not queue behind the waiting CUTOVER)."""
     signal.alarm(TEST_SECONDS)
     env = cut_env
     t = new_tenant()
@@ -553,8 +554,17 @@ def test_cutover_answer_counts_the_flip(cut_env):
             locked = conn.execute("SELECT tenant FROM pgshift.routes WHERE tenant = %s "
                                   "FOR UPDATE", (t,)).fetchall()
             assert locked == [(t,)], locked
+            t_start = time.monotonic()
             th, out = env.cutover_async(mid)
-            time.sleep(1.0)
+            time.sleep(0.5)
+            # The console answers while a CUTOVER waits (its own worker).
+            seen = {}
+            sh = threading.Thread(target=lambda: seen.update(st=env.status(mid)), daemon=True)
+            sh.start()
+            sh.join(5)
+            assert "st" in seen, "SHOW MIGRATION waited behind the CUTOVER"
+            assert seen["st"]["phase"] == "CUTOVER", seen
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - t_start)))
             assert th.is_alive(), out  # the flip waits for the lock
     th.join(30)
     assert "row" in out, (out, env.log())
