@@ -360,6 +360,8 @@ def main():
     ap.add_argument("--history", type=int, default=50)
     ap.add_argument("--max-seconds", type=float, default=15)
     ap.add_argument("--load-fraction", type=float, default=0.5)
+    ap.add_argument("--load-tps", type=float, default=0,
+                    help="fixed load in appends/s instead of load-fraction x max")
     ap.add_argument("--dw-hold", type=float, default=4)
     ap.add_argument("--hot-share", type=float, default=0.25)
     ap.add_argument("--settle", type=float, default=3)
@@ -458,10 +460,13 @@ def main():
     sample_load()
     max_tps = (c1 - c0) / (t1 - t0)
     win_max = (t0, t1)
-    target_tps = max_tps * a.load_fraction
+    # A fixed load (--load-tps) makes runs of different builds comparable:
+    # the measured maximum moves with the machine by up to a third.
+    target_tps = a.load_tps if a.load_tps > 0 else max_tps * a.load_fraction
     shared["interval"].value = a.clients / target_tps
     log("max %.0f appends/s with %d clients; load at %.0f/s (%.1f ms between appends of a "
-        "client)" % (max_tps, a.clients, target_tps, 1000 * a.clients / target_tps))
+        "client)%s" % (max_tps, a.clients, target_tps, 1000 * a.clients / target_tps,
+                       ", fixed by --load-tps" if a.load_tps > 0 else ""))
     time.sleep(a.settle)
     t_load0 = now()
     c_load0 = count()
@@ -580,6 +585,7 @@ def main():
     res = {
         "clients": a.clients, "procs": a.procs, "tenants": T, "history": a.history,
         "max_tps": max_tps, "max_window_s": win_max[1] - win_max[0],
+        "fixed_load": a.load_tps > 0, "load_fraction": a.load_fraction,
         "target_tps": target_tps, "load_tps": load_tps,
         "load_window_s": t_load1 - t_load0,
         "migrations_planned": len(plan), "migrations": len(migs),
@@ -628,7 +634,9 @@ def report(r):
     p("| --- | ---: |")
     p("| max append TPS, %d clients, unthrottled (%.0f s) | %.0f |"
       % (r["clients"], r["max_window_s"], r["max_tps"]))
-    p("| target load (half) | %.0f appends/s |" % r["target_tps"])
+    p("| target load (%s) | %.0f appends/s |"
+      % ("fixed: LOAD_TPS" if r["fixed_load"] else "%g x max" % r["load_fraction"],
+         r["target_tps"]))
     p("| load achieved during the migrations (%.0f s) | %.0f appends/s |"
       % (r["load_window_s"], r["load_tps"]))
     p("| append latency during the migrations, all tenants, p50 / p99 / max | %s / %s / %s ms |"

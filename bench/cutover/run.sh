@@ -26,7 +26,9 @@
 #
 # Knobs: CLIENTS (32), PROCS (client processes, 4), TENANTS (30), MIGRATIONS
 # (24), HISTORY (events per aggregate, 50), MAX_SECONDS, DW_HOLD, SETTLE,
-# LOAD_FRACTION (0.5), HOT_SHARE (0.5: share of the appends that go to the
+# LOAD_FRACTION (0.5), LOAD_TPS (a fixed load in appends/s instead of
+# LOAD_FRACTION x the measured maximum, to compare builds; the maximum is still
+# measured and reported), HOT_SHARE (0.5: share of the appends that go to the
 # migrating tenant and the reference tenant of its store, half each, while
 # it migrates - so that appends are in flight at its CUTOVER), OUT, PGSHIFT_LOG_LEVEL (info), plus those of
 # bench/common/lib.sh (BENCH_KEEP=1 keeps the logs).
@@ -53,10 +55,11 @@ PROCS=${PROCS:-4}
 TENANTS=${TENANTS:-30}
 MIGRATIONS=${MIGRATIONS:-24}
 LOAD_FRACTION=${LOAD_FRACTION:-0.5}
+LOAD_TPS=${LOAD_TPS:-0}
 HOT_SHARE=${HOT_SHARE:-0.5}
 PGSHIFT_LOG_LEVEL=${PGSHIFT_LOG_LEVEL:-info}
 OUT=${OUT:-}
-BENCH_CMD="${BENCH_CMD:-$(env | grep -E '^(QUICK|CLIENTS|PROCS|TENANTS|MIGRATIONS|HISTORY|MAX_SECONDS|DW_HOLD|SETTLE|LOAD_FRACTION)=' | sort | tr '\n' ' ')bench/cutover/run.sh}"
+BENCH_CMD="${BENCH_CMD:-$(env | grep -E '^(QUICK|CLIENTS|PROCS|TENANTS|MIGRATIONS|HISTORY|MAX_SECONDS|DW_HOLD|SETTLE|LOAD_FRACTION|LOAD_TPS)=' | sort | tr '\n' ' ')bench/cutover/run.sh}"
 
 "$BENCH_PY" -c 'import asyncpg' 2>/dev/null || bench_die "$BENCH_PY lacks asyncpg"
 # Others rebuild build/pgshift while we run: name and keep what we started.
@@ -84,7 +87,7 @@ BODY=$BENCH_TMP/body.md
     --store "a=$PG_a_PORT" --store "b=$PG_b_PORT" --db "$BENCH_DB" --user "$BENCH_USER" \
     --password "$BENCH_PASSWORD" --clients "$CLIENTS" --procs "$PROCS" --tenants "$TENANTS" \
     --migrations "$MIGRATIONS" --history "$HISTORY" --max-seconds "$MAX_SECONDS" \
-    --load-fraction "$LOAD_FRACTION" --hot-share "$HOT_SHARE" --dw-hold "$DW_HOLD" --settle "$SETTLE" \
+    --load-fraction "$LOAD_FRACTION" --load-tps "$LOAD_TPS" --hot-share "$HOT_SHARE" --dw-hold "$DW_HOLD" --settle "$SETTLE" \
     --pgshift-log "$BENCH_TMP/pgshift/pgshift.log" --workdir "$BENCH_TMP" >"$BODY" ||
     bench_die "driver failed (BENCH_KEEP=1 keeps $BENCH_TMP)"
 STATS=$(admin "SHOW STATS" 2>&1)
@@ -101,7 +104,8 @@ report() {
     echo "settings: clients=$CLIENTS in $PROCS asyncpg processes, tenants=$TENANTS" \
         "(half on a, half on b), migrations=$MIGRATIONS, history=$HISTORY events per" \
         "aggregate (one aggregate per client and tenant), max-TPS window ${MAX_SECONDS}s," \
-        "load=$LOAD_FRACTION x max, ${DW_HOLD}s in DUAL_WRITE before each CUTOVER; while a" \
+        "load=$([ "$LOAD_TPS" != 0 ] && echo "$LOAD_TPS appends/s (fixed)" ||
+            echo "$LOAD_FRACTION x max"), ${DW_HOLD}s in DUAL_WRITE before each CUTOVER; while a" \
         "tenant migrates, it and the never-migrated tenant of its source store each take" \
         "$HOT_SHARE/2 of the appends (the rest uniform over all tenants)"
     echo "pgshift: log_level=$PGSHIFT_LOG_LEVEL, migration defaults (cutover_timeout_ms 500," \
