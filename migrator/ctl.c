@@ -40,9 +40,11 @@ typedef struct runner {
     atomic_bool done;
 } runner_t;
 
+#define WAIT_THREADS 4 /* concurrent CUTOVER / VERIFY / ABORT waits */
+
 typedef enum worker_kind {
     WK_ADMIN,  /* admin commands, one at a time */
-    WK_WAIT,   /* CUTOVER and VERIFY, which wait for a runner's answer */
+    WK_WAIT,   /* CUTOVER, VERIFY and ABORT, which wait for a runner (WAIT_THREADS of them) */
     WK_LOOKUP, /* MIG_CMD_LOOKUP_KEY */
     WK_WATCH,  /* WATCH MIGRATION streams */
     WK_ACK,    /* cutover acknowledgements: never queued behind a (waiting) CUTOVER */
@@ -51,9 +53,12 @@ typedef enum worker_kind {
 
 /*
  * A worker thread and its request queue (loop -> worker), one per
- * worker_kind_t. The admin worker runs admin commands one at a time; CUTOVER
- * and VERIFY wait for a runner (up to the cutover budget and more) on their
- * own worker, so SHOW MIGRATION, PAUSE and ABORT answer meanwhile; the
+ * worker_kind_t. The admin worker runs admin commands one at a time; CUTOVER,
+ * VERIFY and ABORT wait for a runner (a cutover budget and more, a check, a
+ * target cleaned: up to a minute when it is down) on the wait worker, whose
+ * WAIT_THREADS threads each take one, so SHOW MIGRATION, PAUSE and the
+ * other waits go on meanwhile (one admin session has one command at a time,
+ * so its answers stay in order); the
  * lookup worker answers MIG_CMD_LOOKUP_KEY, so routing never waits behind a
  * slow admin command; the watch worker streams WATCH MIGRATION rows.
  */
@@ -64,8 +69,8 @@ typedef struct worker {
     uv_cond_t cond;
     mig_request_t *head;
     mig_request_t *tail;
-    uv_thread_t thread;
-    bool is_running; /* the thread was created (loop thread only) */
+    uv_thread_t threads[WAIT_THREADS];
+    int n_running; /* threads created (loop thread only) */
 } worker_t;
 
 struct mig_ctl {
@@ -684,16 +689,41 @@ static void worker_push(worker_t *w, mig_request_t *r)
     uv_mutex_unlock(&w->lock);
 }
 
-/* Wake a worker so it sees want_stop, then join it. */
+/* Start w's threads (one, WAIT_THREADS for the wait worker). 0 or a uv error. */
+static int worker_start(worker_t *w)
+{
+    int n = w->kind == WK_WAIT ? WAIT_THREADS : 1, rc = 0;
+
+    while (w->n_running < n && rc == 0) {
+        rc = uv_thread_create(&w->threads[w->n_running], worker_main, w);
+        if (rc == 0)
+            w->n_running++;
+    }
+    return rc;
+}
+
+/* Wake a worker's threads so they see want_stop, then join them. */
 static void worker_stop(worker_t *w)
 {
-    if (!w->is_running)
+    if (w->n_running == 0)
         return;
     uv_mutex_lock(&w->lock);
     uv_cond_broadcast(&w->cond);
     uv_mutex_unlock(&w->lock);
-    uv_thread_join(&w->thread);
-    w->is_running = false;
+    while (w->n_running > 0)
+        uv_thread_join(&w->threads[--w->n_running]);
+}
+
+/* The worker that runs commands of kind k. */
+static worker_kind_t worker_for(mig_cmd_kind_t k)
+{
+    if (k == MIG_CMD_LOOKUP_KEY)
+        return WK_LOOKUP;
+    if (k == MIG_CMD_WATCH_MIGRATION)
+        return WK_WATCH;
+    if (k == MIG_CMD_CUTOVER || k == MIG_CMD_VERIFY || k == MIG_CMD_ABORT_MIGRATION)
+        return WK_WAIT;
+    return WK_ADMIN;
 }
 
 /* ---- public API -------------------------------------------------------------------- */
@@ -844,10 +874,8 @@ int mig_ctl_start(uv_loop_t *loop, const char *control_conninfo, const char *con
     rc = uv_thread_create(&m->listener, listener_main, m);
     if (rc != 0)
         goto fail_threads;
-    for (int k = 0; k < WK_COUNT && rc == 0; k++) {
-        rc = uv_thread_create(&m->workers[k].thread, worker_main, &m->workers[k]);
-        m->workers[k].is_running = rc == 0;
-    }
+    for (int k = 0; k < WK_COUNT && rc == 0; k++)
+        rc = worker_start(&m->workers[k]);
     if (rc != 0) {
         atomic_store(&m->want_stop, true);
         mig_latch_set(e->latch);
@@ -916,12 +944,7 @@ void mig_ctl_request(mig_ctl_t *m, const mig_cmd_t *cmd, void *cookie)
         ;
     *pp = p;
 
-    worker_push(
-        &m->workers[cmd->kind == MIG_CMD_LOOKUP_KEY                               ? WK_LOOKUP
-                    : cmd->kind == MIG_CMD_WATCH_MIGRATION                        ? WK_WATCH
-                    : cmd->kind == MIG_CMD_CUTOVER || cmd->kind == MIG_CMD_VERIFY ? WK_WAIT
-                                                                                  : WK_ADMIN],
-        r);
+    worker_push(&m->workers[worker_for(cmd->kind)], r);
 }
 
 void mig_ctl_cancel(mig_ctl_t *m, void *cookie)
