@@ -334,7 +334,9 @@ static mig_result_t *migrate(const mig_env_t *env, PGconn **control, const mig_r
         res = mig_control_exec(env, control,
                                "SELECT r.store, r.state, "
                                "  (SELECT min(id) FROM pgshift.migrations m WHERE m.tenant = $1 "
-                               "   AND m.phase NOT IN " TERMINAL_SQL ") "
+                               "   AND m.phase NOT IN " TERMINAL_SQL "), "
+                               "  (SELECT min(id) FROM pgshift.migrations m WHERE m.tenant = $1 "
+                               "   AND m.cleanup_pending) "
                                "FROM (SELECT 1) one LEFT JOIN pgshift.routes r ON r.tenant = $1",
                                1, params, &fail);
     }
@@ -346,6 +348,16 @@ static mig_result_t *migrate(const mig_env_t *env, PGconn **control, const mig_r
                              PQgetisnull(res, 0, 2) ? "" : " (migration ",
                              PQgetisnull(res, 0, 2) ? "" : PQgetvalue(res, 0, 2),
                              PQgetisnull(res, 0, 2) ? "" : ")");
+        PQclear(res);
+        return r;
+    }
+    if (!PQgetisnull(res, 0, 3)) {
+        /* Its runner's late DELETE on the target would remove what a new copy wrote. */
+        r = mig_result_error(
+            "55000",
+            "migration %s of tenant \"%s\" is still removing its rows from the "
+            "target; MIGRATE again once SHOW MIGRATION %s shows cleanup_pending false",
+            PQgetvalue(res, 0, 3), req->tenant, PQgetvalue(res, 0, 3));
         PQclear(res);
         return r;
     }

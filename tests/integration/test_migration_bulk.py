@@ -5,6 +5,7 @@ ABORT, and every refusal of MIGRATE. Real PostgreSQL stores `src` (default
 and control store) and `dst`; rows are compared column by column."""
 
 import signal
+import threading
 import time
 
 import pytest
@@ -270,7 +271,8 @@ def test_refusals_change_nothing(mig_env, clusters):
                      "gen_random_uuid(), 'Order', 'Placed', %s, '{}')", (other,))
     try:
         mid = env.migrate(t)
-        st = env.wait(mid, lambda s: s["phase"] == "FAILED", 30, "FAILED")
+        st = env.wait(mid, lambda s: s["phase"] == "FAILED" and s["cleanup_pending"] == "false", 30,
+                      "FAILED and cleaned")
         err = st["last_error"] or ""
         assert "event_outbox" in err and "cannot be mirrored without duplicates" in err, st
         assert "unique index" in err, st
@@ -285,11 +287,31 @@ def test_refusals_change_nothing(mig_env, clusters):
             conn.execute("DELETE FROM event_outbox")
     # Already migrating.
     mid = env.migrate(t, max_bulk_copy_rate=100)
+    dst = clusters.get("mig_dst")
     try:
         state, msg = env.admin_error("MIGRATE TENANT '%s' TO 'dst'" % t)
         assert state == "55000" and "already being migrated" in msg, msg
+        env.wait(mid, lambda s: int(s["events_copied"] or 0) > 0, 30, "events copied")
+        # Aborted while the target is down: the copied rows cannot be removed
+        # yet. ABORT waits for that (on a worker of its own: the console
+        # answers meanwhile), and a new MIGRATE is refused until then (a late
+        # DELETE of the old runner would remove what the new copy wrote).
+        dst.stop()
+        out = {}
+        th = threading.Thread(target=lambda: out.update(row=env.abort(mid)), daemon=True)
+        th.start()
+        st = env.wait(mid, lambda s: s["phase"] == "ABORTED", 10, "ABORTED")
+        assert st["cleanup_pending"] == "true", st
+        state, msg = env.admin_error("MIGRATE TENANT '%s' TO 'dst'" % t)
+        assert state == "55000" and "still removing its rows" in msg, msg
+        assert th.is_alive(), out
     finally:
-        env.abort(mid)
+        if not dst.running():
+            dst.start()
+    th.join(60)
+    assert out.get("row", {}).get("target_cleaned") == "true", out
+    assert env.status(mid)["cleanup_pending"] == "false"
+    assert env.value("dst", "SELECT count(*) FROM events WHERE tenant_id = %s", (t,)) == 0
     state, msg = env.admin_error("SHOW MIGRATION 99999999")
     assert state == "42704" and "does not exist" in msg, msg
 
