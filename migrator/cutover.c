@@ -16,24 +16,37 @@
 #define LOG_CTX        "cutover"
 #define POLL_MS        5
 #define EXTRA_WAIT_MS  30000 /* beyond the budget: the runner's pick-up and clean-up */
+#define GRACE_MS       2000  /* an outcome without its pause yet: wait this long for it */
 #define VERIFY_WAIT_MS 60000 /* then the check goes on, and SHOW MIGRATION tells its outcome */
 
 /*
  * Poll the record until sql (params: the migration id, the request number)
- * returns a row: the runner's answer. NULL with *fail set on an error, with
- * *fail NULL when the deadline passed or the latch was set.
+ * returns a row: the runner's answer. A row whose column `complete` is not
+ * "t" is an answer still being finished (the cutover's pause is written
+ * after the commit that released the clients): it is waited for up to
+ * GRACE_MS more, then returned as it is. NULL with *fail set on an error,
+ * with *fail NULL when the deadline passed or the latch was set.
  */
 static PGresult *wait_answer(const mig_env_t *env, PGconn **control, const char *sql,
-                             const char *const *params, uint64_t deadline, mig_result_t **fail)
+                             const char *const *params, int complete, uint64_t deadline,
+                             mig_result_t **fail)
 {
+    uint64_t grace_end = 0;
+
     *fail = NULL;
     while (cm_now_ms() < deadline) {
         PGresult *res = mig_control_exec(env, control, sql, 2, params, fail);
 
         if (res == NULL)
             return NULL;
-        if (PQntuples(res) == 1)
-            return res;
+        if (PQntuples(res) == 1) {
+            if (complete < 0 || strcmp(PQgetvalue(res, 0, complete), "t") == 0)
+                return res;
+            if (grace_end == 0)
+                grace_end = cm_now_ms() + GRACE_MS;
+            else if (cm_now_ms() >= grace_end)
+                return res;
+        }
         PQclear(res);
         if (mig_latch_wait(env->latch, POLL_MS))
             break;
@@ -154,16 +167,18 @@ mig_result_t *mig_cutover_request(const mig_env_t *env, PGconn **control, const 
     res = wait_answer(env, control,
                       "SELECT cutover_result->>'success', cutover_result->>'pause_ms', "
                       "  cutover_result->>'events_synced', cutover_result->>'error', "
-                      "  coalesce((cutover_result->>'attempt')::int, 0) "
+                      "  coalesce((cutover_result->>'attempt')::int, 0), "
+                      "  cutover_result ? 'pause_ms' "
                       "FROM pgshift.migrations WHERE id = $1::bigint "
-                      "  AND (cutover_result->>'request')::bigint = $2::bigint "
-                      "  AND cutover_result ? 'pause_ms'",
-                      wait_params, deadline, &fail);
+                      "  AND (cutover_result->>'request')::bigint = $2::bigint",
+                      wait_params, 5, deadline, &fail);
     if (res == NULL)
         return fail != NULL ? fail : no_answer(ids);
     {
         const char *cells[] = { ids, strcmp(PQgetvalue(res, 0, 0), "true") == 0 ? "t" : "f",
-                                PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
+                                /* NULL: the runner could not record it (SHOW MIGRATION) */
+                                PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1),
+                                PQgetvalue(res, 0, 2),
                                 PQgetisnull(res, 0, 3) ? NULL : PQgetvalue(res, 0, 3) };
 
         if (strcmp(PQgetvalue(res, 0, 4), "0") == 0 && cells[4] != NULL) {
@@ -216,7 +231,7 @@ mig_result_t *mig_verify_request(const mig_env_t *env, PGconn **control, const m
                       "SELECT (verify_result->>'passed')::bool::text, verify_result->>'rows', "
                       "  verify_result->>'detail' FROM pgshift.migrations WHERE id = $1::bigint "
                       "  AND (verify_result->>'request')::bigint = $2::bigint",
-                      wait_params, cm_now_ms() + VERIFY_WAIT_MS, &fail);
+                      wait_params, -1, cm_now_ms() + VERIFY_WAIT_MS, &fail);
     if (res == NULL && fail == NULL)
         return mig_result_error("57014",
                                 "migration %s: the consistency check is still running; SHOW "

@@ -1284,7 +1284,8 @@ static void publish_route(dw_t *d, const PGresult *res, int col, const char *pha
  * (the flip, or the roll-back) has committed, so it is known only after:
  * that statement records the outcome without it (its audit row too, which
  * stays so: the audit log is append-only), and this adds it to the record.
- * The CUTOVER answer waits for it.
+ * The CUTOVER answer waits for it a little (cutover.c GRACE_MS) and goes
+ * out without it if this fails.
  */
 static void record_pause(dw_t *d, long long pause_ms)
 {
@@ -1329,6 +1330,7 @@ static run_rc_t roll_back(dw_t *d, int attempt, int64_t request, outcome_t *o, u
             "  ON rt.tenant = m.tenant",
             3, params, &rc);
 
+        o->pause_ms = (long long)(cm_now_ms() - t0);
         if (res != NULL) {
             publish_route(d, res, 0, "DUAL_WRITE", 0, sent_us); /* held work: back to the source */
             PQclear(res);
@@ -1344,7 +1346,6 @@ static run_rc_t roll_back(dw_t *d, int attempt, int64_t request, outcome_t *o, u
         }
     }
     free(res_js);
-    o->pause_ms = (long long)(cm_now_ms() - t0);
     if (rc == RUN_OK)
         record_pause(d, o->pause_ms);
     LOG_WARN(LOG_CTX, "migration %s: cutover attempt %d rolled back after %lld ms: %s", r->ids,

@@ -302,3 +302,6 @@ def test_store_refusing_the_login_over_tls_gives_its_reason(clusters, pgshift_fa
         store.psql("ALTER ROLE app CONNECTION LIMIT -1")
     with psycopg.connect(ep.conninfo(), autocommit=True) as c:
         assert c.execute("SELECT 'served'").fetchone()[0] == "served"
+        # pgshift's connection to the store is TLS (what this test is about).
+        assert c.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                         ).fetchone()[0] is True
