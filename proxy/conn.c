@@ -179,7 +179,7 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
              * a store's FATAL (too many connections, shutting down) often
              * arrives in the same read as its close_notify.
              */
-            if (c->rlen > c->rpos && px_tls_handshake_done(c->tls)) {
+            if (!c->is_closing && c->rlen > c->rpos && px_tls_handshake_done(c->tls)) {
                 c->is_tls_ready = 1;
                 conn_ops(c)->on_read(c);
             }
