@@ -1954,7 +1954,9 @@ void mig_runner_main(const mig_env_t *env, int64_t id)
             break;
         case RUN_PERMANENT:
             mig_run_drop_stores(&r);
-            if (r.ctl == NULL || mig_run_fail_migration(&r) != RUN_RECHECK) {
+            if (r.cleanup_pending && r.ctl != NULL)
+                mig_run_note_error(&r, true); /* an ended migration: retry, never spin */
+            if (r.ctl == NULL || r.cleanup_pending || mig_run_fail_migration(&r) != RUN_RECHECK) {
                 if (mig_run_nap(&r, backoff))
                     goto out;
                 backoff = CM_MIN(backoff * 2, BACKOFF_MAX_MS);

@@ -40,11 +40,12 @@ typedef struct runner {
     atomic_bool done;
 } runner_t;
 
-#define WAIT_THREADS 4 /* concurrent CUTOVER / VERIFY / ABORT waits */
+#define WAIT_THREADS 4 /* concurrent CUTOVER / VERIFY waits */
 
 typedef enum worker_kind {
     WK_ADMIN,  /* admin commands, one at a time */
-    WK_WAIT,   /* CUTOVER, VERIFY and ABORT, which wait for a runner (WAIT_THREADS of them) */
+    WK_WAIT,   /* CUTOVER and VERIFY, which wait for a runner (WAIT_THREADS of them) */
+    WK_ABORT,  /* ABORT, which waits for the target's cleanup: never behind a CUTOVER */
     WK_LOOKUP, /* MIG_CMD_LOOKUP_KEY */
     WK_WATCH,  /* WATCH MIGRATION streams */
     WK_ACK,    /* cutover acknowledgements: never queued behind a (waiting) CUTOVER */
@@ -53,12 +54,13 @@ typedef enum worker_kind {
 
 /*
  * A worker thread and its request queue (loop -> worker), one per
- * worker_kind_t. The admin worker runs admin commands one at a time; CUTOVER,
- * VERIFY and ABORT wait for a runner (a cutover budget and more, a check, a
- * target cleaned: up to a minute when it is down) on the wait worker, whose
- * WAIT_THREADS threads each take one, so SHOW MIGRATION, PAUSE and the
- * other waits go on meanwhile (one admin session has one command at a time,
- * so its answers stay in order); the
+ * worker_kind_t. The admin worker runs admin commands one at a time; CUTOVER
+ * and VERIFY wait for a runner (a cutover budget and more, a check) on the
+ * wait worker, whose WAIT_THREADS threads each take one, and ABORT (which
+ * waits for the target's cleanup, up to a minute when it is down) on its
+ * own, so SHOW MIGRATION, PAUSE and an ABORT never queue behind those waits
+ * (one admin session has one command at a time, so its answers stay in
+ * order); the
  * lookup worker answers MIG_CMD_LOOKUP_KEY, so routing never waits behind a
  * slow admin command; the watch worker streams WATCH MIGRATION rows.
  */
@@ -721,8 +723,10 @@ static worker_kind_t worker_for(mig_cmd_kind_t k)
         return WK_LOOKUP;
     if (k == MIG_CMD_WATCH_MIGRATION)
         return WK_WATCH;
-    if (k == MIG_CMD_CUTOVER || k == MIG_CMD_VERIFY || k == MIG_CMD_ABORT_MIGRATION)
+    if (k == MIG_CMD_CUTOVER || k == MIG_CMD_VERIFY)
         return WK_WAIT;
+    if (k == MIG_CMD_ABORT_MIGRATION)
+        return WK_ABORT;
     return WK_ADMIN;
 }
 

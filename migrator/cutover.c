@@ -32,26 +32,36 @@ static PGresult *wait_answer(const mig_env_t *env, PGconn **control, const char 
                              mig_result_t **fail)
 {
     uint64_t grace_end = 0;
+    PGresult *last = NULL; /* an incomplete answer seen */
 
     *fail = NULL;
     while (cm_now_ms() < deadline) {
         PGresult *res = mig_control_exec(env, control, sql, 2, params, fail);
 
-        if (res == NULL)
+        if (res == NULL) {
+            PQclear(last);
             return NULL;
+        }
         if (PQntuples(res) == 1) {
-            if (complete < 0 || strcmp(PQgetvalue(res, 0, complete), "t") == 0)
+            if (complete < 0 || strcmp(PQgetvalue(res, 0, complete), "t") == 0) {
+                PQclear(last);
                 return res;
+            }
             if (grace_end == 0)
                 grace_end = cm_now_ms() + GRACE_MS;
-            else if (cm_now_ms() >= grace_end)
+            else if (cm_now_ms() >= grace_end) {
+                PQclear(last);
                 return res;
+            }
+            PQclear(last);
+            last = res;
+        } else {
+            PQclear(res);
         }
-        PQclear(res);
         if (mig_latch_wait(env->latch, POLL_MS))
             break;
     }
-    return NULL;
+    return last;
 }
 
 static mig_result_t *no_answer(const char *ids)
@@ -170,7 +180,7 @@ mig_result_t *mig_cutover_request(const mig_env_t *env, PGconn **control, const 
                       "  coalesce((cutover_result->>'attempt')::int, 0), "
                       "  cutover_result ? 'pause_ms' "
                       "FROM pgshift.migrations WHERE id = $1::bigint "
-                      "  AND (cutover_result->>'request')::bigint = $2::bigint",
+                      "  AND (cutover_result->>'request')::bigint >= $2::bigint",
                       wait_params, 5, deadline, &fail);
     if (res == NULL)
         return fail != NULL ? fail : no_answer(ids);
@@ -230,7 +240,7 @@ mig_result_t *mig_verify_request(const mig_env_t *env, PGconn **control, const m
     res = wait_answer(env, control,
                       "SELECT (verify_result->>'passed')::bool::text, verify_result->>'rows', "
                       "  verify_result->>'detail' FROM pgshift.migrations WHERE id = $1::bigint "
-                      "  AND (verify_result->>'request')::bigint = $2::bigint",
+                      "  AND (verify_result->>'request')::bigint >= $2::bigint",
                       wait_params, -1, cm_now_ms() + VERIFY_WAIT_MS, &fail);
     if (res == NULL && fail == NULL)
         return mig_result_error("57014",

@@ -329,16 +329,16 @@ static mig_result_t *migrate(const mig_env_t *env, PGconn **control, const mig_r
     if (dst < 0)
         return mig_result_error("42704", "store \"%s\" does not exist", req->store);
     {
-        const char *params[] = { req->tenant };
+        const char *params[] = { req->tenant, req->store };
 
         res = mig_control_exec(env, control,
                                "SELECT r.store, r.state, "
                                "  (SELECT min(id) FROM pgshift.migrations m WHERE m.tenant = $1 "
                                "   AND m.phase NOT IN " TERMINAL_SQL "), "
                                "  (SELECT min(id) FROM pgshift.migrations m WHERE m.tenant = $1 "
-                               "   AND m.cleanup_pending) "
+                               "   AND m.cleanup_pending AND m.target_store = $2) "
                                "FROM (SELECT 1) one LEFT JOIN pgshift.routes r ON r.tenant = $1",
-                               1, params, &fail);
+                               2, params, &fail);
     }
     if (res == NULL)
         return fail;

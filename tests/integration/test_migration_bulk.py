@@ -304,6 +304,8 @@ def test_refusals_change_nothing(mig_env, clusters):
         assert st["cleanup_pending"] == "true", st
         state, msg = env.admin_error("MIGRATE TENANT '%s' TO 'dst'" % t)
         assert state == "55000" and "still removing its rows" in msg, msg
+        state, msg = env.admin_error("ROUTE TENANT '%s' TO 'dst'" % t)
+        assert state == "55000" and "is being migrated" in msg, msg
         assert th.is_alive(), out
     finally:
         if not dst.running():
