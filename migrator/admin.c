@@ -404,7 +404,7 @@ static mig_result_t *route_tenant(const mig_env_t *env, PGconn **control, const 
     res = mig_control_exec(env, control,
                            "SELECT r.store, r.state, "
                            "       (SELECT min(id) FROM pgshift.migrations m WHERE m.tenant = $1 "
-                           "        AND (m.phase NOT IN ('COMPLETED', 'ABORTED', 'FAILED') "
+                           "        AND (m.phase NOT IN " TERMINAL_SQL " "
                            "        OR (m.cleanup_pending AND m.target_store = $2))) "
                            "FROM (SELECT 1) one LEFT JOIN pgshift.routes r ON r.tenant = $1",
                            2, params, &fail);
@@ -436,8 +436,8 @@ static mig_result_t *route_tenant(const mig_env_t *env, PGconn **control, const 
     res = mig_control_exec(env, control,
                            "INSERT INTO pgshift.routes AS r (tenant, store) "
                            "SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM pgshift.migrations m "
-                           "    WHERE m.tenant = $1 AND (m.phase NOT IN ('COMPLETED', 'ABORTED', "
-                           "    'FAILED') OR (m.cleanup_pending AND m.target_store = $2))) "
+                           "    WHERE m.tenant = $1 AND (m.phase NOT IN " TERMINAL_SQL " "
+                           "    OR (m.cleanup_pending AND m.target_store = $2))) "
                            "ON CONFLICT (tenant) DO UPDATE SET store = EXCLUDED.store, "
                            "    version = r.version + 1, updated_at = now() "
                            "    WHERE r.state = 'normal' "

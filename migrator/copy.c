@@ -411,7 +411,7 @@ run_rc_t mig_run_fail_migration(run_t *r)
     rc = mig_run_x(
         r, r->ctl, "control store",
         "WITH old AS (SELECT id, phase FROM pgshift.migrations WHERE id = $1::bigint "
-        "  AND phase NOT IN ('COMPLETED', 'ABORTED', 'FAILED') FOR UPDATE), "
+        "  AND phase NOT IN " TERMINAL_SQL " FOR UPDATE), "
         "m AS (UPDATE pgshift.migrations g SET phase = 'FAILED', failed_at = now(), "
         "    cleanup_pending = true, error_count = error_count + 1, last_error = $2, "
         "    status_detail = NULL, updated_at = now() "
@@ -605,25 +605,24 @@ static char *translate_select(run_t *r, const PGresult *cols)
 /* Whether every key column of t is among the columns written on the target. */
 static bool keys_written(const tab_t *t)
 {
-    for (size_t k = 0; k < t->n_key; k++) {
-        char *needle = cm_xasprintf(",%s,", t->key_q[k]);
-        char *hay = cm_xasprintf(",%s,", t->copy_cols);
-        bool found;
+    char *hay = cm_xasprintf(",%s,", t->copy_cols);
+    bool found = true;
 
-        /* copy_cols is "a, b, c": drop the blanks after the commas */
-        for (char *p = hay, *o = hay;; p++) {
-            if (!(*p == ' ' && p > hay && p[-1] == ','))
-                *o++ = *p;
-            if (*p == '\0')
-                break;
-        }
+    /* copy_cols is "a, b, c": drop the blanks after the commas */
+    for (char *p = hay, *o = hay;; p++) {
+        if (!(*p == ' ' && p > hay && p[-1] == ','))
+            *o++ = *p;
+        if (*p == '\0')
+            break;
+    }
+    for (size_t k = 0; found && k < t->n_key; k++) {
+        char *needle = cm_xasprintf(",%s,", t->key_q[k]);
+
         found = strstr(hay, needle) != NULL;
         free(needle);
-        free(hay);
-        if (!found)
-            return false;
     }
-    return true;
+    free(hay);
+    return found;
 }
 
 /*
@@ -1143,15 +1142,30 @@ static bool flush_all(run_t *r, PGconn *c)
     return f == 0;
 }
 
-/* The next result of c that is not a plain success: a COPY's start, an error, or NULL. */
-static PGresult *next_copy(run_t *r, PGconn *c, bool *broken)
+/*
+ * Skip c's plain successes (BEGIN, CREATE ... before a COPY) up to the start
+ * of its k-th COPY, which must have status want. RUN_OK, or why not.
+ */
+static run_rc_t await_copy(run_t *r, PGconn *c, const char *what, ExecStatusType want, size_t k,
+                           bool *broken)
 {
     PGresult *res;
+    run_rc_t rc;
 
     while ((res = next_result(r, c, broken)) != NULL &&
            (PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK))
         PQclear(res);
-    return res;
+    if (res != NULL && PQresultStatus(res) == want) {
+        PQclear(res);
+        return RUN_OK;
+    }
+    rc = mig_run_classify(r, c, res, what);
+    if (rc == RUN_OK) {
+        mig_run_set_err(r, "XX000", cm_xasprintf("%s: no COPY %zu", what, k + 1));
+        rc = RUN_TRANSIENT;
+    }
+    PQclear(res);
+    return rc;
 }
 
 run_rc_t mig_run_stream_n(run_t *r, const char *out_sql, const char *in_sql, size_t n,
@@ -1173,31 +1187,16 @@ run_rc_t mig_run_stream_n(run_t *r, const char *out_sql, const char *in_sql, siz
         bool src_failed = false;
 
         rows[k] = 0;
-        /* Statements before a COPY (BEGIN, CREATE ...) answer first. */
-        res = next_copy(r, r->dst, &broken);
-        if (res == NULL || PQresultStatus(res) != PGRES_COPY_IN) {
-            rc = mig_run_classify(r, r->dst, res, "target store");
-            if (rc == RUN_OK) {
-                mig_run_set_err(r, "XX000", cm_xasprintf("target store: no COPY %zu", k + 1));
-                rc = RUN_TRANSIENT;
-            }
-            PQclear(res);
+        rc = await_copy(r, r->dst, "target store", PGRES_COPY_IN, k, &broken);
+        if (rc != RUN_OK) {
             mig_run_drop_stores(r); /* the source is streaming its COPY: start both afresh */
             return rc;
         }
-        PQclear(res);
-        res = next_copy(r, r->src, &broken);
-        if (res == NULL || PQresultStatus(res) != PGRES_COPY_OUT) {
-            rc = mig_run_classify(r, r->src, res, "source store");
-            if (rc == RUN_OK) {
-                mig_run_set_err(r, "XX000", cm_xasprintf("source store: no COPY %zu", k + 1));
-                rc = RUN_TRANSIENT;
-            }
-            PQclear(res);
+        rc = await_copy(r, r->src, "source store", PGRES_COPY_OUT, k, &broken);
+        if (rc != RUN_OK) {
             (void)PQputCopyEnd(r->dst, "pgshift: source failed");
             return rc;
         }
-        PQclear(res);
         if (PQsetnonblocking(r->dst, 1) != 0)
             return mig_run_classify(r, r->dst, NULL, "target store");
         for (;;) {

@@ -3,9 +3,10 @@
  * thread (LISTEN pgshift_routes, route reloads, reconnects), worker threads
  * (worker_kind_t: admin commands, the commands that wait for a runner, key
  * lookups for routing, WATCH streams, cutover acknowledgements), a request
- * queue towards each worker, and the outbox towards the loop. The threads use blocking libpq on
- * their own connections and never touch the loop; they reach it only through the outbox. Loop-side
- * state (pending requests) is touched only on the loop thread.
+ * queue towards each worker, and the outbox towards the loop. The threads
+ * use blocking libpq on their own connections and never touch the loop;
+ * they reach it only through the outbox. Loop-side state (pending
+ * requests) is touched only on the loop thread.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -60,9 +61,9 @@ typedef enum worker_kind {
  * waits for the target's cleanup, up to a minute when it is down) on its
  * own, so SHOW MIGRATION, PAUSE and an ABORT never queue behind those waits
  * (one admin session has one command at a time, so its answers stay in
- * order); the
- * lookup worker answers MIG_CMD_LOOKUP_KEY, so routing never waits behind a
- * slow admin command; the watch worker streams WATCH MIGRATION rows.
+ * order); the lookup worker answers MIG_CMD_LOOKUP_KEY, so routing never
+ * waits behind a slow admin command; the watch worker streams WATCH
+ * MIGRATION rows.
  */
 typedef struct worker {
     struct mig_ctl *m;

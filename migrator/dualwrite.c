@@ -748,7 +748,6 @@ static void round_table(dw_t *d, size_t i, round_sql_t *q)
     char *where, *order, *sql, *stage;
     bool map = strcmp(t->mode, "map") == 0;
     char *rk = mig_quote_ident(r->dst, env->row_key);
-    char *pos = mig_quote_ident(r->dst, env->position_column);
 
     stage = mig_run_stage_sql(t, i);
     if (stage != NULL)
@@ -763,6 +762,8 @@ static void round_table(dw_t *d, size_t i, round_sql_t *q)
     free(where);
     if (t->has_pos && map) {
         /* The target assigns positions, in source order (I4); record the pairs. */
+        char *pos = mig_quote_ident(r->dst, env->position_column);
+
         sql = cm_xasprintf("WITH ins AS (INSERT INTO %s (%s) SELECT %s FROM %s s WHERE NOT "
                            "EXISTS (SELECT 1 FROM %s x WHERE x.%s = s.%s) ORDER BY s.%s "
                            "ON CONFLICT DO NOTHING RETURNING %s AS pgshift_tpos, %s AS "
@@ -773,6 +774,7 @@ static void round_table(dw_t *d, size_t i, round_sql_t *q)
                            "ON s.%s = ins.pgshift_rk ON CONFLICT DO NOTHING",
                            t->q, t->copy_cols, t->copy_cols, t->stage, t->q, rk, rk, pos, pos, rk,
                            r->ids, pos, t->stage, rk);
+        free(pos);
     } else if (t->has_pos || !t->keys_written) {
         char *sel = mig_run_select_list(r, t);
 
@@ -797,7 +799,6 @@ static void round_table(dw_t *d, size_t i, round_sql_t *q)
         free(set);
     }
     free(rk);
-    free(pos);
     round_sql_add(q, i, sql);
     /* Rows deleted on the source: mutable tables, on full rounds. */
     if (!t->has_pos && t->keys_written) {

@@ -22,8 +22,6 @@
 #define QUERY_TIMEOUT_MS 30000
 #define ABORT_WAIT_MS    60000 /* ABORT answers once the target is clean, or after this */
 
-#define TERMINAL_SQL "('COMPLETED', 'ABORTED', 'FAILED')"
-
 /* ---- control transactions ------------------------------------------------------ */
 
 /* Run sql on the control connection inside the caller's transaction; NULL + *fail on error. */

@@ -97,6 +97,8 @@ char *mig_pq_errmsg(PGconn *c, const PGresult *res);
 /* ---- control schema -------------------------------------------------------- */
 
 #define MIG_SCHEMA_VERSION 4 /* the newest version this build creates */
+/* The phases a migration ends in, as an SQL list: "phase NOT IN " TERMINAL_SQL. */
+#define TERMINAL_SQL       "('COMPLETED', 'ABORTED', 'FAILED')"
 #define MIG_ROUTES_CHANNEL "pgshift_routes"
 #define MIG_ACKS_CHANNEL   "pgshift_acks" /* payload: "migration:attempt:process" */
 /* A process whose heartbeat is older than this is not waited for by a cutover. */

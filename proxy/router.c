@@ -561,10 +561,6 @@ static void inject_query(px_server_t *s, const char *sql)
     px_server_expect(s, WIRE_MSG_QUERY, true);
 }
 
-/*
- * The logged-in server of `store` for this session, or NULL when it must be
- * connected first (the client waits; px_client_server_ready kicks it).
- */
 /* Make room for the session's server on `store` in c->servers (NULL while none). */
 static void cl_servers_fit(px_client_t *c, int store)
 {
@@ -580,6 +576,10 @@ static void cl_servers_fit(px_client_t *c, int store)
     }
 }
 
+/*
+ * The logged-in server of `store` for this session, or NULL when it must be
+ * connected first (the client waits; px_client_server_ready kicks it).
+ */
 static px_server_t *cl_use_store(px_client_t *c, int store, rt_rc_t *rc)
 {
     px_proxy_t *p = c->conn.proxy;
@@ -933,11 +933,6 @@ static void hold_log_add(px_proxy_t *p, const px_hold_rec_t *rec)
  * histogram, and log it for SHOW HOLDS. to_store is where the statement
  * went (-1: nowhere, or not known yet).
  */
-static int rec_to(px_hold_outcome_t outcome, int to_store)
-{
-    return outcome == PX_HOLD_RELEASED ? to_store : -1;
-}
-
 static void cl_hold_end(px_client_t *c, px_hold_outcome_t outcome, int to_store)
 {
     px_proxy_t *p = c->conn.proxy;
@@ -947,17 +942,17 @@ static void cl_hold_end(px_client_t *c, px_hold_outcome_t outcome, int to_store)
 
     if (c->hold_start_us == 0)
         return;
+    rec.to_store = outcome == PX_HOLD_RELEASED ? to_store : -1;
     /* A connection warmed for a store the statement did not go to goes again (a roll-back). */
     for (size_t i = 0; i < c->n_servers; i++) {
         px_server_t *s = c->servers[i];
 
-        if (s != NULL && s->is_warm && (int)i != rec_to(outcome, to_store)) {
+        if (s != NULL && s->is_warm && (int)i != rec.to_store) {
             c->servers[i] = NULL;
             px_server_release(s);
         }
     }
     rec.held_us = cm_now_us() - c->hold_start_us;
-    rec.to_store = rec_to(outcome, to_store);
     rec.end_unix_ms = cm_wall_ms();
     rec.seq = ++p->hold_seq;
     snprintf(rec.tenant, sizeof(rec.tenant), "%s", c->hold_tenant ? c->hold_tenant : "");
