@@ -1142,6 +1142,22 @@ static bool flush_all(run_t *r, PGconn *c)
     return f == 0;
 }
 
+/* Read the rest of c's query: RUN_OK when nothing of it failed. */
+static run_rc_t finish_query(run_t *r, PGconn *c, const char *what)
+{
+    bool broken;
+    PGresult *res = finish_results(r, c, &broken);
+    run_rc_t rc = RUN_OK;
+
+    if (broken || (res != NULL && !mig_pq_ok(res))) {
+        rc = mig_run_classify(r, c, res, what);
+        if (rc == RUN_OK)
+            rc = RUN_TRANSIENT;
+    }
+    PQclear(res);
+    return rc;
+}
+
 /*
  * Skip c's plain successes (BEGIN, CREATE ... before a COPY) up to the start
  * of its k-th COPY, which must have status want. RUN_OK, or why not.
@@ -1261,32 +1277,14 @@ run_rc_t mig_run_stream_n(run_t *r, const char *out_sql, const char *in_sql, siz
         PQclear(res);
     }
     /* The source's query ends with its last COPY. */
-    res = finish_results(r, r->src, &broken);
-    if (broken || (res != NULL && !mig_pq_ok(res))) {
-        rc = mig_run_classify(r, r->src, res, "source store");
-        PQclear(res);
-        return rc == RUN_OK ? RUN_TRANSIENT : rc;
-    }
-    PQclear(res);
-    return RUN_OK;
+    return finish_query(r, r->src, "source store");
 }
 
 run_rc_t mig_run_stream(run_t *r, const char *out_sql, const char *in_sql, long long *rows)
 {
-    PGresult *res;
-    bool broken;
     run_rc_t rc = mig_run_stream_n(r, out_sql, in_sql, 1, rows);
 
-    if (rc != RUN_OK)
-        return rc;
-    res = finish_results(r, r->dst, &broken);
-    if (broken || (res != NULL && !mig_pq_ok(res))) {
-        rc = mig_run_classify(r, r->dst, res, "target store");
-        PQclear(res);
-        return rc == RUN_OK ? RUN_TRANSIENT : rc;
-    }
-    PQclear(res);
-    return RUN_OK;
+    return rc != RUN_OK ? rc : finish_query(r, r->dst, "target store");
 }
 
 /* "(k1, k2)" */
