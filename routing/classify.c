@@ -599,8 +599,53 @@ static void set_list(cls_t *c, uint32_t targets)
 }
 
 /*
+ * The session-level advisory lock functions: their locks outlive the
+ * transaction (the _xact_ variants end with it and do not pin).
+ */
+static const char *const session_lock_funcs[] = {
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+};
+
+/* A FuncCall object calling one of session_lock_funcs (any schema: failing safe). */
+static bool func_takes_session_lock(const route_jdoc_t *d, uint32_t fc)
+{
+    bool ok;
+    uint32_t name = string_sval(d, arr_last(d, route_json_get(d, fc, "funcname")), &ok);
+
+    if (!ok || name == 0)
+        return false;
+    for (size_t i = 0; i < CM_ARRAY_LEN(session_lock_funcs); i++) {
+        if (route_json_str_eq(d, name, session_lock_funcs[i]))
+            return true;
+    }
+    return false;
+}
+
+/*
+ * A RangeVar of a temporary relation: TEMP / TEMPORARY ("relpersistence":
+ * "t") or qualified by the pg_temp schema (pg_temp, pg_temp_N), which makes
+ * CREATE TABLE pg_temp.x create a temporary table too.
+ */
+static bool rangevar_is_temp(const route_jdoc_t *d, uint32_t rv)
+{
+    uint32_t schema = route_json_get(d, rv, "schemaname");
+    bool temp = route_json_str_eq(d, route_json_get(d, rv, "relpersistence"), "t");
+
+    if (!temp && schema != 0 && d->v[schema].type == ROUTE_J_STR) {
+        char *s = route_json_str_dup(d, schema);
+        temp = strcmp(s, "pg_temp") == 0 || strncmp(s, "pg_temp_", 8) == 0;
+        free(s);
+    }
+    return temp;
+}
+
+/*
  * Scan the whole statement subtree once: tables, qualifications, nested
- * writes, RETURNING, parameters. Returns whether it holds an INTO clause.
+ * writes, RETURNING, parameters, temporary relations and session-level
+ * advisory locks (pins_session). Returns whether it holds an INTO clause.
  */
 static bool scan(cls_t *c, uint32_t root)
 {
@@ -641,10 +686,16 @@ static bool scan(cls_t *c, uint32_t root)
                 st->is_write = true;
             } else if (jkey_eq(d, ch, "onConflictClause")) {
                 set_list(c, route_json_get(d, ch, "targetList"));
+            } else if (jkey_eq(d, ch, "FuncCall")) {
+                if (func_takes_session_lock(d, ch))
+                    st->pins_session = true;
             }
         }
-        if (rangevar)
+        if (rangevar) {
             (void)add_table(c, i);
+            if (rangevar_is_temp(d, i))
+                st->pins_session = true;
+        }
     }
     return has_into;
 }
@@ -773,6 +824,22 @@ static const char *const ddl_types[] = {
     "RefreshMatViewStmt", "AlterSystemStmt",
 };
 
+#define CURSOR_OPT_HOLD 0x0020 /* PostgreSQL's parsenodes.h: DECLARE ... WITH HOLD */
+
+/* An integer member (libpg_query omits zeros: 0 when absent or not a number). */
+static long json_int(const route_jdoc_t *d, uint32_t i)
+{
+    char *txt;
+    long v;
+
+    if (i == 0 || d->v[i].type != ROUTE_J_NUM)
+        return 0;
+    txt = route_json_str_dup(d, i);
+    v = strtol(txt, NULL, 10);
+    free(txt);
+    return v;
+}
+
 static route_kind_t base_kind(cls_t *c, uint32_t node, int depth)
 {
     const route_jdoc_t *d = c->d;
@@ -819,8 +886,10 @@ static route_kind_t base_kind(cls_t *c, uint32_t node, int depth)
         return ROUTE_KIND_SESSION_OTHER;
     }
     if (type_is(t, tl, "ListenStmt") || type_is(t, tl, "UnlistenStmt") ||
-        type_is(t, tl, "NotifyStmt"))
+        type_is(t, tl, "NotifyStmt")) {
+        st->pins_session = type_is(t, tl, "ListenStmt");
         return ROUTE_KIND_SESSION_OTHER;
+    }
     if (type_is(t, tl, "ConstraintsSetStmt"))
         return ROUTE_KIND_TXN_OTHER;
     if (type_is(t, tl, "CopyStmt")) {
@@ -838,6 +907,15 @@ static route_kind_t base_kind(cls_t *c, uint32_t node, int depth)
         route_kind_t k = depth < 4 ? base_kind(c, route_json_get(d, in, "query"), depth + 1)
                                    : ROUTE_KIND_UTILITY;
         return k == ROUTE_KIND_UNKNOWN ? ROUTE_KIND_UTILITY : k;
+    }
+    if (type_is(t, tl, "PrepareStmt") || type_is(t, tl, "LoadStmt")) {
+        st->pins_session = true; /* a named statement, a loaded library */
+        return ROUTE_KIND_UTILITY;
+    }
+    if (type_is(t, tl, "DeclareCursorStmt")) {
+        if (json_int(d, route_json_get(d, in, "options")) & CURSOR_OPT_HOLD)
+            st->pins_session = true; /* the cursor outlives the transaction */
+        return ROUTE_KIND_UTILITY;
     }
     if (type_is(t, tl, "CallStmt") || type_is(t, tl, "DoStmt")) {
         st->is_write = true;

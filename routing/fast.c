@@ -16,10 +16,14 @@
  *   fooled about where a string or comment ends;
  * - no word (outside literals and comments, compared case-insensitively as
  *   PostgreSQL folds unquoted names) equal to a tenant table (the name after
- *   the schema), the tenant / key / position / row-key columns, or
- *   set_config; no word longer than 63 bytes (PostgreSQL truncates those,
- *   which could turn one into a tenant table's name); the tenant setting and
- *   "pgshift" appear nowhere, not even in a literal;
+ *   the schema), the tenant / key / position / row-key columns, set_config
+ *   or a session-level advisory lock function (pg_advisory_lock,
+ *   pg_try_advisory_lock and their _shared forms: they pin the session, see
+ *   route_stmt_t.pins_session), and none beginning with pg_temp (a
+ *   temporary relation pins it too); no word longer than 63 bytes
+ *   (PostgreSQL truncates those, which could turn one into a tenant table's
+ *   name); the tenant setting and "pgshift" appear nowhere, not even in a
+ *   literal;
  * - the first word is SELECT, VALUES, TABLE or WITH (READ: then no INTO,
  *   INSERT, UPDATE, DELETE or MERGE word, which could make it DDL or a write)
  *   or INSERT, UPDATE, DELETE (WRITE: then no RETURNING word);
@@ -148,6 +152,14 @@ static void names_add(names_t *nm, const char *name)
         nm->len_mask[letter_slot((unsigned char)name[0])] |= (uint64_t)1 << n;
 }
 
+/* Functions whose locks outlive the transaction: the full classifier sets pins_session. */
+static const char *const session_lock_funcs[] = {
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+};
+
 static void names_init(names_t *nm, const route_tenancy_t *ten)
 {
     memset(nm, 0, sizeof(*nm));
@@ -160,15 +172,26 @@ static void names_init(names_t *nm, const route_tenancy_t *ten)
     names_add(nm, ten->position_column);
     names_add(nm, ten->row_key);
     names_add(nm, "set_config");
+    for (size_t i = 0; i < CM_ARRAY_LEN(session_lock_funcs); i++)
+        names_add(nm, session_lock_funcs[i]);
 }
 
-/* A word (1..NAME_MAX_LEN bytes) that could make the statement touch tenant data or the setting. */
+/*
+ * A word (1..NAME_MAX_LEN bytes) that could make the statement touch tenant
+ * data or the setting, or pin the session (an advisory lock, pg_temp).
+ */
 static bool word_is_tenancy(const names_t *nm, const char *w, size_t wl)
 {
     const route_tenancy_t *ten = nm->ten;
 
+    if (wl >= 7 && same_ci(w, "pg_temp", 7))
+        return true;
     if ((nm->len_mask[letter_slot((unsigned char)w[0])] >> wl & 1) == 0)
         return false;
+    for (size_t i = 0; i < CM_ARRAY_LEN(session_lock_funcs); i++) {
+        if (word_is(w, wl, session_lock_funcs[i]))
+            return true;
+    }
     for (size_t i = 0; i < ten->n_tables; i++) {
         if (word_is(w, wl, table_name(ten->tables[i])))
             return true;

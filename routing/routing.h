@@ -134,6 +134,9 @@ typedef struct route_stmt {
     bool set_is_local;     /* SET LOCAL / set_config(..., true): until the transaction ends */
     bool is_tenant_show;   /* SHOW pgshift.tenant */
     bool txn_chain;        /* COMMIT/ROLLBACK AND CHAIN */
+    bool pins_session;     /* leaves backend state a pooled server cannot carry to another client:
+                              LISTEN, SQL PREPARE, DECLARE ... WITH HOLD, CREATE TEMP ..., LOAD,
+                              pg_advisory_lock() and friends (session-level) */
 } route_stmt_t;
 
 /* The classification of one query text: one route_stmt_t per statement. */
@@ -158,12 +161,13 @@ route_class_t *route_classify(const char *sql, size_t len, const route_tenancy_t
  * only for one SELECT, VALUES, TABLE, WITH (read-only), INSERT, UPDATE or
  * DELETE statement of at most ROUTE_FAST_MAX_LEN bytes that names no tenant
  * table, tenant / key / position / row-key column, tenant setting,
- * set_config or $n, with no '"', '$' or '\' anywhere, and that PostgreSQL's
- * grammar accepts (checked with the raw parser, without the JSON output).
- * A non-NULL result equals route_classify's on everything but the table
- * list: n_stmts 1, kind READ or WRITE, is_write, loc, len, max_param 0, no
- * tenants, keys, rows, position, RETURNING or setting; tables[] and target
- * are left empty. Borrows sql and ten. Returns owned, refcount 1.
+ * set_config, session-level advisory lock function, pg_temp schema or $n,
+ * with no '"', '$' or '\' anywhere, and that PostgreSQL's grammar accepts
+ * (checked with the raw parser, without the JSON output). A non-NULL result
+ * equals route_classify's on everything but the table list: n_stmts 1, kind
+ * READ or WRITE, is_write, loc, len, max_param 0, no tenants, keys, rows,
+ * position, RETURNING, setting or pins_session; tables[] and target are
+ * left empty. Borrows sql and ten. Returns owned, refcount 1.
  */
 #define ROUTE_FAST_MAX_LEN 1024
 route_class_t *route_classify_fast(const char *sql, size_t len, const route_tenancy_t *ten);

@@ -395,6 +395,8 @@ static void check_ccase(const ccase_t *c)
     }
     if (c->set_local != ANY)
         assert_int_equal(st->set_is_local, c->set_local);
+    /* Of ccases only LISTEN pins the session; pcases covers the flag. */
+    assert_int_equal(st->pins_session, strncmp(c->sql, "LISTEN ", 7) == 0);
     route_class_unref(cl);
 }
 
@@ -403,6 +405,126 @@ static void test_classify_table(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof(ccases) / sizeof(ccases[0]); i++)
         check_ccase(&ccases[i]);
+}
+
+/*
+ * pins_session: statements whose backend state a pooled server connection
+ * cannot carry to another client, and near misses that must not pin. The
+ * kind is checked too: the flag changes no other field of the classification.
+ */
+typedef struct pcase {
+    const char *sql;
+    route_kind_t kind;
+    int pins; /* 0 or 1 */
+} pcase_t;
+
+static const pcase_t pcases[] = {
+    /* LISTEN, not UNLISTEN or NOTIFY */
+    { "LISTEN orders", ROUTE_KIND_SESSION_OTHER, 1 },
+    { "listen \"Orders\"", ROUTE_KIND_SESSION_OTHER, 1 },
+    { "UNLISTEN orders", ROUTE_KIND_SESSION_OTHER, 0 },
+    { "UNLISTEN *", ROUTE_KIND_SESSION_OTHER, 0 },
+    { "NOTIFY orders, 'x'", ROUTE_KIND_SESSION_OTHER, 0 },
+    { "SELECT pg_notify('orders', 'x')", ROUTE_KIND_READ, 0 },
+    /* SQL PREPARE, not EXECUTE, DEALLOCATE or PREPARE TRANSACTION */
+    { "PREPARE p (uuid) AS SELECT * FROM events WHERE tenant_id = $1", ROUTE_KIND_UTILITY, 1 },
+    { "PREPARE ins AS INSERT INTO accounts VALUES (1)", ROUTE_KIND_UTILITY, 1 },
+    { "EXECUTE p('ta')", ROUTE_KIND_UTILITY, 0 },
+    { "DEALLOCATE p", ROUTE_KIND_UTILITY, 0 },
+    { "DEALLOCATE ALL", ROUTE_KIND_UTILITY, 0 },
+    { "PREPARE TRANSACTION 'gx1'", ROUTE_KIND_TXN_COMMIT, 0 },
+    { "COMMIT PREPARED 'gx1'", ROUTE_KIND_TXN_OTHER, 0 },
+    /* cursors WITH HOLD outlive the transaction; others do not */
+    { "DECLARE c CURSOR WITH HOLD FOR SELECT * FROM accounts", ROUTE_KIND_UTILITY, 1 },
+    { "DECLARE c BINARY SCROLL CURSOR WITH HOLD FOR SELECT 1", ROUTE_KIND_UTILITY, 1 },
+    { "DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT * FROM events WHERE tenant_id = 'ta'",
+      ROUTE_KIND_UTILITY, 1 },
+    { "DECLARE c CURSOR FOR SELECT 1", ROUTE_KIND_UTILITY, 0 },
+    { "DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1", ROUTE_KIND_UTILITY, 0 },
+    { "DECLARE c BINARY INSENSITIVE SCROLL CURSOR FOR SELECT 1", ROUTE_KIND_UTILITY, 0 },
+    { "FETCH 10 FROM c", ROUTE_KIND_UTILITY, 0 },
+    { "CLOSE c", ROUTE_KIND_UTILITY, 0 },
+    /* temporary relations, however created */
+    { "CREATE TEMP TABLE scratch (id int)", ROUTE_KIND_DDL, 1 },
+    { "CREATE TEMPORARY TABLE scratch (id int) ON COMMIT DELETE ROWS", ROUTE_KIND_DDL, 1 },
+    { "CREATE LOCAL TEMP TABLE IF NOT EXISTS scratch (LIKE accounts)", ROUTE_KIND_DDL, 1 },
+    { "CREATE TEMP TABLE scratch AS SELECT * FROM accounts", ROUTE_KIND_DDL, 1 },
+    { "CREATE TEMPORARY TABLE scratch AS SELECT * FROM events WHERE tenant_id = 'ta'",
+      ROUTE_KIND_DDL, 1 },
+    { "CREATE TEMP VIEW v AS SELECT 1", ROUTE_KIND_DDL, 1 },
+    { "CREATE OR REPLACE TEMPORARY VIEW v AS SELECT * FROM accounts", ROUTE_KIND_DDL, 1 },
+    { "CREATE TEMP SEQUENCE s", ROUTE_KIND_DDL, 1 },
+    { "CREATE TEMPORARY SEQUENCE IF NOT EXISTS s START 5", ROUTE_KIND_DDL, 1 },
+    { "SELECT * INTO TEMP scratch FROM accounts", ROUTE_KIND_DDL, 1 },
+    { "SELECT * INTO TEMPORARY TABLE scratch FROM accounts", ROUTE_KIND_DDL, 1 },
+    { "CREATE TABLE pg_temp.scratch (id int)", ROUTE_KIND_DDL, 1 },
+    { "INSERT INTO pg_temp.scratch VALUES (1)", ROUTE_KIND_WRITE, 1 },
+    { "SELECT * FROM pg_temp_3.scratch", ROUTE_KIND_READ, 1 },
+    { "CREATE TABLE scratch (id int)", ROUTE_KIND_DDL, 0 },
+    { "CREATE UNLOGGED TABLE scratch (id int)", ROUTE_KIND_DDL, 0 },
+    { "CREATE TABLE scratch AS SELECT * FROM accounts", ROUTE_KIND_DDL, 0 },
+    { "CREATE VIEW v AS SELECT 1", ROUTE_KIND_DDL, 0 },
+    { "CREATE SEQUENCE s", ROUTE_KIND_DDL, 0 },
+    { "SELECT 1 INTO scratch", ROUTE_KIND_DDL, 0 },
+    { "SELECT * FROM temp_accounts", ROUTE_KIND_READ, 0 },
+    { "SELECT * FROM pg_temporary", ROUTE_KIND_READ, 0 },
+    { "SELECT * FROM pg_temptation.t", ROUTE_KIND_READ, 0 },
+    { "DROP TABLE pg_temp_scratch", ROUTE_KIND_DDL, 0 },
+    /* LOAD */
+    { "LOAD 'auto_explain'", ROUTE_KIND_UTILITY, 1 },
+    /* session-level advisory locks, wherever the call is */
+    { "SELECT pg_advisory_lock(1)", ROUTE_KIND_READ, 1 },
+    { "SELECT pg_advisory_lock_shared(1, 2)", ROUTE_KIND_READ, 1 },
+    { "SELECT pg_try_advisory_lock(hashtext('job'))", ROUTE_KIND_READ, 1 },
+    { "select PG_TRY_ADVISORY_LOCK_SHARED(7)", ROUTE_KIND_READ, 1 },
+    { "SELECT pg_catalog.pg_advisory_lock(42)", ROUTE_KIND_READ, 1 },
+    { "SELECT pg_advisory_lock($1)", ROUTE_KIND_READ, 1 },
+    { "SELECT id FROM accounts WHERE pg_try_advisory_lock(id) LIMIT 1", ROUTE_KIND_READ, 1 },
+    { "SELECT * FROM accounts a JOIN LATERAL (SELECT pg_advisory_lock(a.id)) l ON true",
+      ROUTE_KIND_READ, 1 },
+    { "SELECT * FROM pg_try_advisory_lock(5) AS got", ROUTE_KIND_READ, 1 },
+    { "SELECT CASE WHEN n > 0 THEN pg_advisory_lock(n) END FROM accounts", ROUTE_KIND_READ, 1 },
+    { "WITH l AS (SELECT pg_advisory_lock(1)) SELECT * FROM l", ROUTE_KIND_READ, 1 },
+    { "SELECT * FROM events WHERE tenant_id = 'ta' AND pg_try_advisory_lock(1)", ROUTE_KIND_READ,
+      1 },
+    { "UPDATE accounts SET v = 1 WHERE pg_try_advisory_lock(id)", ROUTE_KIND_WRITE, 1 },
+    { "INSERT INTO accounts VALUES (pg_try_advisory_lock(1)::int)", ROUTE_KIND_WRITE, 1 },
+    { "EXPLAIN ANALYZE SELECT pg_advisory_lock(1)", ROUTE_KIND_READ, 1 },
+    { "SELECT pg_advisory_xact_lock(1)", ROUTE_KIND_READ, 0 },
+    { "SELECT pg_try_advisory_xact_lock(1)", ROUTE_KIND_READ, 0 },
+    { "SELECT pg_advisory_xact_lock_shared(1)", ROUTE_KIND_READ, 0 },
+    { "SELECT pg_try_advisory_xact_lock_shared(1, 2)", ROUTE_KIND_READ, 0 },
+    { "SELECT id FROM accounts WHERE pg_try_advisory_xact_lock(id)", ROUTE_KIND_READ, 0 },
+    { "SELECT pg_advisory_unlock(1)", ROUTE_KIND_READ, 0 },
+    { "SELECT pg_advisory_unlock_all()", ROUTE_KIND_READ, 0 },
+    { "SELECT 'pg_advisory_lock(1)'", ROUTE_KIND_READ, 0 },
+    { "SELECT * FROM pg_locks WHERE locktype = 'advisory'", ROUTE_KIND_READ, 0 },
+    { "SELECT 1 AS pg_advisory_lock", ROUTE_KIND_READ, 0 },
+    /* other session statements do not pin */
+    { "SET search_path = app", ROUTE_KIND_SESSION_OTHER, 0 },
+    { "SET pgshift.tenant = 'ta'", ROUTE_KIND_SESSION_SET, 0 },
+    { "RESET ALL", ROUTE_KIND_SESSION_OTHER, 0 },
+    { "DISCARD ALL", ROUTE_KIND_SESSION_OTHER, 0 },
+    { "SHOW search_path", ROUTE_KIND_SESSION_OTHER, 0 },
+    { "BEGIN", ROUTE_KIND_TXN_BEGIN, 0 },
+    { "SELECT 1", ROUTE_KIND_READ, 0 },
+    /* unparseable text pins nothing */
+    { "LISTEN", ROUTE_KIND_UNKNOWN, 0 },
+};
+
+static void test_classify_pins(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(pcases) / sizeof(pcases[0]); i++) {
+        const pcase_t *p = &pcases[i];
+        route_class_t *cl = route_classify(p->sql, strlen(p->sql), &g_ten);
+
+        print_message("case: %s -> pins %d\n", p->sql, p->pins);
+        assert_int_equal(cl->n_stmts, 1);
+        assert_string_equal(route_kind_str(cl->stmts[0].kind), route_kind_str(p->kind));
+        assert_int_equal(cl->stmts[0].pins_session, p->pins);
+        route_class_unref(cl);
+    }
 }
 
 static void test_classify_multi(void **state)
@@ -428,6 +550,18 @@ static void test_classify_multi(void **state)
     assert_int_equal(cl->stmts[2].n_rows, 1);
     assert_string_equal(cl->stmts[2].tenants[0].text, "ta");
     assert_string_equal(cl->stmts[1].keys[0].text, "k1");
+    route_class_unref(cl);
+
+    /* pins_session belongs to the statement that pins, not to its neighbours */
+    sql = "BEGIN; SELECT pg_advisory_lock(1); LISTEN jobs; UNLISTEN jobs; COMMIT";
+    cl = route_classify(sql, strlen(sql), &g_ten);
+    assert_false(cl->is_error);
+    assert_int_equal(cl->n_stmts, 5);
+    assert_false(cl->stmts[0].pins_session);
+    assert_true(cl->stmts[1].pins_session);
+    assert_true(cl->stmts[2].pins_session);
+    assert_false(cl->stmts[3].pins_session);
+    assert_false(cl->stmts[4].pins_session);
     route_class_unref(cl);
 
     /* one bad statement makes the whole text unparseable, as for PostgreSQL */
@@ -1487,6 +1621,8 @@ static bool fast_agrees(const char *sql, size_t len, const route_tenancy_t *ten,
     SAME("set_is_local", a->set_is_local, b->set_is_local);
     SAME("is_tenant_show", a->is_tenant_show, b->is_tenant_show);
     SAME("txn_chain", a->txn_chain, b->txn_chain);
+    SAME("pins_session", a->pins_session, b->pins_session);
+    SAME("pins_session (fast)", a->pins_session, 0);
     SAME("n_tables (not filled)", a->n_tables, 0);
     SAME("target (not filled)", a->target != NULL, 0);
     /* and so the decisions, in every kind of session */
@@ -1623,6 +1759,20 @@ static const fcase_t fcases[] = {
     { "SELECT 1 -- pgshiFT", FAST_NO },
     { "SELECT 1 -- pgshif", FAST_YES },
     { "WITH s AS (SELECT 1) SELECT set_config('pgshift.tenant', 'x', false) FROM s", FAST_NO },
+    /* statements that pin the session (pins_session): left to the parser */
+    { "SELECT pg_advisory_lock(1)", FAST_NO },
+    { "SELECT PG_ADVISORY_LOCK_SHARED(1, 2)", FAST_NO },
+    { "SELECT pg_catalog.pg_try_advisory_lock(1)", FAST_NO },
+    { "SELECT * FROM accounts WHERE pg_try_advisory_lock_shared(id)", FAST_NO },
+    { "UPDATE accounts SET v = 1 WHERE pg_try_advisory_lock(id)", FAST_NO },
+    { "WITH l AS (SELECT pg_advisory_lock(1)) SELECT * FROM l", FAST_NO },
+    { "INSERT INTO pg_temp.scratch VALUES (1)", FAST_NO },
+    { "SELECT * FROM PG_TEMP_3.scratch", FAST_NO },
+    { "SELECT pg_advisory_xact_lock(1)", FAST_YES },
+    { "SELECT pg_try_advisory_xact_lock(1)", FAST_YES },
+    { "SELECT pg_advisory_unlock(1)", FAST_YES },
+    { "SELECT 'pg_advisory_lock(1)'", FAST_YES },
+    { "SELECT * FROM temp_accounts", FAST_YES },
     /* reads that write or create, writes that return */
     { "SELECT 1 INTO scratch", FAST_NO },
     { "SELECT * INTO TEMP scratch FROM accounts", FAST_NO },
@@ -1682,6 +1832,11 @@ static void test_fast_path_table(void **state)
         (void)fast_agrees(ccases[i].sql, strlen(ccases[i].sql), &g_ten, table);
     for (size_t i = 0; i < sizeof(dcases) / sizeof(dcases[0]); i++)
         (void)fast_agrees(dcases[i].sql, strlen(dcases[i].sql), &g_ten, table);
+    for (size_t i = 0; i < sizeof(pcases) / sizeof(pcases[0]); i++) {
+        bool answered = fast_agrees(pcases[i].sql, strlen(pcases[i].sql), &g_ten, table);
+        if (pcases[i].pins)
+            assert_false(answered); /* fast_agrees checked the flag; this names the cause */
+    }
     /* every prefix of every case: cut strings, comments and statements */
     for (size_t i = 0; i < sizeof(fcases) / sizeof(fcases[0]); i++) {
         for (size_t k = 0; k < strlen(fcases[i].sql); k++)
@@ -1974,6 +2129,7 @@ int main(void)
 {
     const struct CMUnitTest classify[] = {
         cmocka_unit_test_setup_teardown(test_classify_table, setup_ten, teardown_ten),
+        cmocka_unit_test_setup_teardown(test_classify_pins, setup_ten, teardown_ten),
         cmocka_unit_test_setup_teardown(test_classify_multi, setup_ten, teardown_ten),
         cmocka_unit_test_setup_teardown(test_classify_edges, setup_ten, teardown_ten),
         cmocka_unit_test_setup_teardown(test_classify_custom_tenancy, setup_ten, teardown_ten),
