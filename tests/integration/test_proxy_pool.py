@@ -4,7 +4,8 @@ server connections, borrowing one per transaction.
 What is checked, against a real PostgreSQL 15 store of this file's own
 (clusters.get("pool"), so that nothing else holds backends on it):
   - pool_size caps pgshift's backends on the store while many clients work
-  - plain session SETs follow their client and never leak to another
+  - plain session SETs follow their client and never leak to another; SHOW
+    right after BEGIN answers with its row (checked in both pool modes)
   - protocol-level prepared statements (psycopg, asyncpg, pgbench -M prepared)
     keep working whichever server a client borrows
   - LISTEN, CREATE TEMP TABLE, SQL PREPARE, WITH HOLD cursors and session
