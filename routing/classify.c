@@ -878,6 +878,7 @@ static route_kind_t base_kind(cls_t *c, uint32_t node, int depth)
     }
     if (type_is(t, tl, "VariableShowStmt")) {
         st->is_tenant_show = setting_is_tenant(c, route_json_get(d, in, "name"));
+        st->is_show = true;
         return ROUTE_KIND_SESSION_OTHER;
     }
     if (type_is(t, tl, "DiscardStmt")) {
@@ -885,8 +886,8 @@ static route_kind_t base_kind(cls_t *c, uint32_t node, int depth)
             st->set_op = ROUTE_SET_RESET;
         return ROUTE_KIND_SESSION_OTHER;
     }
-    if (type_is(t, tl, "ListenStmt") || type_is(t, tl, "UnlistenStmt") ||
-        type_is(t, tl, "NotifyStmt")) {
+    st->is_notify = type_is(t, tl, "NotifyStmt");
+    if (type_is(t, tl, "ListenStmt") || type_is(t, tl, "UnlistenStmt") || st->is_notify) {
         st->pins_session = type_is(t, tl, "ListenStmt");
         return ROUTE_KIND_SESSION_OTHER;
     }

@@ -737,6 +737,13 @@ static route_decision_t decide_control(route_decision_t d, const route_session_t
     case ROUTE_KIND_SESSION_OTHER:
         if (bound)
             return send_to(d, sess->bound_store, ROUTE_R_SESSION_CMD);
+        if (unbound_txn && stmt->is_show && !stmt->is_tenant_show) {
+            /* It must answer with its row now: a store answers it (and may still move). */
+            d = send_to(d, def, ROUTE_R_SESSION_CMD);
+            d.binds = true;
+            d.tentative = true;
+            return d;
+        }
         if (unbound_txn) {
             d.action = ROUTE_ACT_DEFER;
             d.reason = ROUTE_R_SESSION_DEFER;

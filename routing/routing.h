@@ -133,6 +133,8 @@ typedef struct route_stmt {
     route_val_t set_value; /* ROUTE_SET_TENANT: the new tenant (LITERAL, or PARAM via set_config) */
     bool set_is_local;     /* SET LOCAL / set_config(..., true): until the transaction ends */
     bool is_tenant_show;   /* SHOW pgshift.tenant */
+    bool is_show;          /* SHOW: reads a setting, changes nothing */
+    bool is_notify;        /* NOTIFY: sends, leaves no session state */
     bool txn_chain;        /* COMMIT/ROLLBACK AND CHAIN */
     bool pins_session;     /* leaves backend state a pooled server cannot carry to another client:
                               LISTEN, SQL PREPARE, DECLARE ... WITH HOLD, CREATE TEMP ..., LOAD,

@@ -527,6 +527,36 @@ static void test_classify_pins(void **state)
     }
 }
 
+/* SHOW and NOTIFY change no session state: they are not replayed on other servers. */
+static void test_classify_show_notify(void **state)
+{
+    static const struct {
+        const char *sql;
+        bool is_show, is_notify;
+    } cases[] = {
+        { "SHOW DateStyle", true, false },
+        { "SHOW pgshift.tenant", true, false },
+        { "SHOW ALL", true, false },
+        { "NOTIFY ch", false, true },
+        { "NOTIFY ch, 'x'", false, true },
+        { "LISTEN ch", false, false },
+        { "SET DateStyle = ISO", false, false },
+        { "UNLISTEN *", false, false },
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        route_class_t *cl = route_classify(cases[i].sql, strlen(cases[i].sql), &g_ten);
+
+        print_message("case: %s\n", cases[i].sql);
+        assert_int_equal(cl->n_stmts, 1);
+        assert_int_equal(cl->stmts[0].kind, ROUTE_KIND_SESSION_OTHER);
+        assert_int_equal(cl->stmts[0].is_show, cases[i].is_show);
+        assert_int_equal(cl->stmts[0].is_notify, cases[i].is_notify);
+        route_class_unref(cl);
+    }
+}
+
 static void test_classify_multi(void **state)
 {
     const char *sql = "BEGIN; SELECT COALESCE(MAX(version),0) FROM events WHERE aggregate_id = "
@@ -1042,6 +1072,10 @@ static const dcase_t dcases[] = {
       S_WEST, ROUTE_R_SESSION_CMD, NULL, NULL, 0, 0, 0, NULL, 0 },
     { "LISTEN outside a transaction", "LISTEN ch", "ta", 0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN,
       ROUTE_R_SESSION_CMD, NULL, NULL, 0, 0, 0, NULL, 0 },
+    { "SHOW in an unbound transaction asks a store, binding tentatively", "SHOW DateStyle", NULL, 1,
+      -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN, ROUTE_R_SESSION_CMD, NULL, NULL, 1, 1, 0, NULL, 0 },
+    { "NOTIFY in an unbound transaction is held for its commit", "NOTIFY ch", NULL, 1, -1, 0, NULL,
+      ROUTE_ACT_DEFER, -1, ROUTE_R_SESSION_DEFER, NULL, NULL, 0, 0, 0, NULL, 0 },
     /* unparseable */
     { "garbage: default store", "SELEKT 1", NULL, 0, -1, 0, NULL, ROUTE_ACT_SEND, S_MAIN,
       ROUTE_R_UNPARSED, NULL, NULL, 0, 0, 0, NULL, 0 },
@@ -2130,6 +2164,7 @@ int main(void)
     const struct CMUnitTest classify[] = {
         cmocka_unit_test_setup_teardown(test_classify_table, setup_ten, teardown_ten),
         cmocka_unit_test_setup_teardown(test_classify_pins, setup_ten, teardown_ten),
+        cmocka_unit_test_setup_teardown(test_classify_show_notify, setup_ten, teardown_ten),
         cmocka_unit_test_setup_teardown(test_classify_multi, setup_ten, teardown_ten),
         cmocka_unit_test_setup_teardown(test_classify_edges, setup_ten, teardown_ten),
         cmocka_unit_test_setup_teardown(test_classify_custom_tenancy, setup_ten, teardown_ten),
