@@ -26,6 +26,11 @@ typedef enum cfg_tls_mode {
     CFG_TLS_REQUIRE, /* refuse clients that do not use TLS */
 } cfg_tls_mode_t;
 
+typedef enum cfg_pool_mode {
+    CFG_POOL_SESSION,     /* a client keeps its server connections for its session */
+    CFG_POOL_TRANSACTION, /* server connections return to the store's pool between transactions */
+} cfg_pool_mode_t;
+
 typedef struct cfg_store {
     char *name;     /* the key in [stores] */
     char *conninfo; /* libpq connection string, as written */
@@ -63,6 +68,12 @@ typedef struct cfg {
     int pause_timeout_ms;          /* 10000: default PAUSE wait on the admin console */
     int max_hold_ms;               /* 10000: longest a statement is held at a cutover */
     int hold_log_size;             /* 1000: ended cutover holds kept for SHOW HOLDS */
+
+    /* server connection pooling */
+    cfg_pool_mode_t pool_mode;  /* session */
+    int pool_size;              /* 20: pooled server connections per store (transaction mode) */
+    int pool_wait_timeout_ms;   /* 120000: longest a client waits for a pooled server; 0 = off */
+    int server_idle_timeout_ms; /* 600000: close pooled servers idle longer; 0 = never */
 
     /* TLS towards clients */
     cfg_tls_mode_t client_tls_mode; /* disable */

@@ -53,6 +53,7 @@ enum {
 
 static const char *const auth_names[] = { "trust", "md5", "scram-sha-256", NULL };
 static const char *const tls_names[] = { "disable", "allow", "require", NULL };
+static const char *const pool_names[] = { "session", "transaction", NULL };
 static const char *const log_names[] = {
     "fatal", "error", "warning", "info", "debug", "noise", NULL
 };
@@ -63,6 +64,9 @@ _Static_assert(CFG_AUTH_TRUST == 0 && CFG_AUTH_MD5 == 1 && CFG_AUTH_SCRAM == 2,
                "auth_names[] is indexed by cfg_auth_type_t");
 _Static_assert(CFG_TLS_DISABLE == 0 && CFG_TLS_ALLOW == 1 && CFG_TLS_REQUIRE == 2,
                "tls_names[] is indexed by cfg_tls_mode_t");
+_Static_assert(sizeof(cfg_pool_mode_t) == sizeof(int) && CFG_POOL_SESSION == 0 &&
+                   CFG_POOL_TRANSACTION == 1,
+               "pool_names[] is indexed by cfg_pool_mode_t");
 
 static const char *check_nonempty(const char *v);
 static const char *check_abs_path_or_empty(const char *v);
@@ -140,6 +144,12 @@ static const cfg_key_t keys[] = {
     K_MS("pgshift", "pause_timeout_ms", pause_timeout_ms, "10000", CFG_RELOAD, 1, INT_MAX),
     K_MS("pgshift", "max_hold_ms", max_hold_ms, "10000", CFG_RELOAD, 100, 600000),
     K_INT("pgshift", "hold_log_size", hold_log_size, "1000", CFG_RELOAD, 0, 1000000),
+
+    K_ENUM("pgshift", pool_mode, cfg_pool_mode_t, "session", CFG_RESTART, pool_names),
+    K_INT("pgshift", "pool_size", pool_size, "20", CFG_RELOAD, 1, 100000),
+    K_MS("pgshift", "pool_wait_timeout_ms", pool_wait_timeout_ms, "120000", CFG_RELOAD, 0, INT_MAX),
+    K_MS("pgshift", "server_idle_timeout_ms", server_idle_timeout_ms, "600000", CFG_RELOAD, 0,
+         INT_MAX),
 
     K_ENUM("pgshift", client_tls_mode, cfg_tls_mode_t, "disable", CFG_RELOAD, tls_names),
     K_STR("pgshift", client_tls_cert_file, "", CFG_RELOAD, NULL),

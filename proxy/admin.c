@@ -186,15 +186,17 @@ static void show_servers(px_client_t *c)
 
 static void show_pools(px_client_t *c)
 {
-    static const char *const cols[] = { "store",     "cl_active", "cl_idle",  "cl_held",
-                                        "sv_active", "sv_login",  "pool_mode" };
-    adm_table_t t = { .n_cols = 7, .cols = cols };
+    static const char *const cols[] = { "store",      "cl_active", "cl_idle",  "cl_held",
+                                        "cl_waiting", "sv_active", "sv_idle",  "sv_login",
+                                        "sv_pooled",  "pool_size", "pool_mode" };
+    adm_table_t t = { .n_cols = 11, .cols = cols };
     px_proxy_t *p = c->conn.proxy;
+    bool pooled = px_pool_on(p);
 
     for (size_t i = 0; i < p->n_stores; i++) {
         px_store_t *s = p->stores[i];
         uint64_t active = 0, idle = 0, held = 0;
-        char a[24], b[24], h[24], sa[24], sl[24];
+        char a[24], b[24], h[24], w[24], sa[24], si[24], sl[24], sp[24], ps[24];
         cm_list_t *it, *tmp;
 
         if (s->is_removed)
@@ -212,8 +214,11 @@ static void show_pools(px_client_t *c)
                 active++;
         }
         adm_row(&t, s->name, u64s(a, active), u64s(b, idle), u64s(h, held),
-                u64s(sa, (uint64_t)s->n_active), u64s(sl, (uint64_t)(s->n_servers - s->n_active)),
-                "session");
+                u64s(w, (uint64_t)s->n_waiting), u64s(sa, (uint64_t)(s->n_active - s->n_idle)),
+                u64s(si, (uint64_t)s->n_idle), u64s(sl, (uint64_t)(s->n_servers - s->n_active)),
+                u64s(sp, (uint64_t)s->n_pooled),
+                pooled ? u64s(ps, (uint64_t)p->cfg->pool_size) : NULL,
+                pooled ? "transaction" : "session");
     }
     adm_send_table(c, &t, "SHOW");
 }

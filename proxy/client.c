@@ -67,12 +67,24 @@ static void cl_detach(px_client_t *c)
         px_server_release(c->server); /* the welcome's server, not in servers[] */
     }
     c->server = NULL;
+    px_pool_unwait(c);
     for (size_t i = 0; i < c->n_servers; i++) {
         px_server_t *s = c->servers[i];
 
         if (s == NULL)
             continue;
         c->servers[i] = NULL;
+        if (s->is_pooled && !c->is_pinned) {
+            /* Back to the pool when nothing of ours runs there; a login goes on for it. */
+            if (s->state != PX_SV_ACTIVE && s->state != PX_SV_CLOSING) {
+                s->client = NULL;
+                continue;
+            }
+            if (px_router_leaves_state(c))
+                s->is_dirty = 1;
+            if (px_pool_checkin(s))
+                continue;
+        }
         if (s->rq_n > 0 || s->txn_status != WIRE_TXN_IDLE) {
             /* The backend may still be busy for us: ask it to stop. */
             if (s->be_pid != 0)
@@ -253,6 +265,7 @@ static void cl_login_done(px_client_t *c)
 {
     px_proxy_t *p = c->conn.proxy;
 
+    c->pool_sig = px_pool_sig(&c->startup);
     if (c->is_admin || c->store->has_params) {
         cl_send_welcome(c);
         return;
@@ -261,7 +274,8 @@ static void cl_login_done(px_client_t *c)
     cl_set_state(c, PX_CL_WELCOME);
     c->n_servers = p->n_stores;
     c->servers = cm_xcalloc(c->n_servers, sizeof(*c->servers));
-    if (px_server_connect(p, c->store, c, &c->servers[c->store->index]) < 0) {
+    if ((px_pool_on(p) ? px_pool_connect(c, c->store, &c->servers[c->store->index])
+                       : px_server_connect(p, c->store, c, &c->servers[c->store->index])) < 0) {
         c->servers[c->store->index] = NULL;
         px_client_fail(c, "08006", "could not connect to store \"%s\"", c->store->name);
         return;
@@ -277,6 +291,10 @@ void px_client_server_ready(px_client_t *c, px_server_t *s)
         /* Input may have arrived while we waited. */
     }
     px_client_kick(c);
+    /* A pooled server nothing was sent to (the welcome's, one opened ahead
+     * of need) waits in the pool rather than with an idle session. */
+    if (s->is_pooled && s->client == c && s->rq_n == 0 && c->state == PX_CL_READY)
+        px_router_server_idle(c, s);
 }
 
 void px_client_server_lost(px_client_t *c, px_server_t *s, const char *why)
@@ -764,7 +782,8 @@ static void cl_process(px_client_t *c)
 
 void px_client_server_idle(px_client_t *c, px_server_t *s)
 {
-    (void)s;
+    if (s->is_pooled)
+        px_router_server_idle(c, s); /* may give it back to the pool */
     if (c->is_waiting || c->close_when_idle || c->conn.proxy->is_paused)
         px_client_kick(c);
 }
@@ -847,6 +866,8 @@ void px_client_accept(px_proxy_t *p, uv_stream_t *listener, bool is_admin, bool 
     c->batch_store = -1;
     c->bound_store = -1;
     c->hold_store = -1;
+    c->wait_store = -1;
+    cm_list_init(&c->wait_node);
     c->is_admin = is_admin;
     c->is_unix = is_unix;
     c->connect_ms = cm_wall_ms();

@@ -142,6 +142,26 @@ static void render_metrics(px_proxy_t *p, cm_buf_t *b)
     for (size_t i = 0; i < p->n_stores; i++)
         appendf(b, "pgshift_store_server_connections{store=\"%s\"} %d\n", p->stores[i]->name,
                 p->stores[i]->n_servers);
+    appendf(b, "# HELP pgshift_pool_idle_servers Pooled server connections lent to no client.\n"
+               "# TYPE pgshift_pool_idle_servers gauge\n");
+    for (size_t i = 0; i < p->n_stores; i++)
+        appendf(b, "pgshift_pool_idle_servers{store=\"%s\"} %d\n", p->stores[i]->name,
+                p->stores[i]->n_idle);
+    appendf(b, "# HELP pgshift_pool_waiting_clients Clients waiting for a pooled server.\n"
+               "# TYPE pgshift_pool_waiting_clients gauge\n");
+    for (size_t i = 0; i < p->n_stores; i++)
+        appendf(b, "pgshift_pool_waiting_clients{store=\"%s\"} %d\n", p->stores[i]->name,
+                p->stores[i]->n_waiting);
+    appendf(b, "# HELP pgshift_pool_waits_total Times a client had to wait for a pooled server.\n"
+               "# TYPE pgshift_pool_waits_total counter\n");
+    for (size_t i = 0; i < p->n_stores; i++)
+        appendf(b, "pgshift_pool_waits_total{store=\"%s\"} %llu\n", p->stores[i]->name,
+                (unsigned long long)p->stores[i]->n_pool_waits);
+    appendf(b, "# HELP pgshift_pool_wait_timeouts_total Clients disconnected after "
+               "pool_wait_timeout_ms.\n# TYPE pgshift_pool_wait_timeouts_total counter\n");
+    for (size_t i = 0; i < p->n_stores; i++)
+        appendf(b, "pgshift_pool_wait_timeouts_total{store=\"%s\"} %llu\n", p->stores[i]->name,
+                (unsigned long long)p->stores[i]->n_pool_wait_timeouts);
 }
 
 static void render_status(px_proxy_t *p, cm_buf_t *b)

@@ -168,6 +168,7 @@ static void janitor_cb(uv_timer_t *t)
     cm_list_foreach_safe(it, tmp, &p->clients) {
         px_client_check_timeouts(cm_container_of(it, px_client_t, node), now);
     }
+    px_pool_check_idle(p, now);
     /* A safety net: drains are noticed when stores go idle, this catches the rest. */
     px_router_check_drain(p);
 }
@@ -192,6 +193,8 @@ int px_proxy_init(px_proxy_t *p, uv_loop_t *loop, cfg_t *cfg, char **err)
     p->pause_timer.data = p;
     uv_timer_init(loop, &p->shutdown_timer);
     p->shutdown_timer.data = p;
+    uv_timer_init(loop, &p->pool_wake);
+    p->pool_wake.data = p;
     uv_timer_init(loop, &p->janitor);
     p->janitor.data = p;
     uv_timer_start(&p->janitor, janitor_cb, 1000, 1000);
@@ -329,6 +332,8 @@ static void shutdown_finish(px_proxy_t *p)
     close_if_open((uv_handle_t *)&p->pause_timer);
     close_if_open((uv_handle_t *)&p->shutdown_timer);
     close_if_open((uv_handle_t *)&p->janitor);
+    close_if_open((uv_handle_t *)&p->pool_wake);
+    px_pool_close_idle(p);
     close_if_open((uv_handle_t *)&p->sig_term);
     close_if_open((uv_handle_t *)&p->sig_int);
     close_if_open((uv_handle_t *)&p->sig_hup);

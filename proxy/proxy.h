@@ -216,6 +216,13 @@ struct px_store {
     int n_active;  /* linked to a client */
     /* statements held while a tenant of this store was at cutover */
     uint64_t n_cutover_holds, cutover_hold_ms_sum, cutover_hold_ms_max;
+    /* transaction pooling (proxy/pool.c) */
+    cm_list_t idle;    /* pooled servers lent to nobody, most recently returned first */
+    cm_list_t waiters; /* clients waiting for a pooled server, first come first */
+    int n_idle;        /* length of idle */
+    int n_pooled;      /* pooled servers open: lent, idle or logging in (<= pool_size) */
+    int n_waiting;     /* length of waiters */
+    uint64_t n_pool_waits, n_pool_wait_timeouts;
 };
 
 /* ---- server connections ---- */
@@ -269,6 +276,20 @@ struct px_server {
      * at) and not used yet: losing it fails nothing.
      */
     unsigned is_warm : 1;
+    /*
+     * Transaction pooling: a pooled server is lent to one client at a time
+     * and returns to store->idle when that client's work on it ends.
+     * last_client is the session whose prepared statements and settings the
+     * backend holds (0 = none); is_dirty says it holds any, so the next
+     * borrower resets it first (DISCARD ALL).
+     */
+    unsigned is_pooled : 1;
+    unsigned is_dirty : 1;
+    cm_list_t pool_node; /* store->idle while idle */
+    uint64_t pool_sig;   /* startup parameters it logged in with (px_pool_sig) */
+    uint64_t last_client;
+    uint64_t client_gen; /* last_client's state_gen its backend is up to date with */
+    uint64_t idle_since_ms;
     char ctx[64]; /* log prefix */
 };
 
@@ -344,7 +365,17 @@ struct px_client {
     unsigned is_waiting : 1;      /* a message waits: server login, a busy store, a lookup */
     unsigned is_local_portal : 1; /* the batch's portal is answered here (held BEGIN) */
     unsigned is_streaming : 1;    /* admin: a streamed result set (WATCH) is being sent */
-    char ctx[72];                 /* log prefix: "C#12 db/app@127.0.0.1:5000" */
+    /* transaction pooling (proxy/pool.c) */
+    unsigned is_pinned : 1;       /* keeps its servers: its session state cannot move */
+    unsigned has_session_ops : 1; /* sent session statements a pooled server keeps */
+    uint64_t pool_sig;            /* px_pool_sig of its startup parameters */
+    uint64_t state_gen;           /* bumped when its session state changes (SET, named Parse,
+                                     Close): servers it did not reach are stale */
+    cm_list_t wait_node;          /* store->waiters while waiting for a pooled server */
+    int wait_store;               /* store waited for, -1 = none */
+    uint32_t n_pool_takes;        /* px_pool_take calls, to tell whether a kick asked */
+    uint64_t wait_start_ms;
+    char ctx[72]; /* log prefix: "C#12 db/app@127.0.0.1:5000" */
 };
 
 /* ---- the process ---- */
@@ -446,6 +477,7 @@ struct px_proxy {
     size_t hold_log_cap;      /* cfg->hold_log_size it was made for */
     uint64_t hold_seq;        /* holds recorded since start */
     int n_cutover_unacked;    /* cutovers whose drain this process has not acknowledged yet */
+    uv_timer_t pool_wake;     /* hands returned servers to waiting clients (0 ms) */
     void *http;               /* proxy/http.c state */
     void *admin;              /* proxy/admin.c state */
 };
@@ -535,6 +567,10 @@ void px_router_ready(px_client_t *c, px_server_t *s, uint8_t status);
 void px_router_server_ready(px_client_t *c, px_server_t *s);
 /* s is going away: forget it. */
 void px_router_server_gone(px_client_t *c, px_server_t *s);
+/* Pooled s answered everything: give it back to the pool unless the session still needs it. */
+void px_router_server_idle(px_client_t *c, px_server_t *s);
+/* The session left state on its servers (named statements, settings) a reset must clear. */
+bool px_router_leaves_state(const px_client_t *c);
 /* The session ends: free its routing state. */
 void px_router_client_gone(px_client_t *c);
 /* An admin command the migrator serves; false when sql is not one. */
@@ -549,6 +585,42 @@ void px_router_check_drain(px_proxy_t *p);
 /* Clients held at a cutover right now. */
 int px_router_n_held(px_proxy_t *p);
 const char *px_hold_outcome_name(px_hold_outcome_t o);
+
+/* proxy/pool.c: transaction pooling */
+typedef enum px_pool_rc {
+    PX_POOL_LENT, /* *out is a logged-in server, now the client's */
+    PX_POOL_NEW,  /* *out is a new server logging in for the client */
+    PX_POOL_WAIT, /* every server is lent: the client is queued and kicked later */
+    PX_POOL_FAIL, /* connecting failed */
+} px_pool_rc_t;
+
+static inline bool px_pool_on(const px_proxy_t *p)
+{
+    return p->cfg->pool_mode == CFG_POOL_TRANSACTION;
+}
+/* A hash of the startup parameters: servers are shared only between equal ones. */
+uint64_t px_pool_sig(const px_params_t *startup);
+px_pool_rc_t px_pool_take(px_client_t *c, px_store_t *store, px_server_t **out) MUST_CHECK;
+/* Open a pooled server for c whatever the pool's size (the first login of a store). */
+int px_pool_connect(px_client_t *c, px_store_t *store, px_server_t **out) MUST_CHECK;
+/*
+ * Give s back to its store's pool if it is pooled and idle at the protocol
+ * level (nothing pending, no transaction, no COPY); the caller has checked
+ * that the client needs it no more. Returns whether it was taken back (or
+ * closed, when the pool holds more than pool_size): either way it is no
+ * longer the client's.
+ */
+bool px_pool_checkin(px_server_t *s);
+/* s is closing: leave the pool (frees a slot for a waiter). */
+void px_pool_forget(px_server_t *s);
+/* s stays with its client for good: it leaves the pool's accounting. */
+void px_pool_pin(px_server_t *s);
+/* The client stops waiting (it got a server, or it is closing). */
+void px_pool_unwait(px_client_t *c);
+/* Janitor: close idle servers past server_idle_timeout_ms. */
+void px_pool_check_idle(px_proxy_t *p, uint64_t now_ms);
+/* Close every idle pooled server (shutdown). */
+void px_pool_close_idle(px_proxy_t *p);
 
 /* proxy/admin.c */
 /* The migrator answered an admin command of client `cookie`; takes res. */

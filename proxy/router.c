@@ -551,6 +551,18 @@ static bool cl_busy(px_client_t *c)
     return cl_busy_elsewhere(c, -1);
 }
 
+/*
+ * The session's state changed (a setting, a named statement prepared or
+ * closed) and s, if any, got the change: servers of the pool that hold an
+ * older state of this session must be reset before it uses them again.
+ */
+static void cl_state_changed(px_client_t *c, px_server_t *s)
+{
+    c->state_gen++;
+    if (s != NULL)
+        s->client_gen = c->state_gen;
+}
+
 static void inject_query(px_server_t *s, const char *sql)
 {
     cm_buf_t b = { 0 };
@@ -576,6 +588,93 @@ static void cl_servers_fit(px_client_t *c, int store)
     }
 }
 
+bool px_router_leaves_state(const px_client_t *c)
+{
+    if (c->session_sql.len > 0 || c->has_session_ops)
+        return true;
+    for (size_t i = 0; i < c->n_stmts; i++)
+        if (c->stmts[i].name[0] != '\0')
+            return true;
+    return false;
+}
+
+/*
+ * A pooled server becomes the session's on its store. A backend another
+ * session used last holds none of this session's statements (they are
+ * prepared again when used) and may hold that session's state: reset it,
+ * then replay this session's settings. A new server replays them when it
+ * logs in (px_router_server_ready).
+ */
+static void cl_adopt(px_client_t *c, px_server_t *s)
+{
+    uint64_t bit = (uint64_t)1 << s->store->index;
+
+    c->servers[s->store->index] = s;
+    if (c->is_pinned)
+        px_pool_pin(s);
+    if (s->last_client == c->id && s->client_gen == c->state_gen) {
+        /* Its own backend, as it left it; only the unnamed statement may differ. */
+        px_stmt_t *un = stmt_find(c, "", 0);
+
+        if (un != NULL)
+            un->on_store &= ~bit;
+        return;
+    }
+    for (size_t i = 0; i < c->n_stmts; i++)
+        c->stmts[i].on_store &= ~bit;
+    if (s->state == PX_SV_ACTIVE) {
+        if (s->is_dirty)
+            inject_query(s, "DISCARD ALL");
+        s->is_dirty = 0;
+        px_router_server_ready(c, s);
+    }
+    s->last_client = c->id;
+    s->client_gen = c->state_gen;
+}
+
+/*
+ * Session state a statement leaves on its backend. Plain SETs sent as
+ * simple queries are replayed on the next server the session borrows;
+ * state that cannot follow it (LISTEN, temp tables, SQL PREPARE, held
+ * cursors, advisory locks, and settings changed through the extended
+ * protocol) pins the session to its servers for good.
+ */
+static void cl_note_session(px_client_t *c, const route_stmt_t *st, bool is_extended)
+{
+    bool pins = st->pins_session;
+
+    if ((st->kind == ROUTE_KIND_SESSION_SET || st->kind == ROUTE_KIND_SESSION_OTHER) &&
+        !st->is_show && !st->is_notify) {
+        c->has_session_ops = 1;
+        if (is_extended && st->kind == ROUTE_KIND_SESSION_OTHER)
+            pins = true;
+    }
+    if (!pins || c->is_pinned || !px_pool_on(c->conn.proxy))
+        return;
+    c->is_pinned = 1;
+    LOG_DEBUG(c->ctx, "session state that cannot move (%s): keeping its servers",
+              route_kind_str(st->kind));
+    for (size_t i = 0; i < c->n_servers; i++)
+        if (c->servers[i] != NULL)
+            px_pool_pin(c->servers[i]);
+}
+
+void px_router_server_idle(px_client_t *c, px_server_t *s)
+{
+    int i = s->store->index;
+
+    if (c->is_pinned || cl_server(c, i) != s || c->batch_store == i || c->bound_store == i ||
+        c->in_copy_in)
+        return;
+    if (px_router_leaves_state(c))
+        s->is_dirty = 1;
+    if (!px_pool_checkin(s))
+        return;
+    c->servers[i] = NULL;
+    if (c->server == s)
+        c->server = NULL;
+}
+
 /*
  * The logged-in server of `store` for this session, or NULL when it must be
  * connected first (the client waits; px_client_server_ready kicks it).
@@ -589,13 +688,28 @@ static px_server_t *cl_use_store(px_client_t *c, int store, rt_rc_t *rc)
     s = c->servers[store];
     if (s != NULL)
         s->is_warm = 0; /* used from here on */
-    if (s == NULL) {
-        if (px_server_connect(p, p->stores[store], c, &s) < 0) {
-            px_client_fail(c, "08006", "could not connect to store \"%s\"", p->stores[store]->name);
-            *rc = RT_GONE;
+    if (s == NULL && px_pool_on(p)) {
+        switch (px_pool_take(c, p->stores[store], &s)) {
+        case PX_POOL_LENT:
+        case PX_POOL_NEW:
+            cl_adopt(c, s);
+            break;
+        case PX_POOL_WAIT:
+            c->is_waiting = 1;
+            *rc = RT_WAIT;
             return NULL;
+        case PX_POOL_FAIL:
+        default:
+            s = NULL;
+            break;
         }
+    } else if (s == NULL && px_server_connect(p, p->stores[store], c, &s) == 0) {
         c->servers[store] = s;
+    }
+    if (s == NULL) {
+        px_client_fail(c, "08006", "could not connect to store \"%s\"", p->stores[store]->name);
+        *rc = RT_GONE;
+        return NULL;
     }
     if (s->state != PX_SV_ACTIVE) {
         c->is_waiting = 1;
@@ -621,8 +735,19 @@ static void cl_warm_store(px_client_t *c, int store)
     if (store < 0 || (size_t)store >= p->n_stores)
         return;
     cl_servers_fit(c, store);
-    if (c->servers[store] != NULL || px_server_connect(p, p->stores[store], c, &s) < 0)
+    if (c->servers[store] != NULL)
         return;
+    if (px_pool_on(p)) {
+        /* A free pooled server is as warm as it gets; else open one if there is room. */
+        px_store_t *st = p->stores[store];
+
+        if (st->n_idle > 0 || st->n_waiting > 0 || st->n_pooled >= p->cfg->pool_size ||
+            px_pool_take(c, st, &s) != PX_POOL_NEW)
+            return;
+        cl_adopt(c, s);
+    } else if (px_server_connect(p, p->stores[store], c, &s) < 0) {
+        return;
+    }
     s->is_warm = 1;
     c->servers[store] = s;
     LOG_DEBUG(c->ctx, "held: warming a connection to store %s", p->stores[store]->name);
@@ -768,6 +893,25 @@ static void defer_sql(px_client_t *c, const char *sql, size_t len)
     c->deferred[old + len] = '\0';
 }
 
+/*
+ * Transaction pooling: a transaction bound only tentatively that moves to
+ * another store is rolled back on the old one before the new store's server
+ * is asked for, so the session never holds one pooled server while it waits
+ * for another (two sessions doing that to each other would wait forever).
+ */
+static void cl_unbind_early(px_client_t *c, const route_decision_t *d)
+{
+    px_server_t *old;
+
+    if (d == NULL || !d->rebind || c->bound_store < 0 || c->bound_store == d->store ||
+        !px_pool_on(c->conn.proxy) || cl_busy_elsewhere(c, d->store))
+        return;
+    old = cl_server(c, c->bound_store);
+    if (old != NULL && old->state == PX_SV_ACTIVE)
+        inject_query(old, "ROLLBACK");
+    c->bound_store = -1;
+}
+
 /* Apply a SEND decision's binding before the statement goes to `s`. */
 static void cl_bind_txn(px_client_t *c, const route_decision_t *d, px_server_t *s)
 {
@@ -793,6 +937,7 @@ static void cl_bind_txn(px_client_t *c, const route_decision_t *d, px_server_t *
 /* A new server of the session logged in: replay the session's settings first. */
 void px_router_server_ready(px_client_t *c, px_server_t *s)
 {
+    s->client_gen = c->state_gen;
     if (c->session_sql.len > 0 && !c->is_admin) {
         char *sql = cm_xstrndup((const char *)c->session_sql.data, c->session_sql.len);
 
@@ -1073,7 +1218,9 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
         default:
             break;
         }
-        if (st->kind == ROUTE_KIND_SESSION_SET || st->kind == ROUTE_KIND_SESSION_OTHER)
+        /* Settings follow the session to other stores; SHOW and NOTIFY change nothing. */
+        if ((st->kind == ROUTE_KIND_SESSION_SET || st->kind == ROUTE_KIND_SESSION_OTHER) &&
+            !st->is_show && !st->is_notify)
             has_set = true;
         /* A BEGIN in the text binds what follows in the same text. */
         if (st->kind == ROUTE_KIND_TXN_BEGIN)
@@ -1135,6 +1282,7 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
     }
     if (first.store < 0)
         first.store = c->bound_store >= 0 ? c->bound_store : p->default_store->index;
+    cl_unbind_early(c, &first);
     s = cl_ready_server(c, first.store, &rc);
     if (s == NULL) {
         route_class_unref(cls);
@@ -1144,6 +1292,7 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
     for (size_t i = 0; i < cls->n_stmts; i++) {
         route_stmt_t *st = &cls->stmts[i];
 
+        cl_note_session(c, st, false);
         if (st->kind == ROUTE_KIND_SESSION_SET)
             apply_session_set(c, st, NULL);
         if (st->n_rows > 0)
@@ -1155,6 +1304,7 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
         /* Session settings follow the session to every store it uses. */
         cm_buf_append(&c->session_sql, sql, sql_len);
         cm_buf_append(&c->session_sql, ";", 1);
+        cl_state_changed(c, s);
         for (size_t i = 0; i < c->n_servers; i++) {
             px_server_t *o = c->servers[i];
 
@@ -1163,6 +1313,7 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
 
                 inject_query(o, q);
                 free(q);
+                o->client_gen = c->state_gen;
             }
         }
     }
@@ -1245,12 +1396,13 @@ static void ensure_prepared(px_client_t *c, px_stmt_t *st, px_server_t *s)
 {
     uint64_t bit = (uint64_t)1 << s->store->index;
 
-    (void)c;
     if (st->on_store & bit)
         return;
     px_conn_send(&s->conn, st->parse, st->parse_len);
     px_server_expect(s, WIRE_MSG_PARSE, true);
     st->on_store |= bit;
+    if (st->name[0] != '\0')
+        cl_state_changed(c, s);
 }
 
 static rt_rc_t rt_parse(px_client_t *c, const uint8_t *msg, size_t msg_len, const uint8_t *body,
@@ -1298,6 +1450,8 @@ static rt_rc_t rt_parse(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
         px_conn_send(&s->conn, msg, msg_len);
         px_server_expect(s, WIRE_MSG_PARSE, false);
         st->on_store |= (uint64_t)1 << c->batch_store;
+        if (st->name[0] != '\0')
+            cl_state_changed(c, s);
         return RT_DONE;
     }
     /* Held until the batch's store is known (its Bind or Describe). */
@@ -1327,6 +1481,7 @@ static rt_rc_t batch_start(px_client_t *c, int store, const route_decision_t *d,
     px_server_t *s;
     rt_rc_t rc = RT_DONE;
 
+    cl_unbind_early(c, d);
     s = cl_ready_server(c, store, &rc);
     if (s == NULL)
         return rc;
@@ -1336,8 +1491,11 @@ static rt_rc_t batch_start(px_client_t *c, int store, const route_decision_t *d,
         ensure_prepared(c, st, s);
     /* Held Parses become prepared there. */
     for (size_t i = 0; i < c->n_stmts; i++)
-        if (batch_has_parse_of(c, &c->stmts[i]))
+        if (batch_has_parse_of(c, &c->stmts[i])) {
             c->stmts[i].on_store |= (uint64_t)1 << store;
+            if (c->stmts[i].name[0] != '\0')
+                cl_state_changed(c, s);
+        }
     batch_flush(c, s);
     c->batch_store = store;
     return RT_DONE;
@@ -1508,6 +1666,8 @@ static rt_rc_t rt_bind(px_client_t *c, const uint8_t *msg, size_t msg_len, const
         ensure_prepared(c, st, s);
     }
     s = cl_server(c, c->batch_store);
+    if (rs != NULL)
+        cl_note_session(c, rs, true);
     if (rs != NULL && rs->kind == ROUTE_KIND_SESSION_SET)
         apply_session_set(c, rs, &bp);
     if (rs != NULL && rs->n_rows > 0)
@@ -1611,8 +1771,12 @@ static rt_rc_t rt_follow(px_client_t *c, uint8_t type, const uint8_t *msg, size_
                     cm_buf_free(&b);
                     px_server_expect(o, WIRE_MSG_CLOSE, true);
                     px_server_expect(o, WIRE_MSG_SYNC, true);
+                    if (st->name[0] != '\0')
+                        o->client_gen = c->state_gen + 1; /* up to date after the bump below */
                 }
             }
+            if (st->name[0] != '\0')
+                cl_state_changed(c, s);
             stmt_forget(c, st);
         }
     }

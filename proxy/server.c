@@ -38,6 +38,8 @@ static void sv_set_state(px_server_t *s, px_sv_state_t to)
         s->store->n_active++;
     else if (s->state == PX_SV_ACTIVE && to != PX_SV_ACTIVE)
         s->store->n_active--;
+    if (to == PX_SV_CLOSING)
+        px_pool_forget(s);
     s->state = to;
 }
 
@@ -370,7 +372,7 @@ static bool sv_login_input(px_server_t *s)
                       (unsigned long long)(cm_now_ms() - s->connect_start_ms));
             if (s->client != NULL)
                 px_client_server_ready(s->client, s);
-            else
+            else if (!px_pool_checkin(s)) /* its client left during the login */
                 px_server_release(s);
             return s->state == PX_SV_ACTIVE;
         default:
@@ -751,7 +753,7 @@ void px_server_kick(px_server_t *s)
         return;
     if (s->conn.rpos < s->conn.rlen)
         sv_forward(s);
-    if (s->state == PX_SV_ACTIVE && !s->conn.is_reading &&
+    if (s->state == PX_SV_ACTIVE && s->client != NULL && !s->conn.is_reading &&
         px_conn_pending(&s->client->conn) <= s->conn.proxy->cfg->max_buffer_len)
         if (px_conn_start_read(&s->conn) < 0)
             sv_fail(s, "cannot read from store \"%s\"", s->store->name);
@@ -771,6 +773,7 @@ int px_server_connect(px_proxy_t *p, px_store_t *store, px_client_t *client, px_
     snprintf(s->ctx, sizeof(s->ctx), "S#%llu %s", (unsigned long long)s->id, store->name);
     px_conn_init(&s->conn, p, PX_CONN_SERVER, &server_conn_ops, s);
     cm_list_init(&s->node);
+    cm_list_init(&s->pool_node);
     if (store->unix_path != NULL)
         rc = uv_pipe_init(p->loop, &s->conn.h.pipe, 0);
     else

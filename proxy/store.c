@@ -171,6 +171,8 @@ int px_store_new(const cfg_store_t *cs, int index, px_store_t **out, char **err)
     px_store_t *s = cm_xcalloc(1, sizeof(*s));
 
     s->index = index;
+    cm_list_init(&s->idle);
+    cm_list_init(&s->waiters);
     s->name = cm_xstrdup(cs->name);
     if (store_parse(s, cs, err) < 0) {
         free(s->name);
