@@ -31,6 +31,10 @@
 # iterations, 200000), OUT (also write the report to this file), plus
 # PGSHIFT_BIN, BENCH_AUTH, BENCH_KEEP and the others of bench/common/lib.sh.
 #
+# POOL_SIZE=N runs both pgshift processes with pool_mode = transaction and
+# pool_size = N (backends shared between client sessions, per store); unset,
+# they run in session mode (one backend per client session and store used).
+#
 # Diagnosis knobs (they change what is measured; the report says so):
 #   B_ON_A=1   two's store b is database routed on cluster a: both stores on
 #              one cluster, so a second backend per client session is the
@@ -49,7 +53,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 
 BENCH_CMD=""
 for v in QUICK ROUNDS DURATION VARIANTS CLIENTS MODES TENANTS PER_CLIENT HISTORY LOG_LEVEL \
-    CLASSIFY_ITERS B_ON_A POOLER BENCH_AUTH PGSHIFT_BIN; do
+    CLASSIFY_ITERS B_ON_A POOLER POOL_SIZE BENCH_AUTH PGSHIFT_BIN; do
     if [ -n "${!v+x}" ]; then BENCH_CMD+="$v=\"${!v}\" "; fi
 done
 BENCH_CMD+="bench/routing/run.sh"
@@ -66,6 +70,7 @@ else
 fi
 B_ON_A=${B_ON_A:-0}
 POOLER=${POOLER:-0}
+POOL_SIZE=${POOL_SIZE:-0}
 if [ "$POOLER" != 0 ]; then
     B_ON_A=1
     MODES=${MODES:-simple extended}
@@ -125,9 +130,11 @@ auth_type = $BENCH_AUTH
 auth_file = $dir/userlist.txt
 admin_users = $ADMIN_USER
 log_level = $LOG_LEVEL
-
-[stores]
 EOF
+        if [ "$POOL_SIZE" != 0 ]; then
+            printf 'pool_mode = transaction\npool_size = %s\n' "$POOL_SIZE"
+        fi
+        printf '\n[stores]\n'
         for st in "$@"; do
             port_var="PG_${st}_PORT"
             [ "$B_ON_A" = 1 ] && port_var=PG_a_PORT
@@ -457,6 +464,11 @@ T_END=$(date +%s)
         "shared_buffers=256MB (both clusters)"
     echo "pgshift: log_level=$LOG_LEVEL, defaults otherwise; one: store a; two: stores a" \
         "(default, control) and b"
+    if [ "$POOL_SIZE" != 0 ]; then
+        echo "pgshift: pool_mode = transaction, pool_size = $POOL_SIZE per store"
+    else
+        echo "pgshift: pool_mode = session (one backend per client session and store)"
+    fi
     if [ "$POOLER" != 0 ]; then
         echo "diagnosis: POOLER=$POOLER - one's and two's stores are reached through" \
             "$("$PGBOUNCER_BIN" --version 2>/dev/null | head -1), pool_mode=transaction," \

@@ -328,11 +328,18 @@ class Pgshift:
             "log_level": "info",
             "shutdown_timeout_ms": 5000,
         }
+        # PGSHIFT_POOL_MODE / PGSHIFT_POOL_SIZE run a suite in another pool mode;
+        # PGSHIFT_LOG_LEVEL=debug logs more.
+        for env_key, key in (("PGSHIFT_POOL_MODE", "pool_mode"), ("PGSHIFT_POOL_SIZE", "pool_size")):
+            if os.environ.get(env_key):
+                self.settings[key] = os.environ[env_key]
         if tls:
             self.settings.update({"client_tls_mode": "allow",
                                   "client_tls_cert_file": tls[0],
                                   "client_tls_key_file": tls[1]})
         self.settings.update(settings or {})
+        if os.environ.get("PGSHIFT_LOG_LEVEL"):
+            self.settings["log_level"] = os.environ["PGSHIFT_LOG_LEVEL"]
         self.sections = sections or {}
         self.auth_users = auth_users
 

@@ -7,6 +7,8 @@
 # PGSHIFT_TARGET  pgshift (default) or postgres (--direct): clients talk to
 #                 PostgreSQL itself, to check the harness and the scenarios.
 # PGSHIFT_KEEP_TMP=1 keeps the temporary clusters and logs for inspection.
+# PGSHIFT_POOL_MODE=transaction (and PGSHIFT_POOL_SIZE=N) run pgshift in that
+#                 pool mode unless a test sets it.
 # PGSHIFT_SKIP_SLOW=1 deselects tests marked slow (the sanitizer pass in
 #                 .ci/run uses it to stay within CI's time budget).
 #
