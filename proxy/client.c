@@ -59,6 +59,7 @@ static void cl_conn_closed(px_conn_t *conn)
 static void cl_detach(px_client_t *c)
 {
     px_proxy_t *p = c->conn.proxy;
+    px_server_t *streaming;
 
     if (c->state == PX_CL_CLOSING)
         return;
@@ -66,6 +67,8 @@ static void cl_detach(px_client_t *c)
         (c->n_servers == 0 || c->servers[c->server->store->index] != c->server)) {
         px_server_release(c->server); /* the welcome's server, not in servers[] */
     }
+    /* CopyData half forwarded to it: its stream is cut mid-message. */
+    streaming = c->fwd_left > 0 ? c->server : NULL;
     c->server = NULL;
     px_pool_unwait(c);
     for (size_t i = 0; i < c->n_servers; i++) {
@@ -75,14 +78,15 @@ static void cl_detach(px_client_t *c)
             continue;
         c->servers[i] = NULL;
         if (s->is_pooled && !c->is_pinned) {
-            /* Back to the pool when nothing of ours runs there; a login goes on for it. */
-            if (s->state != PX_SV_ACTIVE && s->state != PX_SV_CLOSING) {
+            /* A login that sent our startup parameters goes on for the pool. */
+            if (s->state == PX_SV_LOGIN) {
                 s->client = NULL;
                 continue;
             }
-            if (px_router_leaves_state(c))
-                s->is_dirty = 1;
-            if (px_pool_checkin(s))
+            /* Back to the pool when nothing of ours is left there: no batch
+             * without its Sync, no half-forwarded CopyData. */
+            if (s->state == PX_SV_ACTIVE && c->batch_store != (int)i && s != streaming &&
+                px_pool_checkin(s))
                 continue;
         }
         if (s->rq_n > 0 || s->txn_status != WIRE_TXN_IDLE) {

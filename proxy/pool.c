@@ -76,7 +76,7 @@ static void wake_cb(uv_timer_t *t)
 }
 
 /* Something of st's pool came free: let its waiters try (soon, not inside the caller). */
-static void pool_wake(px_proxy_t *p, px_store_t *st)
+static void pool_wake_soon(px_proxy_t *p, px_store_t *st)
 {
     if (st->n_waiting == 0 || p->is_finished || uv_is_closing((uv_handle_t *)&p->pool_wake))
         return;
@@ -113,21 +113,36 @@ static void pool_enqueue(px_client_t *c, px_store_t *st)
 
 static void idle_unlink(px_server_t *s)
 {
-    if (s->pool_node.next == &s->pool_node)
+    if (!cm_list_linked(&s->pool_node))
         return;
     cm_list_del(&s->pool_node);
     s->store->n_idle--;
 }
 
+/* First come, first served: a newcomer queues behind the waiters. */
+static bool behind_waiters(const px_client_t *c, const px_store_t *st)
+{
+    if (c->wait_store == st->index)
+        return st->waiters.next != &c->wait_node; /* queued, not first */
+    return st->n_waiting > 0;
+}
+
+/*
+ * A server of st for c: an idle one (its own backend first, which needs no
+ * reset), else a new one while the pool has room (replacing an idle server
+ * of other startup parameters when it is full), else c queues in
+ * st->waiters and is kicked when one comes free. *out is c's until it is
+ * checked in.
+ */
 px_pool_rc_t px_pool_take(px_client_t *c, px_store_t *st, px_server_t **out)
 {
     px_proxy_t *p = c->conn.proxy;
     px_server_t *mine = NULL, *any = NULL, *other = NULL;
     cm_list_t *it, *tmp;
 
-    c->n_pool_takes++;
-    /* First come, first served: a newcomer queues behind the waiters. */
-    if (c->wait_store == st->index ? st->waiters.next != &c->wait_node : st->n_waiting > 0) {
+    if (c->wait_store == st->index)
+        c->n_pool_takes++; /* it asked (wake_cb) */
+    if (behind_waiters(c, st)) {
         pool_enqueue(c, st);
         return PX_POOL_WAIT;
     }
@@ -171,8 +186,10 @@ px_pool_rc_t px_pool_take(px_client_t *c, px_store_t *st, px_server_t **out)
 
 int px_pool_connect(px_client_t *c, px_store_t *st, px_server_t **out)
 {
-    if (px_server_connect(c->conn.proxy, st, c, out) < 0)
-        return -1;
+    int rc = px_server_connect(c->conn.proxy, st, c, out);
+
+    if (rc < 0)
+        return rc;
     (*out)->is_pooled = 1;
     (*out)->pool_sig = c->pool_sig;
     st->n_pooled++;
@@ -182,9 +199,9 @@ int px_pool_connect(px_client_t *c, px_store_t *st, px_server_t **out)
 bool px_pool_checkin(px_server_t *s)
 {
     px_store_t *st = s->store;
-    cm_list_t *head = &st->idle;
 
-    if (!s->is_pooled || s->state != PX_SV_ACTIVE || s->rq_n > 0 ||
+    /* is_busy: work began that no ReadyForQuery 'I' ended (a batch cut before its Sync). */
+    if (!s->is_pooled || s->state != PX_SV_ACTIVE || s->rq_n > 0 || s->is_busy ||
         s->txn_status != WIRE_TXN_IDLE || s->is_copy_in || s->is_copy_out || s->fwd_left > 0 ||
         s->conn.rpos < s->conn.rlen || s->conn.is_closing)
         return false;
@@ -200,13 +217,14 @@ bool px_pool_checkin(px_server_t *s)
     s->client = NULL;
     s->is_warm = 0;
     s->idle_since_ms = cm_now_ms();
+    if (!s->conn.is_reading && px_conn_start_read(&s->conn) < 0) {
+        px_server_release(s); /* stopped under its client's backpressure; deaf */
+        return true;
+    }
     /* Most recently used first: its backend is the warmest. */
-    s->pool_node.next = head->next;
-    s->pool_node.prev = head;
-    head->next->prev = &s->pool_node;
-    head->next = &s->pool_node;
+    cm_list_prepend(&st->idle, &s->pool_node);
     st->n_idle++;
-    pool_wake(s->conn.proxy, st);
+    pool_wake_soon(s->conn.proxy, st);
     return true;
 }
 
@@ -216,7 +234,7 @@ void px_pool_forget(px_server_t *s)
     if (s->is_pooled) {
         s->is_pooled = 0;
         s->store->n_pooled--;
-        pool_wake(s->conn.proxy, s->store);
+        pool_wake_soon(s->conn.proxy, s->store);
     }
 }
 
@@ -227,12 +245,12 @@ void px_pool_pin(px_server_t *s)
     LOG_DEBUG(s->ctx, "pinned to its session: it leaves the pool");
     s->is_pooled = 0;
     s->store->n_pooled--;
-    pool_wake(s->conn.proxy, s->store);
+    pool_wake_soon(s->conn.proxy, s->store);
 }
 
 /* ---- housekeeping ---- */
 
-void px_pool_check_idle(px_proxy_t *p, uint64_t now_ms)
+void px_pool_check_timeouts(px_proxy_t *p, uint64_t now_ms)
 {
     for (size_t i = 0; i < p->n_stores; i++) {
         px_store_t *st = p->stores[i];
@@ -262,6 +280,12 @@ void px_pool_check_idle(px_proxy_t *p, uint64_t now_ms)
             }
         }
     }
+}
+
+void px_pool_wake_all(px_proxy_t *p)
+{
+    for (size_t i = 0; i < p->n_stores; i++)
+        pool_wake_soon(p, p->stores[i]);
 }
 
 void px_pool_close_idle(px_proxy_t *p)

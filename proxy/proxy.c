@@ -168,7 +168,7 @@ static void janitor_cb(uv_timer_t *t)
     cm_list_foreach_safe(it, tmp, &p->clients) {
         px_client_check_timeouts(cm_container_of(it, px_client_t, node), now);
     }
-    px_pool_check_idle(p, now);
+    px_pool_check_timeouts(p, now);
     /* A safety net: drains are noticed when stores go idle, this catches the rest. */
     px_router_check_drain(p);
 }
@@ -187,6 +187,7 @@ int px_proxy_init(px_proxy_t *p, uv_loop_t *loop, cfg_t *cfg, char **err)
     }
     if (proxy_apply(p, cfg, err) < 0)
         return -1;
+    p->is_txn_pool = cfg->pool_mode == CFG_POOL_TRANSACTION;
     if (px_router_init(p, err) < 0)
         return -1;
     uv_timer_init(loop, &p->pause_timer);
@@ -266,6 +267,7 @@ int px_proxy_reload(px_proxy_t *p, char **err)
         return -1;
     }
     LOG_INFO(NULL, "configuration reloaded from %s", p->cfg_path);
+    px_pool_wake_all(p); /* pool_size may have grown */
     return 0;
 }
 

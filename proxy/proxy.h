@@ -48,6 +48,21 @@ static inline void cm_list_append(cm_list_t *head, cm_list_t *n)
     head->prev = n;
 }
 
+/* Insert n first. */
+static inline void cm_list_prepend(cm_list_t *head, cm_list_t *n)
+{
+    n->next = head->next;
+    n->prev = head;
+    head->next->prev = n;
+    head->next = n;
+}
+
+/* Is n on a list (cm_list_init'ed nodes and deleted ones are not)? */
+static inline bool cm_list_linked(const cm_list_t *n)
+{
+    return n->next != n;
+}
+
 static inline void cm_list_del(cm_list_t *n)
 {
     n->prev->next = n->next;
@@ -220,7 +235,8 @@ struct px_store {
     cm_list_t idle;    /* pooled servers lent to nobody, most recently returned first */
     cm_list_t waiters; /* clients waiting for a pooled server, first come first */
     int n_idle;        /* length of idle */
-    int n_pooled;      /* pooled servers open: lent, idle or logging in (<= pool_size) */
+    int n_pooled;      /* pooled servers open: lent, idle or logging in; pool_size or
+                          fewer, except after first logins or a smaller pool_size */
     int n_waiting;     /* length of waiters */
     uint64_t n_pool_waits, n_pool_wait_timeouts;
 };
@@ -280,15 +296,14 @@ struct px_server {
      * Transaction pooling: a pooled server is lent to one client at a time
      * and returns to store->idle when that client's work on it ends.
      * last_client is the session whose prepared statements and settings the
-     * backend holds (0 = none); is_dirty says it holds any, so the next
-     * borrower resets it first (DISCARD ALL).
+     * backend holds (0 = none): another borrower resets it first (DISCARD
+     * ALL).
      */
     unsigned is_pooled : 1;
-    unsigned is_dirty : 1;
     cm_list_t pool_node; /* store->idle while idle */
     uint64_t pool_sig;   /* startup parameters it logged in with (px_pool_sig) */
     uint64_t last_client;
-    uint64_t client_gen; /* last_client's state_gen its backend is up to date with */
+    uint64_t client_gen; /* last_client's gens[store] its backend is up to date with */
     uint64_t idle_since_ms;
     char ctx[64]; /* log prefix */
 };
@@ -366,14 +381,15 @@ struct px_client {
     unsigned is_local_portal : 1; /* the batch's portal is answered here (held BEGIN) */
     unsigned is_streaming : 1;    /* admin: a streamed result set (WATCH) is being sent */
     /* transaction pooling (proxy/pool.c) */
-    unsigned is_pinned : 1;       /* keeps its servers: its session state cannot move */
-    unsigned has_session_ops : 1; /* sent session statements a pooled server keeps */
-    uint64_t pool_sig;            /* px_pool_sig of its startup parameters */
-    uint64_t state_gen;           /* bumped when its session state changes (SET, named Parse,
-                                     Close): servers it did not reach are stale */
-    cm_list_t wait_node;          /* store->waiters while waiting for a pooled server */
-    int wait_store;               /* store waited for, -1 = none */
-    uint32_t n_pool_takes;        /* px_pool_take calls, to tell whether a kick asked */
+    unsigned is_pinned : 1; /* keeps its servers: its session state cannot move */
+    uint64_t pool_sig;      /* px_pool_sig of its startup parameters */
+    uint64_t *gens;         /* by store: bumped when its state there changes (a SET: all
+                               stores; a named Parse or Close: that store); a pooled
+                               server of an older generation is reset before use */
+    size_t n_gens;
+    cm_list_t wait_node;   /* store->waiters while waiting for a pooled server */
+    int wait_store;        /* store waited for, -1 = none */
+    uint32_t n_pool_takes; /* px_pool_take calls, to tell whether a kick asked */
     uint64_t wait_start_ms;
     char ctx[72]; /* log prefix: "C#12 db/app@127.0.0.1:5000" */
 };
@@ -478,6 +494,7 @@ struct px_proxy {
     uint64_t hold_seq;        /* holds recorded since start */
     int n_cutover_unacked;    /* cutovers whose drain this process has not acknowledged yet */
     uv_timer_t pool_wake;     /* hands returned servers to waiting clients (0 ms) */
+    bool is_txn_pool;         /* pool_mode = transaction, as started (a restart key) */
     void *http;               /* proxy/http.c state */
     void *admin;              /* proxy/admin.c state */
 };
@@ -569,8 +586,6 @@ void px_router_server_ready(px_client_t *c, px_server_t *s);
 void px_router_server_gone(px_client_t *c, px_server_t *s);
 /* Pooled s answered everything: give it back to the pool unless the session still needs it. */
 void px_router_server_idle(px_client_t *c, px_server_t *s);
-/* The session left state on its servers (named statements, settings) a reset must clear. */
-bool px_router_leaves_state(const px_client_t *c);
 /* The session ends: free its routing state. */
 void px_router_client_gone(px_client_t *c);
 /* An admin command the migrator serves; false when sql is not one. */
@@ -596,7 +611,7 @@ typedef enum px_pool_rc {
 
 static inline bool px_pool_on(const px_proxy_t *p)
 {
-    return p->cfg->pool_mode == CFG_POOL_TRANSACTION;
+    return p->is_txn_pool;
 }
 /* A hash of the startup parameters: servers are shared only between equal ones. */
 uint64_t px_pool_sig(const px_params_t *startup);
@@ -617,8 +632,11 @@ void px_pool_forget(px_server_t *s);
 void px_pool_pin(px_server_t *s);
 /* The client stops waiting (it got a server, or it is closing). */
 void px_pool_unwait(px_client_t *c);
-/* Janitor: close idle servers past server_idle_timeout_ms. */
-void px_pool_check_idle(px_proxy_t *p, uint64_t now_ms);
+/* Janitor: close idle servers past server_idle_timeout_ms, fail waiters past
+ * pool_wait_timeout_ms. */
+void px_pool_check_timeouts(px_proxy_t *p, uint64_t now_ms);
+/* Let waiters of every store try again (after a RELOAD that may raise pool_size). */
+void px_pool_wake_all(px_proxy_t *p);
 /* Close every idle pooled server (shutdown). */
 void px_pool_close_idle(px_proxy_t *p);
 

@@ -453,6 +453,9 @@ void px_router_client_gone(px_client_t *c)
     c->n_stmts = c->cap_stmts = 0;
     cm_buf_free(&c->batch);
     cm_buf_free(&c->session_sql);
+    free(c->gens);
+    c->gens = NULL;
+    c->n_gens = 0;
     free(c->deferred);
     c->deferred = NULL;
     free(c->tenant);
@@ -551,16 +554,34 @@ static bool cl_busy(px_client_t *c)
     return cl_busy_elsewhere(c, -1);
 }
 
+/* The session's state generation on `store` (see px_client_t.gens). */
+static uint64_t *cl_gen(px_client_t *c, int store)
+{
+    if ((size_t)store >= c->n_gens) {
+        size_t n = (size_t)store + 1;
+
+        c->gens = cm_xrealloc(c->gens, n * sizeof(*c->gens));
+        memset(c->gens + c->n_gens, 0, (n - c->n_gens) * sizeof(*c->gens));
+        c->n_gens = n;
+    }
+    return &c->gens[store];
+}
+
+/* s holds the session's state on its store as it is now. */
+static void cl_gen_sync(px_client_t *c, px_server_t *s)
+{
+    s->client_gen = *cl_gen(c, s->store->index);
+}
+
 /*
- * The session's state changed (a setting, a named statement prepared or
- * closed) and s, if any, got the change: servers of the pool that hold an
- * older state of this session must be reset before it uses them again.
+ * The session's state on s's store changed (a named statement prepared or
+ * closed) and s got the change: the store's pooled servers that hold an
+ * older state of this session are reset before it uses them again.
  */
 static void cl_state_changed(px_client_t *c, px_server_t *s)
 {
-    c->state_gen++;
-    if (s != NULL)
-        s->client_gen = c->state_gen;
+    (*cl_gen(c, s->store->index))++;
+    cl_gen_sync(c, s);
 }
 
 static void inject_query(px_server_t *s, const char *sql)
@@ -588,22 +609,13 @@ static void cl_servers_fit(px_client_t *c, int store)
     }
 }
 
-bool px_router_leaves_state(const px_client_t *c)
-{
-    if (c->session_sql.len > 0 || c->has_session_ops)
-        return true;
-    for (size_t i = 0; i < c->n_stmts; i++)
-        if (c->stmts[i].name[0] != '\0')
-            return true;
-    return false;
-}
-
 /*
  * A pooled server becomes the session's on its store. A backend another
  * session used last holds none of this session's statements (they are
- * prepared again when used) and may hold that session's state: reset it,
- * then replay this session's settings. A new server replays them when it
- * logs in (px_router_server_ready).
+ * prepared again when used) and may hold that session's state, whether
+ * pgshift saw it change or not (set_config() in a query, a SET held with a
+ * BEGIN): reset it, then replay this session's settings. A new server
+ * replays them when it logs in (px_router_server_ready).
  */
 static void cl_adopt(px_client_t *c, px_server_t *s)
 {
@@ -612,7 +624,7 @@ static void cl_adopt(px_client_t *c, px_server_t *s)
     c->servers[s->store->index] = s;
     if (c->is_pinned)
         px_pool_pin(s);
-    if (s->last_client == c->id && s->client_gen == c->state_gen) {
+    if (s->last_client == c->id && s->client_gen == *cl_gen(c, s->store->index)) {
         /* Its own backend, as it left it; only the unnamed statement may differ. */
         px_stmt_t *un = stmt_find(c, "", 0);
 
@@ -623,13 +635,12 @@ static void cl_adopt(px_client_t *c, px_server_t *s)
     for (size_t i = 0; i < c->n_stmts; i++)
         c->stmts[i].on_store &= ~bit;
     if (s->state == PX_SV_ACTIVE) {
-        if (s->is_dirty)
+        if (s->last_client != 0)
             inject_query(s, "DISCARD ALL");
-        s->is_dirty = 0;
         px_router_server_ready(c, s);
     }
     s->last_client = c->id;
-    s->client_gen = c->state_gen;
+    cl_gen_sync(c, s);
 }
 
 /*
@@ -639,16 +650,16 @@ static void cl_adopt(px_client_t *c, px_server_t *s)
  * cursors, advisory locks, and settings changed through the extended
  * protocol) pins the session to its servers for good.
  */
-static void cl_note_session(px_client_t *c, const route_stmt_t *st, bool is_extended)
+static void cl_note_session(px_client_t *c, const route_stmt_t *st, bool is_extended, bool in_txn)
 {
     bool pins = st->pins_session;
+    /* The tenant setting is pgshift's own (apply_session_set), wherever it comes from. */
+    bool sets =
+        st->kind == ROUTE_KIND_SESSION_OTHER && !st->is_show && !st->is_notify && !st->set_is_local;
 
-    if ((st->kind == ROUTE_KIND_SESSION_SET || st->kind == ROUTE_KIND_SESSION_OTHER) &&
-        !st->is_show && !st->is_notify) {
-        c->has_session_ops = 1;
-        if (is_extended && st->kind == ROUTE_KIND_SESSION_OTHER)
-            pins = true;
-    }
+    /* Replayed are simple-query settings outside transactions (session_sql). */
+    if (sets && (in_txn || is_extended))
+        pins = true;
     if (!pins || c->is_pinned || !px_pool_on(c->conn.proxy))
         return;
     c->is_pinned = 1;
@@ -663,11 +674,20 @@ void px_router_server_idle(px_client_t *c, px_server_t *s)
 {
     int i = s->store->index;
 
-    if (c->is_pinned || cl_server(c, i) != s || c->batch_store == i || c->bound_store == i ||
-        c->in_copy_in)
+    if (c->is_pinned || cl_server(c, i) != s)
         return;
-    if (px_router_leaves_state(c))
-        s->is_dirty = 1;
+    if (c->fwd_left > 0 && c->server == s) {
+        /* The store ended a COPY (an error) while a CopyData message was half
+         * forwarded: its input is cut mid-message, so it is closed, and the
+         * rest of the client's COPY is dropped (the client has the error). */
+        c->servers[i] = NULL;
+        c->server = NULL;
+        px_server_release(s);
+        return;
+    }
+    /* Not while a batch runs there or a transaction is bound there. */
+    if (c->batch_store == i || c->bound_store == i)
+        return;
     if (!px_pool_checkin(s))
         return;
     c->servers[i] = NULL;
@@ -937,7 +957,7 @@ static void cl_bind_txn(px_client_t *c, const route_decision_t *d, px_server_t *
 /* A new server of the session logged in: replay the session's settings first. */
 void px_router_server_ready(px_client_t *c, px_server_t *s)
 {
-    s->client_gen = c->state_gen;
+    cl_gen_sync(c, s);
     if (c->session_sql.len > 0 && !c->is_admin) {
         char *sql = cm_xstrndup((const char *)c->session_sql.data, c->session_sql.len);
 
@@ -1270,6 +1290,7 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
             /* SAVEPOINT, SET ... inside an unbound transaction: replay later. */
             tag = st->kind == ROUTE_KIND_TXN_OTHER ? "SAVEPOINT" : "SET";
             defer_sql(c, sql, sql_len);
+            cl_note_session(c, st, false, true);
             if (st->kind == ROUTE_KIND_SESSION_SET)
                 apply_session_set(c, st, NULL);
         }
@@ -1292,7 +1313,7 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
     for (size_t i = 0; i < cls->n_stmts; i++) {
         route_stmt_t *st = &cls->stmts[i];
 
-        cl_note_session(c, st, false);
+        cl_note_session(c, st, false, c->in_txn || ss.in_txn);
         if (st->kind == ROUTE_KIND_SESSION_SET)
             apply_session_set(c, st, NULL);
         if (st->n_rows > 0)
@@ -1301,21 +1322,35 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
     px_conn_send(&s->conn, msg, msg_len);
     px_server_expect(s, WIRE_MSG_QUERY, false);
     if (has_set && !c->in_txn && !ss.in_txn) {
-        /* Session settings follow the session to every store it uses. */
-        cm_buf_append(&c->session_sql, sql, sql_len);
-        cm_buf_append(&c->session_sql, ";", 1);
-        cl_state_changed(c, s);
+        /* Session settings follow the session to every store it uses: the
+         * setting statements of the text, not what came with them. */
+        cm_buf_t set = { 0 };
+
+        for (size_t i = 0; i < cls->n_stmts; i++) {
+            const route_stmt_t *st = &cls->stmts[i];
+
+            if ((st->kind == ROUTE_KIND_SESSION_SET || st->kind == ROUTE_KIND_SESSION_OTHER) &&
+                !st->is_show && !st->is_notify && st->loc < sql_len) {
+                size_t n = st->len > 0 ? CM_MIN(st->len, sql_len - st->loc) : sql_len - st->loc;
+
+                cm_buf_append(&set, sql + st->loc, n);
+                cm_buf_append(&set, ";", 1);
+            }
+        }
+        cm_buf_append(&c->session_sql, set.data, set.len);
+        for (size_t i = 0; i < p->n_stores; i++) /* a setting: every store's state */
+            (*cl_gen(c, (int)i))++;
+        cl_gen_sync(c, s);
+        cm_buf_append(&set, "", 1); /* NUL */
         for (size_t i = 0; i < c->n_servers; i++) {
             px_server_t *o = c->servers[i];
 
             if (o != NULL && o != s && o->state == PX_SV_ACTIVE) {
-                char *q = cm_xstrndup(sql, sql_len);
-
-                inject_query(o, q);
-                free(q);
-                o->client_gen = c->state_gen;
+                inject_query(o, (const char *)set.data);
+                cl_gen_sync(c, o);
             }
         }
+        cm_buf_free(&set);
     }
     route_class_unref(cls);
     return RT_DONE;
@@ -1667,7 +1702,7 @@ static rt_rc_t rt_bind(px_client_t *c, const uint8_t *msg, size_t msg_len, const
     }
     s = cl_server(c, c->batch_store);
     if (rs != NULL)
-        cl_note_session(c, rs, true);
+        cl_note_session(c, rs, true, c->in_txn);
     if (rs != NULL && rs->kind == ROUTE_KIND_SESSION_SET)
         apply_session_set(c, rs, &bp);
     if (rs != NULL && rs->n_rows > 0)
@@ -1751,11 +1786,25 @@ static rt_rc_t rt_follow(px_client_t *c, uint8_t type, const uint8_t *msg, size_
         }
     }
     s = cl_server(c, c->batch_store);
+    if (type == WIRE_MSG_DESCRIBE && len >= 2 && body[0] == 'S') {
+        /* A statement of the session this backend may not have (a pooled one). */
+        px_stmt_t *st =
+            stmt_find(c, (const char *)body + 1, strnlen((const char *)body + 1, len - 1));
+
+        if (st != NULL)
+            ensure_prepared(c, st, s);
+    }
     if (type == WIRE_MSG_CLOSE && len >= 2 && body[0] == 'S') {
         px_stmt_t *st =
             stmt_find(c, (const char *)body + 1, strnlen((const char *)body + 1, len - 1));
 
         if (st != NULL) {
+            /* Pooled servers of every store it was prepared on that do not get this Close
+             * still hold it: they are reset before this session uses them. */
+            for (size_t i = 0; i < 64 && st->name[0] != '\0'; i++)
+                if (st->on_store & ((uint64_t)1 << i))
+                    (*cl_gen(c, (int)i))++;
+            cl_gen_sync(c, s);
             /* Close it on the other stores too, quietly. */
             for (size_t i = 0; i < c->n_servers; i++) {
                 px_server_t *o = c->servers[i];
@@ -1771,12 +1820,9 @@ static rt_rc_t rt_follow(px_client_t *c, uint8_t type, const uint8_t *msg, size_
                     cm_buf_free(&b);
                     px_server_expect(o, WIRE_MSG_CLOSE, true);
                     px_server_expect(o, WIRE_MSG_SYNC, true);
-                    if (st->name[0] != '\0')
-                        o->client_gen = c->state_gen + 1; /* up to date after the bump below */
+                    cl_gen_sync(c, o);
                 }
             }
-            if (st->name[0] != '\0')
-                cl_state_changed(c, s);
             stmt_forget(c, st);
         }
     }

@@ -737,7 +737,7 @@ static route_decision_t decide_control(route_decision_t d, const route_session_t
     case ROUTE_KIND_SESSION_OTHER:
         if (bound)
             return send_to(d, sess->bound_store, ROUTE_R_SESSION_CMD);
-        if (unbound_txn && stmt->is_show && !stmt->is_tenant_show) {
+        if (unbound_txn && stmt->is_show) {
             /* It must answer with its row now: a store answers it (and may still move). */
             d = send_to(d, def, ROUTE_R_SESSION_CMD);
             d.binds = true;
