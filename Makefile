@@ -87,8 +87,16 @@ unit: $(UNIT_TESTS)
 deps:
 	@scripts/install-deps.sh
 
+# Run again with a transaction pool of 4 per store: the drivers, the routing
+# workload and pipelining, while clients share and swap backends.
+POOL_PASS := $(addprefix tests/integration/,test_proxy_psycopg.py test_proxy_asyncpg.py \
+	test_proxy_node.py test_routing_workload.py test_routing_drivers.py \
+	test_routing_pipeline.py test_routing_asyncpg_rebind.py)
+
 integration: all
 	@tests/integration/run.sh
+	@echo "== again with pool_mode = transaction, pool_size = 4: $(notdir $(POOL_PASS))"
+	@PGSHIFT_POOL_MODE=transaction PGSHIFT_POOL_SIZE=4 tests/integration/run.sh $(POOL_PASS)
 
 test: deps
 	$(MAKE) all

@@ -4,6 +4,7 @@
  * request per connection; the request head is capped at 8 kB.
  */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,6 +64,29 @@ static void appendf(cm_buf_t *b, const char *fmt, ...)
     if (n > 0)
         cm_buf_append(b, tmp, CM_MIN((size_t)n, sizeof(tmp) - 1));
 }
+
+/* Per-store series: gauges are int fields of px_store_t, counters uint64_t ones. */
+typedef struct store_metric {
+    const char *name;
+    const char *help; /* NULL: none */
+    size_t off;       /* of the field in px_store_t */
+    bool is_gauge;
+} store_metric_t;
+
+static const store_metric_t store_metrics[] = {
+    { "pgshift_store_queries_total", NULL, offsetof(px_store_t, n_queries), false },
+    { "pgshift_store_transactions_total", NULL, offsetof(px_store_t, n_xacts), false },
+    { "pgshift_store_errors_total", NULL, offsetof(px_store_t, n_errors), false },
+    { "pgshift_store_server_connections", NULL, offsetof(px_store_t, n_servers), true },
+    { "pgshift_pool_idle_servers", "Pooled server connections lent to no client.",
+      offsetof(px_store_t, n_idle), true },
+    { "pgshift_pool_waiting_clients", "Clients waiting for a pooled server.",
+      offsetof(px_store_t, n_waiting), true },
+    { "pgshift_pool_waits_total", "Times a client had to wait for a pooled server.",
+      offsetof(px_store_t, n_pool_waits), false },
+    { "pgshift_pool_wait_timeouts_total", "Clients disconnected after pool_wait_timeout_ms.",
+      offsetof(px_store_t, n_pool_wait_timeouts), false },
+};
 
 static void render_metrics(px_proxy_t *p, cm_buf_t *b)
 {
@@ -126,42 +150,30 @@ static void render_metrics(px_proxy_t *p, cm_buf_t *b)
             px_router_n_held(p));
     appendf(b, "# TYPE pgshift_cutover_pending_acks gauge\npgshift_cutover_pending_acks %d\n",
             p->n_cutover_unacked);
-    appendf(b, "# TYPE pgshift_store_queries_total counter\n");
-    for (size_t i = 0; i < p->n_stores; i++)
-        appendf(b, "pgshift_store_queries_total{store=\"%s\"} %llu\n", p->stores[i]->name,
-                (unsigned long long)p->stores[i]->n_queries);
-    appendf(b, "# TYPE pgshift_store_transactions_total counter\n");
-    for (size_t i = 0; i < p->n_stores; i++)
-        appendf(b, "pgshift_store_transactions_total{store=\"%s\"} %llu\n", p->stores[i]->name,
-                (unsigned long long)p->stores[i]->n_xacts);
-    appendf(b, "# TYPE pgshift_store_errors_total counter\n");
-    for (size_t i = 0; i < p->n_stores; i++)
-        appendf(b, "pgshift_store_errors_total{store=\"%s\"} %llu\n", p->stores[i]->name,
-                (unsigned long long)p->stores[i]->n_errors);
-    appendf(b, "# TYPE pgshift_store_server_connections gauge\n");
-    for (size_t i = 0; i < p->n_stores; i++)
-        appendf(b, "pgshift_store_server_connections{store=\"%s\"} %d\n", p->stores[i]->name,
-                p->stores[i]->n_servers);
-    appendf(b, "# HELP pgshift_pool_idle_servers Pooled server connections lent to no client.\n"
-               "# TYPE pgshift_pool_idle_servers gauge\n");
-    for (size_t i = 0; i < p->n_stores; i++)
-        appendf(b, "pgshift_pool_idle_servers{store=\"%s\"} %d\n", p->stores[i]->name,
-                p->stores[i]->n_idle);
-    appendf(b, "# HELP pgshift_pool_waiting_clients Clients waiting for a pooled server.\n"
-               "# TYPE pgshift_pool_waiting_clients gauge\n");
-    for (size_t i = 0; i < p->n_stores; i++)
-        appendf(b, "pgshift_pool_waiting_clients{store=\"%s\"} %d\n", p->stores[i]->name,
-                p->stores[i]->n_waiting);
-    appendf(b, "# HELP pgshift_pool_waits_total Times a client had to wait for a pooled server.\n"
-               "# TYPE pgshift_pool_waits_total counter\n");
-    for (size_t i = 0; i < p->n_stores; i++)
-        appendf(b, "pgshift_pool_waits_total{store=\"%s\"} %llu\n", p->stores[i]->name,
-                (unsigned long long)p->stores[i]->n_pool_waits);
-    appendf(b, "# HELP pgshift_pool_wait_timeouts_total Clients disconnected after "
-               "pool_wait_timeout_ms.\n# TYPE pgshift_pool_wait_timeouts_total counter\n");
-    for (size_t i = 0; i < p->n_stores; i++)
-        appendf(b, "pgshift_pool_wait_timeouts_total{store=\"%s\"} %llu\n", p->stores[i]->name,
-                (unsigned long long)p->stores[i]->n_pool_wait_timeouts);
+    for (size_t m = 0; m < CM_ARRAY_LEN(store_metrics); m++) {
+        const store_metric_t *sm = &store_metrics[m];
+
+        if (sm->help != NULL)
+            appendf(b, "# HELP %s %s\n", sm->name, sm->help);
+        appendf(b, "# TYPE %s %s\n", sm->name, sm->is_gauge ? "gauge" : "counter");
+        for (size_t i = 0; i < p->n_stores; i++) {
+            const char *f = (const char *)p->stores[i] + sm->off;
+            unsigned long long v;
+
+            if (sm->is_gauge) {
+                int n;
+
+                memcpy(&n, f, sizeof(n));
+                v = n > 0 ? (unsigned long long)n : 0;
+            } else {
+                uint64_t n;
+
+                memcpy(&n, f, sizeof(n));
+                v = n;
+            }
+            appendf(b, "%s{store=\"%s\"} %llu\n", sm->name, p->stores[i]->name, v);
+        }
+    }
 }
 
 static void render_status(px_proxy_t *p, cm_buf_t *b)

@@ -27,6 +27,7 @@ import re
 import subprocess
 import threading
 import time
+import urllib.request
 
 import asyncpg
 import psycopg
@@ -596,6 +597,54 @@ def test_waiting_client_is_served_when_server_frees(store, pgshift_factory):
         assert not t.is_alive(), "B still waiting 10s after A committed"
         assert out["row"] == ("b", a_pid), out
         assert out["done"] > commit_at and out["waited"] >= 0.4, out
+
+
+def pool_status(ep):
+    """SHOW POOLS of the pool store as a dict, and /metrics as {sample: value}."""
+    admin = "host=%s port=%d dbname=pgshift user=admin password=%s" % (
+        ep.host, ep.pgshift.admin_port, PASSWORDS["admin"])
+    with psycopg.connect(admin, autocommit=True) as conn:
+        cur = conn.execute("SHOW POOLS")
+        names = [d.name for d in cur.description]
+        pools = {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
+    url = "http://127.0.0.1:%d/metrics" % ep.pgshift.http_port
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    metrics = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            metrics[name] = float(value)
+    return pools["pool"], metrics
+
+
+def test_pool_counts_in_show_pools_and_metrics(store, pgshift_factory):
+    """A waiting client, a lent and an idle server show where operators look."""
+    ep = start_pool(pgshift_factory, store, pool_size=1, pool_wait_timeout_ms=0)
+    with connect(ep, autocommit=False) as a, connect(ep) as b:
+        a.execute("SELECT 1")  # A holds the only server in its transaction
+        t = threading.Thread(target=lambda: b.execute("SELECT 2"), daemon=True)
+        t.start()
+        deadline = time.monotonic() + 10
+        while True:
+            pool, m = pool_status(ep)
+            if int(pool["cl_waiting"]) == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert (pool["pool_mode"], pool["pool_size"]) == ("transaction", "1"), pool
+        assert int(pool["cl_waiting"]) == 1 and int(pool["sv_active"]) == 1, pool
+        assert int(pool["sv_idle"]) == 0 and int(pool["sv_pooled"]) == 1, pool
+        assert m['pgshift_pool_waiting_clients{store="pool"}'] == 1, m
+        assert m['pgshift_pool_waits_total{store="pool"}'] >= 1, m
+        a.commit()
+        t.join(10)
+        assert not t.is_alive(), "B still waiting after A committed"
+    pool, m = pool_status(ep)
+    assert int(pool["cl_waiting"]) == 0 and int(pool["sv_idle"]) == 1, pool
+    assert m['pgshift_pool_idle_servers{store="pool"}'] == 1, m
+    assert m['pgshift_pool_waiting_clients{store="pool"}'] == 0, m
+    assert m['pgshift_store_server_connections{store="pool"}'] == 1, m
+    assert m['pgshift_pool_wait_timeouts_total{store="pool"}'] == 0, m
 
 
 # --------------------------------------------------------------------------
