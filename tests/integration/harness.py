@@ -24,6 +24,7 @@ import socket
 import struct
 import subprocess
 import time
+import urllib.request
 
 PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -286,6 +287,18 @@ class Endpoint:
     def __repr__(self):
         return "Endpoint(%s %s:%s/%s)" % (self.kind, self.host, self.port, self.dbname)
 
+
+
+def fetch_metrics(http_port):
+    """pgshift's /metrics page as {sample name with labels: value}."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % http_port, timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 class Pgshift:
     """One pgshift process. `stores` maps store name -> Cluster; the first is

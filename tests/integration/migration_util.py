@@ -17,13 +17,12 @@ import json
 import os
 import threading
 import time
-import urllib.request
 import uuid
 
 import psycopg
 import pytest
 
-from harness import PASSWORDS, free_port
+from harness import PASSWORDS, fetch_metrics, free_port
 
 TENANT_TABLES = ("events", "event_outbox", "snapshots")
 
@@ -132,15 +131,7 @@ class MigEnv:
 
     def metrics(self):
         """The /metrics page of the HTTP port, as {sample name with labels: value}."""
-        url = "http://127.0.0.1:%d/metrics" % self.ep.pgshift.http_port
-        with urllib.request.urlopen(url, timeout=10) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return fetch_metrics(self.ep.pgshift.http_port)
 
     def admin_error(self, sql):
         """(sqlstate, message) of an admin command that must fail."""

@@ -27,14 +27,13 @@ import re
 import subprocess
 import threading
 import time
-import urllib.request
 
 import asyncpg
 import psycopg
 import psycopg.errors
 import pytest
 
-from harness import PASSWORDS, PG_BIN, RawConn, parse_fields
+from harness import PASSWORDS, PG_BIN, RawConn, fetch_metrics, parse_fields
 
 pytestmark = [pytest.mark.proxy_only, pytest.mark.feature("transaction-pool")]
 
@@ -607,15 +606,7 @@ def pool_status(ep):
         cur = conn.execute("SHOW POOLS")
         names = [d.name for d in cur.description]
         pools = {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
-    url = "http://127.0.0.1:%d/metrics" % ep.pgshift.http_port
-    with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
-    metrics = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            metrics[name] = float(value)
-    return pools["pool"], metrics
+    return pools["pool"], fetch_metrics(ep.pgshift.http_port)
 
 
 def test_pool_counts_in_show_pools_and_metrics(store, pgshift_factory):

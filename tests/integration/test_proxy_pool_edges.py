@@ -8,7 +8,6 @@ import socket
 import struct
 import time
 
-import psycopg
 import pytest
 
 from harness import PASSWORDS, RawConn
@@ -29,6 +28,18 @@ def bind_msg(portal, stmt):
 
 def execute_msg(portal):
     return cstr(portal) + struct.pack("!I", 0)
+
+
+def assert_next_client_served(ep, what="B's query on the pooled server was never answered"):
+    """A new client's SELECT 42 is answered (on the pool's only backend)."""
+    b = RawConn(ep.host, ep.port, timeout=5)
+    b.startup("app", ep.dbname, PASSWORDS["app"])
+    try:
+        rows, err = b.query("SELECT 42")
+    except (socket.timeout, EOFError) as e:
+        pytest.fail("%s: %r" % (what, e))
+    assert rows == [["42"]], (rows, err)
+    return b
 
 
 def test_set_config_does_not_leak_to_the_next_client(store, pgshift_factory):
@@ -77,13 +88,7 @@ def test_client_gone_after_a_failed_batch_without_sync(store, pgshift_factory):
     assert a.read_error()["C"] == "22012"
     a.close()
     time.sleep(0.3)
-    b = RawConn(ep.host, ep.port, timeout=5)
-    b.startup("app", ep.dbname, PASSWORDS["app"])
-    try:
-        rows, err = b.query("SELECT 42")
-    except socket.timeout:
-        pytest.fail("B's query on the pooled server was never answered")
-    assert rows == [["42"]], (rows, err)
+    assert_next_client_served(ep)
 
 
 def test_client_gone_before_sync_commits_nothing(store, pgshift_factory):
@@ -121,13 +126,7 @@ def test_copy_error_mid_copydata_message(store, pgshift_factory):
     assert err["C"] == "22P02", err
     assert a.recv_msg()[0] == b"Z"
     time.sleep(0.3)
-    b = RawConn(ep.host, ep.port, timeout=5)
-    b.startup("app", ep.dbname, PASSWORDS["app"])
-    try:
-        rows, e2 = b.query("SELECT 42")
-    except (socket.timeout, EOFError) as e:
-            pytest.fail("B broken after A's partial CopyData: %r" % e)
-    assert rows == [["42"]], (rows, e2)
+    assert_next_client_served(ep, "B broken after A's partial CopyData")
 
 
 def test_server_back_from_a_slow_client_still_reads(store, pgshift_factory):
@@ -148,13 +147,7 @@ def test_server_back_from_a_slow_client_still_reads(store, pgshift_factory):
                 break
         assert n == 20000
         time.sleep(0.2)
-        b = RawConn(ep.host, ep.port, timeout=5)
-        b.startup("app", ep.dbname, PASSWORDS["app"])
-        try:
-            rows, err = b.query("SELECT 42")
-        except socket.timeout:
-            pytest.fail("attempt %d: B's query on the pooled server never answered" % attempt)
-        assert rows == [["42"]], (rows, err)
+        b = assert_next_client_served(ep, "attempt %d: B's query never answered" % attempt)
         a.close()
         b.close()
 
