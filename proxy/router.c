@@ -584,6 +584,21 @@ static void cl_state_changed(px_client_t *c, px_server_t *s)
     cl_gen_sync(c, s);
 }
 
+/* st was prepared on s (sent now, or held in the batch s gets). */
+static void stmt_prepared_on(px_client_t *c, px_stmt_t *st, px_server_t *s)
+{
+    st->on_store |= (uint64_t)1 << s->store->index;
+    if (st->name[0] != '\0') /* the unnamed one is never trusted across borrows */
+        cl_state_changed(c, s);
+}
+
+/* A statement that changes session settings (not SHOW, not NOTIFY). */
+static bool stmt_sets(const route_stmt_t *st)
+{
+    return (st->kind == ROUTE_KIND_SESSION_SET || st->kind == ROUTE_KIND_SESSION_OTHER) &&
+           !st->is_show && !st->is_notify;
+}
+
 static void inject_query(px_server_t *s, const char *sql)
 {
     cm_buf_t b = { 0 };
@@ -654,8 +669,7 @@ static void cl_note_session(px_client_t *c, const route_stmt_t *st, bool is_exte
 {
     bool pins = st->pins_session;
     /* The tenant setting is pgshift's own (apply_session_set), wherever it comes from. */
-    bool sets =
-        st->kind == ROUTE_KIND_SESSION_OTHER && !st->is_show && !st->is_notify && !st->set_is_local;
+    bool sets = stmt_sets(st) && st->kind == ROUTE_KIND_SESSION_OTHER && !st->set_is_local;
 
     /* Replayed are simple-query settings outside transactions (session_sql). */
     if (sets && (in_txn || is_extended))
@@ -1238,9 +1252,8 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
         default:
             break;
         }
-        /* Settings follow the session to other stores; SHOW and NOTIFY change nothing. */
-        if ((st->kind == ROUTE_KIND_SESSION_SET || st->kind == ROUTE_KIND_SESSION_OTHER) &&
-            !st->is_show && !st->is_notify)
+        /* Settings follow the session to other stores. */
+        if (stmt_sets(st))
             has_set = true;
         /* A BEGIN in the text binds what follows in the same text. */
         if (st->kind == ROUTE_KIND_TXN_BEGIN)
@@ -1329,8 +1342,7 @@ static rt_rc_t rt_query(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
         for (size_t i = 0; i < cls->n_stmts; i++) {
             const route_stmt_t *st = &cls->stmts[i];
 
-            if ((st->kind == ROUTE_KIND_SESSION_SET || st->kind == ROUTE_KIND_SESSION_OTHER) &&
-                !st->is_show && !st->is_notify && st->loc < sql_len) {
+            if (stmt_sets(st) && st->loc < sql_len) {
                 size_t n = st->len > 0 ? CM_MIN(st->len, sql_len - st->loc) : sql_len - st->loc;
 
                 cm_buf_append(&set, sql + st->loc, n);
@@ -1435,9 +1447,7 @@ static void ensure_prepared(px_client_t *c, px_stmt_t *st, px_server_t *s)
         return;
     px_conn_send(&s->conn, st->parse, st->parse_len);
     px_server_expect(s, WIRE_MSG_PARSE, true);
-    st->on_store |= bit;
-    if (st->name[0] != '\0')
-        cl_state_changed(c, s);
+    stmt_prepared_on(c, st, s);
 }
 
 static rt_rc_t rt_parse(px_client_t *c, const uint8_t *msg, size_t msg_len, const uint8_t *body,
@@ -1484,9 +1494,7 @@ static rt_rc_t rt_parse(px_client_t *c, const uint8_t *msg, size_t msg_len, cons
 
         px_conn_send(&s->conn, msg, msg_len);
         px_server_expect(s, WIRE_MSG_PARSE, false);
-        st->on_store |= (uint64_t)1 << c->batch_store;
-        if (st->name[0] != '\0')
-            cl_state_changed(c, s);
+        stmt_prepared_on(c, st, s);
         return RT_DONE;
     }
     /* Held until the batch's store is known (its Bind or Describe). */
@@ -1526,11 +1534,8 @@ static rt_rc_t batch_start(px_client_t *c, int store, const route_decision_t *d,
         ensure_prepared(c, st, s);
     /* Held Parses become prepared there. */
     for (size_t i = 0; i < c->n_stmts; i++)
-        if (batch_has_parse_of(c, &c->stmts[i])) {
-            c->stmts[i].on_store |= (uint64_t)1 << store;
-            if (c->stmts[i].name[0] != '\0')
-                cl_state_changed(c, s);
-        }
+        if (batch_has_parse_of(c, &c->stmts[i]))
+            stmt_prepared_on(c, &c->stmts[i], s);
     batch_flush(c, s);
     c->batch_store = store;
     return RT_DONE;
